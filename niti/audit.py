@@ -1,0 +1,56 @@
+"""``integer_only()``: prove a region computes with integers only (DESIGN §3).
+
+A ``TorchDispatchMode`` sees every aten op below the Python API.  Any op that
+consumes or produces a floating-point (or complex) tensor raises
+``FloatingPointOpError`` naming the op, turning "integer-only" into a test.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["FloatingPointOpError", "integer_only"]
+
+
+class FloatingPointOpError(RuntimeError):
+    """A floating-point tensor appeared inside an ``integer_only()`` region."""
+
+
+def _float_tensors(tree: object) -> list[torch.Tensor]:
+    leaves, _ = tree_flatten(tree)
+    return [t for t in leaves if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
+
+
+def _float_dtype_arg(kwargs: dict) -> torch.dtype | None:
+    dtype = kwargs.get("dtype")
+    if isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex):
+        return dtype
+    return None
+
+
+class integer_only(TorchDispatchMode):
+    """Context manager: raise on any aten op touching a floating-point tensor.
+
+    ``ops`` counts the ops seen, so a test can check the region did run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        self.ops += 1
+        bad = _float_tensors((args, kwargs))
+        if bad:
+            raise FloatingPointOpError(f"{func} consumed a {bad[0].dtype} tensor inside integer_only()")
+        dtype = _float_dtype_arg(kwargs)
+        if dtype is not None:
+            raise FloatingPointOpError(f"{func} was asked for dtype {dtype} inside integer_only()")
+        out = func(*args, **kwargs)
+        bad = _float_tensors(out)
+        if bad:
+            raise FloatingPointOpError(f"{func} produced a {bad[0].dtype} tensor inside integer_only()")
+        return out

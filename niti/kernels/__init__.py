@@ -1,0 +1,17 @@
+"""Exact integer kernels behind one small interface; layers call these without knowing the device."""
+
+from .conv import conv2d, conv2d_grad_input, conv2d_grad_weight, im2col, pair
+from .matmul import MAX_K_INT32, int_matmul
+from .pool import maxpool2d, maxpool2d_backward
+
+__all__ = [
+    "MAX_K_INT32",
+    "conv2d",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+    "im2col",
+    "int_matmul",
+    "maxpool2d",
+    "maxpool2d_backward",
+    "pair",
+]

@@ -1,0 +1,61 @@
+"""Exact int8 × int8 matrix products on ``torch._int_mm`` (DESIGN §1.1, §2).
+
+``_int_mm`` accumulates in int32 and wraps silently on overflow, and it
+returns garbage for operands with overlapping or zero strides.  ``int_matmul``
+guards both: it checks the layouts and splits the reduction dimension into
+chunks whose worst case fits int32, summing the partials in int64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["INT32_MAX", "MAX_K_INT32", "int_matmul", "check_int_mm_layout"]
+
+INT32_MAX = 2**31 - 1
+#: Largest reduction length whose worst case (±127 · ±127 per term) fits int32.
+MAX_K_INT32 = INT32_MAX // (127 * 127)  # 133,144
+
+
+def check_int_mm_layout(t: Tensor, name: str) -> None:
+    """Raise unless ``t`` is a row-major or column-major 2-D view without overlap."""
+    if t.dim() != 2 or t.dtype != torch.int8:
+        raise ValueError(f"{name}: expected a 2-D int8 tensor, got {t.dim()}-D {t.dtype}")
+    r, c = t.shape
+    sr, sc = t.stride()
+    row_major = sc == 1 and (sr >= c or r == 1)
+    col_major = sr == 1 and (sc >= r or c == 1)
+    if not (row_major or col_major) or (r > 1 and sr == 0) or (c > 1 and sc == 0):
+        raise ValueError(f"{name}: _int_mm needs a plain row- or column-major layout, got shape {tuple(t.shape)} "
+                         f"strides {t.stride()}")
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    if a.device.type == "cuda":
+        from .cuda import int_mm_cuda  # lazy: the CPU path must not need it
+        return int_mm_cuda(a, b)
+    return torch._int_mm(a, b)
+
+
+def int_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` exactly for int8 ``a`` (M, K) and ``b`` (K, N).
+
+    Returns int32 when K ≤ ``MAX_K_INT32`` (no term sum can reach 2**31), else
+    int64 from int32 partial products over K-chunks: never wraps, never saturates.
+    """
+    check_int_mm_layout(a, "a")
+    check_int_mm_layout(b, "b")
+    m, k = a.shape
+    k2, n = b.shape
+    if k != k2:
+        raise ValueError(f"inner dimensions differ: a is {tuple(a.shape)}, b is {tuple(b.shape)}")
+    if m == 0 or n == 0 or k == 0:
+        return torch.zeros((m, n), dtype=torch.int32, device=a.device)
+    if k <= MAX_K_INT32:
+        return _mm(a, b)
+    out = torch.zeros((m, n), dtype=torch.int64, device=a.device)
+    for k0 in range(0, k, MAX_K_INT32):
+        k1 = min(k, k0 + MAX_K_INT32)
+        out += _mm(a[:, k0:k1], b[k0:k1])
+    return out

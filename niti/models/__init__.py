@@ -1,0 +1,18 @@
+"""Integer models built from shared architecture specs: LeNet and VGG-small-7/8/9."""
+
+from __future__ import annotations
+
+from ..numerics import RoundingPolicy
+from ..optim import GbSchedule
+from .architectures import ARCHITECTURES, Architecture, get_architecture
+from .integer import DEFAULT_MEANS, IntegerModel
+
+__all__ = ["ARCHITECTURES", "Architecture", "DEFAULT_MEANS", "IntegerModel", "build", "get_architecture"]
+
+
+def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, schedule: GbSchedule | None = None,
+          accumulator_bits: int = 8, total_steps: int | None = None,
+          mean: tuple[int, ...] | None = None) -> IntegerModel:
+    """An ``IntegerModel`` for ``"lenet"``, ``"vgg-small-7"``, ``"vgg-small-8"`` or ``"vgg-small-9"``."""
+    return IntegerModel(get_architecture(name), seed=seed, policy=policy, schedule=schedule,
+                        accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean)

@@ -1,0 +1,220 @@
+"""``IntegerModel``: an integer network with the whole NITI training step."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .. import nn
+from ..numerics import IntTensor, RoundingPolicy
+from ..optim import GbSchedule, apply_update
+from ..runtime import Runtime
+from .architectures import Architecture, trace_shapes
+
+__all__ = ["IntegerModel", "DEFAULT_MEANS"]
+
+#: Integer per-channel means of the training sets (MNIST 33.3; CIFAR-10 125.3, 122.9, 113.9).
+DEFAULT_MEANS = {"mnist": (33,), "cifar10": (125, 123, 114)}
+
+
+def _build_layers(arch: Architecture, generator: torch.Generator, accumulator_bits: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for spec, shape in trace_shapes(arch):
+        kind = spec[0]
+        if kind == "conv":
+            _, oc, k, p = spec
+            layers.append(nn.Conv2d(shape[2], oc, k, 1, p, generator=generator, accumulator_bits=accumulator_bits))
+        elif kind == "linear":
+            layers.append(nn.Linear(shape[0], spec[1], generator=generator, accumulator_bits=accumulator_bits))
+        elif kind == "relu":
+            layers.append(nn.ReLU())
+        elif kind == "pool":
+            layers.append(nn.MaxPool2d(spec[1]))
+        elif kind == "flatten":
+            layers.append(nn.Flatten())
+        elif kind == "dropout":
+            layers.append(nn.Dropout())
+        else:  # pragma: no cover - specs are ours
+            raise ValueError(f"unknown layer kind {kind!r}")
+    return nn.Sequential(*layers)
+
+
+class IntegerModel:
+    """An integer network: ``train_step`` runs input conversion, forward, loss, backward and update.
+
+    Nothing inside ``train_step`` creates a floating-point tensor; the step
+    counter and ``total_steps`` place it on the gb schedule.
+    """
+
+    def __init__(self, arch: Architecture, *, seed: int = 0, policy: RoundingPolicy | None = None,
+                 schedule: GbSchedule | None = None, accumulator_bits: int = 8,
+                 total_steps: int | None = None, mean: tuple[int, ...] | None = None) -> None:
+        self.arch = arch
+        self.seed = seed
+        self.schedule = schedule or GbSchedule()
+        self.accumulator_bits = accumulator_bits
+        self.total_steps = total_steps
+        self.step = 0
+        self.device = torch.device("cpu")
+        init_generator = torch.Generator().manual_seed(seed)
+        self.net = _build_layers(arch, init_generator, accumulator_bits)
+        self.runtime = Runtime(policy or RoundingPolicy(), seed)
+        self.net.set_runtime(self.runtime)
+        mean = mean if mean is not None else DEFAULT_MEANS.get(arch.dataset, (0,) * arch.input_shape[2])
+        if len(mean) != arch.input_shape[2]:
+            raise ValueError(f"mean has {len(mean)} channels, the model expects {arch.input_shape[2]}")
+        self.mean = torch.tensor(mean, dtype=torch.int16)
+
+    # ----------------------------------------------------------------- config
+    @property
+    def policy(self) -> RoundingPolicy:
+        return self.runtime.policy
+
+    def parameters(self) -> list[nn.IntParameter]:
+        return self.net.parameters()
+
+    def set_runtime(self, runtime: Runtime) -> None:
+        """Swap the execution context (the distributed trainer installs all-reduces this way)."""
+        runtime.rounding_generator.set_state(self.runtime.rounding_generator.get_state())
+        runtime.dropout_generator.set_state(self.runtime.dropout_generator.get_state())
+        self.runtime = runtime
+        self.net.set_runtime(runtime)
+
+    def to(self, device: torch.device | str) -> "IntegerModel":
+        self.device = torch.device(device)
+        for p in self.parameters():
+            p.to(self.device)
+        self.mean = self.mean.to(self.device)
+        return self
+
+    def current_gb(self) -> int:
+        return self.schedule.gb_at(self.step, self.total_steps)
+
+    # ------------------------------------------------------------- validation
+    def _check_images(self, images: object) -> Tensor:
+        if not isinstance(images, Tensor):
+            raise ValueError(f"images must be a torch.Tensor of uint8, got {type(images).__name__}")
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 (raw pixels), got {images.dtype}")
+        h, w, c = self.arch.input_shape
+        if images.dim() != 4:
+            raise ValueError(f"images must have rank 4 (N, H, W, C) = (N, {h}, {w}, {c}), "
+                             f"got rank {images.dim()} shape {tuple(images.shape)}")
+        if tuple(images.shape[1:]) != (h, w, c):
+            raise ValueError(f"images must be (N, {h}, {w}, {c}) NHWC for {self.arch.name}, "
+                             f"got {tuple(images.shape)} ({images.shape[3]} channels)")
+        if images.shape[0] == 0:
+            raise ValueError("empty batch: images has 0 rows")
+        return images.to(self.device)
+
+    def _check_labels(self, labels: object, n: int) -> Tensor:
+        if not isinstance(labels, Tensor):
+            raise ValueError(f"labels must be a torch.Tensor of int64, got {type(labels).__name__}")
+        if labels.dtype != torch.int64:
+            raise ValueError(f"labels must be int64, got {labels.dtype}")
+        if labels.dim() != 1 or labels.shape[0] != n:
+            raise ValueError(f"labels must be 1-D with one label per image ({n}), got shape {tuple(labels.shape)}")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.arch.num_classes:
+            raise ValueError(f"labels must be in [0, {self.arch.num_classes}), got values in [{lo}, {hi}]")
+        return labels.to(self.device)
+
+    # ---------------------------------------------------------------- compute
+    def forward(self, images: Tensor) -> IntTensor:
+        """Int8 logits and their exponent for uint8 NHWC ``images`` (uses the current mode)."""
+        x = nn.images_to_int8(images, self.mean, self.runtime)
+        return self.net.forward(x)
+
+    def train_step(self, images: Tensor, labels: Tensor) -> IntTensor:
+        """One integer training step; returns the int8 logits (before the update) with their exponent.
+
+        Inputs are validated before anything changes; if the step fails, the
+        weights, the step counter and the generators are left as they were.
+        """
+        images = self._check_images(images)
+        labels = self._check_labels(labels, images.shape[0])
+        saved_rng = self.runtime.state_dict()
+        try:
+            self.net.train(True)
+            logits = self.forward(images)
+            err = nn.cross_entropy_backward(logits, labels, self.runtime)
+            self.net.backward(err)
+            params = self.parameters()
+            for p in params:
+                p.grad = self.runtime.reduce_sum(p.grad)
+        except BaseException:
+            self.net.clear_saved()
+            for p in self.parameters():
+                p.grad = None
+            self.runtime.load_state_dict(saved_rng)
+            raise
+        # Every gradient exists: the update below cannot fail half-way on bad input.
+        gb = self.current_gb()
+        for p in params:
+            apply_update(p, gb, self.runtime)
+        self.step += 1
+        return logits
+
+    def predict_logits(self, images: Tensor) -> IntTensor:
+        images = self._check_images(images)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return self.forward(images)
+        finally:
+            self.net.train(was_training)
+
+    def predict(self, images: Tensor) -> Tensor:
+        """int64 class indices (the first maximum of the int8 logits)."""
+        return self.predict_logits(images).m.argmax(dim=1)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Integer weights, exponents, step and generator states (everything a resume needs)."""
+        params = []
+        for p in self.parameters():
+            params.append({"m": p.m.cpu(), "e": p.e, "master": None if p.master is None else p.master.cpu(),
+                           "master_e": p.master_e})
+        return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps,
+                "params": params, "runtime": self.runtime.state_dict(), "mean": self.mean.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        params = self.parameters()
+        if state.get("arch") != self.arch.name:
+            raise ValueError(f"state is for model {state.get('arch')!r}, not {self.arch.name!r}")
+        if len(state["params"]) != len(params):
+            raise ValueError(f"state has {len(state['params'])} weight tensors, model has {len(params)}")
+        for i, (p, s) in enumerate(zip(params, state["params"])):
+            if tuple(s["m"].shape) != tuple(p.m.shape) or s["m"].dtype != torch.int8:
+                raise ValueError(f"weight {i}: expected int8 {tuple(p.m.shape)}, got {s['m'].dtype} "
+                                 f"{tuple(s['m'].shape)}")
+            if (s["master"] is None) != (p.master is None):
+                raise ValueError(f"weight {i}: accumulator width differs from the model's "
+                                 f"({p.accumulator_bits}-bit)")
+        for p, s in zip(params, state["params"]):
+            p.m, p.e = s["m"].to(self.device), int(s["e"])
+            if s["master"] is not None:
+                p.master, p.master_e = s["master"].to(self.device), int(s["master_e"])
+            p.grad = None
+        self.step = int(state["step"])
+        self.total_steps = state["total_steps"]
+        self.runtime.load_state_dict(state["runtime"])
+        self.mean = state["mean"].to(self.device)
+
+    def weights_sha256(self) -> str:
+        """SHA-256 over every integer weight (and master) and exponent in a fixed order."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for i, p in enumerate(self.parameters()):
+            for name, t in p.tensors().items():
+                arr = np.ascontiguousarray(t.cpu().numpy())
+                h.update(f"{i}:{name}:{arr.dtype.str}:{arr.shape}:".encode())
+                h.update(arr.tobytes())
+            h.update(f"{i}:e={p.e}:master_e={p.master_e};".encode())
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        return (f"IntegerModel({self.arch.name}, policy={self.policy}, schedule={self.schedule}, "
+                f"accumulator_bits={self.accumulator_bits})\n{self.net!r}")

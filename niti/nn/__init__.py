@@ -1,0 +1,21 @@
+"""Integer layers with explicit forward/backward, the integer loss and input conversion."""
+
+from .input import images_to_int8
+from .layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .loss import cross_entropy_backward, softmax_grad_2p11
+from .module import IntParameter, Module
+
+__all__ = [
+    "Conv2d",
+    "Dropout",
+    "Flatten",
+    "IntParameter",
+    "Linear",
+    "MaxPool2d",
+    "Module",
+    "ReLU",
+    "Sequential",
+    "cross_entropy_backward",
+    "images_to_int8",
+    "softmax_grad_2p11",
+]

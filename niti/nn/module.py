@@ -1,0 +1,120 @@
+"""Base classes: an integer parameter and a layer with explicit forward/backward."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..numerics import IntTensor, rescale
+from ..runtime import Runtime
+
+__all__ = ["IntParameter", "Module"]
+
+
+class IntParameter:
+    """An integer weight: the int8 datapath mantissas ``m`` with exponent ``e``.
+
+    With ``accumulator_bits=16`` (DESIGN §1.6) the master copy is ``master``
+    (int16, exponent ``master_e = e8 - 8``) and ``m`` is its int8 rescale,
+    refreshed after every update.  ``grad`` holds the last integer weight
+    gradient (int32 or int64) until the update consumes it.
+    """
+
+    def __init__(self, m: Tensor, e: int, accumulator_bits: int = 8) -> None:
+        if m.dtype != torch.int8:
+            raise TypeError(f"weights are int8 mantissas, got {m.dtype}")
+        if accumulator_bits not in (8, 16):
+            raise ValueError(f"accumulator_bits must be 8 or 16, got {accumulator_bits}")
+        self.accumulator_bits = accumulator_bits
+        self.m = m
+        self.e = e
+        self.master: Tensor | None = None
+        self.master_e: int | None = None
+        if accumulator_bits == 16:
+            self.master = m.to(torch.int16) << 8
+            self.master_e = e - 8
+        self.grad: Tensor | None = None
+
+    def refresh_datapath(self) -> None:
+        """Re-derive the int8 datapath weight from the int16 master (nearest rounding)."""
+        assert self.master is not None and self.master_e is not None
+        self.m, shift = rescale(self.master, 7, "nearest")
+        self.e = self.master_e + shift
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.m.shape
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The integer state that defines this parameter (for checkpoints and hashes)."""
+        out = {"m": self.m}
+        if self.master is not None:
+            out["master"] = self.master
+        return out
+
+    def to(self, device: torch.device | str) -> "IntParameter":
+        self.m = self.m.to(device)
+        if self.master is not None:
+            self.master = self.master.to(device)
+        if self.grad is not None:
+            self.grad = self.grad.to(device)
+        return self
+
+    def __repr__(self) -> str:
+        return f"IntParameter(shape={tuple(self.m.shape)}, e={self.e}, accumulator_bits={self.accumulator_bits})"
+
+
+class Module:
+    """A layer: ``forward(IntTensor) -> IntTensor`` and ``backward(err) -> err``.
+
+    ``backward`` uses what ``forward`` saved in training mode and frees it; it
+    stores weight gradients in ``IntParameter.grad`` but never updates weights.
+    """
+
+    def __init__(self) -> None:
+        self.training = True
+        self.runtime = Runtime()
+        #: False for the first weighted layer: nothing below it needs an error.
+        self.propagate_error = True
+
+    def forward(self, x: IntTensor) -> IntTensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def backward(self, err: IntTensor) -> IntTensor | None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, x: IntTensor) -> IntTensor:
+        return self.forward(x)
+
+    def parameters(self) -> list[IntParameter]:
+        return []
+
+    def children(self) -> list["Module"]:
+        return []
+
+    def set_runtime(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        for child in self.children():
+            child.set_runtime(runtime)
+
+    def train(self, mode: bool = True) -> "Module":
+        self.training = mode
+        for child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    def clear_saved(self) -> None:
+        """Drop tensors saved for backward (after an aborted step)."""
+        for key in [k for k in vars(self) if k.startswith("_saved")]:
+            setattr(self, key, None)
+        for child in self.children():
+            child.clear_saved()
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.extra_repr()})"

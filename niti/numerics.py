@@ -1,0 +1,171 @@
+"""Integer numerics of DESIGN §1.1–1.3 and §1.9: bit widths, rounding, rescale.
+
+A tensor value is ``m · 2**e``: an integer tensor ``m`` and one Python ``int``
+exponent ``e`` for the whole tensor.  Every function here uses integer tensor
+operations only; nothing is ever cast to a floating-point type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "IntTensor",
+    "RoundingPolicy",
+    "ROUNDING_MODES",
+    "bits",
+    "max_abs",
+    "round_shift",
+    "rescale",
+    "int_dtype_for_bits",
+]
+
+ROUNDING_MODES = ("nearest", "stochastic", "pseudo_stochastic", "truncate")
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+@dataclass(frozen=True)
+class IntTensor:
+    """The ``(m, e)`` pair: integer mantissas ``m`` and one integer exponent ``e``."""
+
+    m: Tensor
+    e: int
+
+    def __post_init__(self) -> None:
+        if self.m.dtype not in _INT_DTYPES:
+            raise TypeError(f"IntTensor mantissa must be an integer tensor, got {self.m.dtype}")
+        if not isinstance(self.e, int):
+            raise TypeError(f"IntTensor exponent must be a Python int, got {type(self.e).__name__}")
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.m.shape
+
+    def with_m(self, m: Tensor) -> "IntTensor":
+        return IntTensor(m, self.e)
+
+
+@dataclass(frozen=True)
+class RoundingPolicy:
+    """Rounding mode per role (DESIGN §1.9); defaults are the reference's."""
+
+    activation: str = "nearest"
+    error: str = "nearest"
+    gradient: str = "pseudo_stochastic"
+    loss: str = "stochastic"
+
+    def __post_init__(self) -> None:
+        for role in ("activation", "error", "gradient", "loss"):
+            mode = getattr(self, role)
+            if mode not in ROUNDING_MODES:
+                raise ValueError(f"rounding mode for {role} must be one of {ROUNDING_MODES}, got {mode!r}")
+
+    @classmethod
+    def all(cls, mode: str) -> "RoundingPolicy":
+        """One mode for every role (the all-PSR / all-nearest ablations)."""
+        return cls(mode, mode, mode, mode)
+
+    @classmethod
+    def rng_free(cls) -> "RoundingPolicy":
+        """The reference policy with the loss on PSR: no random generator anywhere."""
+        return replace(cls(), loss="pseudo_stochastic")
+
+
+def max_abs(t: Tensor) -> int:
+    """The largest magnitude in ``t`` as a Python int (0 for an empty tensor)."""
+    if t.numel() == 0:
+        return 0
+    lo, hi = torch.aminmax(t)
+    return max(int(hi), -int(lo))
+
+
+def bits(t: Tensor) -> int:
+    """``bit_length(max |t|)``: bits of the largest magnitude, 0 for all zeros (§1.2)."""
+    return max_abs(t).bit_length()
+
+
+def int_dtype_for_bits(target_bits: int) -> torch.dtype:
+    """Narrowest signed dtype holding ±(2**target_bits - 1)."""
+    if target_bits <= 7:
+        return torch.int8
+    if target_bits <= 15:
+        return torch.int16
+    if target_bits <= 31:
+        return torch.int32
+    return torch.int64
+
+
+def round_shift(
+    t: Tensor,
+    shift: int,
+    mode: str,
+    generator: torch.Generator | None = None,
+    *,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """``t / 2**shift`` rounded sign-magnitude with ``mode`` (§1.3); not clipped.
+
+    ``stochastic`` draws ``u`` uniform in ``[0, 2**shift)`` from ``generator``
+    unless ``noise`` (already such draws, same shape as ``t``) is given: the
+    distributed runtime passes slices of a whole-batch draw that way.
+    The result keeps ``t``'s dtype (widened to int32 for int8/int16 inputs so
+    intermediate sums cannot wrap).
+    """
+    if mode not in ROUNDING_MODES:
+        raise ValueError(f"unknown rounding mode {mode!r}; expected one of {ROUNDING_MODES}")
+    if shift < 0:
+        raise ValueError(f"shift must be >= 0, got {shift}")
+    if shift == 0:
+        return t
+    work = torch.int64 if (t.dtype == torch.int64 or shift > 30) else torch.int32
+    x = t.to(work)
+    a = x.abs()
+    q = a >> shift
+    if mode == "nearest":
+        q = q + ((a >> (shift - 1)) & 1)  # low >= 2**(shift-1), without overflow
+    elif mode == "pseudo_stochastic":
+        low = a & ((1 << shift) - 1)
+        h = shift // 2
+        hi = low >> h
+        lo = low & ((1 << h) - 1)
+        if shift % 2:
+            lo = lo << 1
+        q = q + (hi > lo).to(work)
+    elif mode == "stochastic":
+        low = a & ((1 << shift) - 1)
+        if noise is None:
+            noise = torch.randint(0, 1 << shift, t.shape, generator=generator, dtype=torch.int64, device=t.device)
+        elif noise.shape != t.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} != tensor shape {tuple(t.shape)}")
+        q = q + (noise.to(work) < low).to(work)
+    return torch.where(x < 0, -q, q)
+
+
+def rescale(
+    t: Tensor,
+    target_bits: int,
+    mode: str,
+    generator: torch.Generator | None = None,
+    *,
+    bit_width: int | None = None,
+    noise: Tensor | None = None,
+) -> tuple[Tensor, int]:
+    """Narrow a wide integer tensor to ``target_bits`` magnitude bits (§1.2).
+
+    Returns ``(narrow, shift)`` with ``shift = max(0, bits(t) - target_bits)``;
+    the caller adds ``shift`` to the exponent.  The result is clipped to
+    ``±(2**target_bits - 1)`` and stored in the narrowest fitting dtype.
+    ``bit_width`` overrides ``bits(t)`` (the distributed runtime passes the
+    whole-batch width so that every rank shifts alike).
+    """
+    if target_bits < 1:
+        raise ValueError(f"target_bits must be >= 1, got {target_bits}")
+    width = bits(t) if bit_width is None else bit_width
+    shift = max(0, width - target_bits)
+    r = round_shift(t, shift, mode, generator, noise=noise)
+    limit = (1 << target_bits) - 1
+    return r.clamp(-limit, limit).to(int_dtype_for_bits(target_bits)), shift

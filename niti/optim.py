@@ -1,0 +1,72 @@
+"""The integer weight update and the gradient-bit-width schedule (DESIGN §1.5–1.6).
+
+There is no multiplicative learning rate: the gradient is rescaled to ``gb``
+bits and subtracted, so ``gb`` is the step size.  The schedule is expressed
+as fractions of all training steps and applied per step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .nn.module import IntParameter
+from .runtime import Runtime
+
+__all__ = ["GbSchedule", "apply_update"]
+
+
+@dataclass(frozen=True)
+class GbSchedule:
+    """``gb = values[i]`` from fraction ``boundaries[i-1]`` of all steps on (reference: 5, 4, 3 at 50 %, 75 %)."""
+
+    values: tuple[int, ...] = (5, 4, 3)
+    boundaries: tuple[float, ...] = (0.5, 0.75)
+
+    def __post_init__(self) -> None:
+        if len(self.values) != len(self.boundaries) + 1:
+            raise ValueError("a gb schedule needs exactly one more value than boundaries")
+        if any(not 1 <= v <= 7 for v in self.values):
+            raise ValueError(f"gradient bit widths must be in 1..7, got {self.values}")
+        if list(self.boundaries) != sorted(self.boundaries) or any(not 0 < b < 1 for b in self.boundaries):
+            raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {self.boundaries}")
+
+    @classmethod
+    def constant(cls, gb: int) -> "GbSchedule":
+        return cls((gb,), ())
+
+    @classmethod
+    def parse(cls, text: str) -> "GbSchedule":
+        """``"5,4,3@0.5,0.75"`` or a single ``"5"``."""
+        values, _, bounds = text.partition("@")
+        return cls(tuple(int(v) for v in values.split(",")),
+                   tuple(float(b) for b in bounds.split(",")) if bounds else ())
+
+    def gb_at(self, step: int, total_steps: int | None) -> int:
+        """The gradient bit width for 0-based ``step`` of ``total_steps`` (first value if unknown)."""
+        if not total_steps:
+            return self.values[0]
+        # step / total >= b, in integers: boundaries are compared as step * 10**6 >= b * 10**6 * total.
+        index = sum(step * 1_000_000 >= round(b * 1_000_000) * total_steps for b in self.boundaries)
+        return self.values[index]
+
+    def __str__(self) -> str:
+        if not self.boundaries:
+            return str(self.values[0])
+        return ",".join(map(str, self.values)) + "@" + ",".join(f"{b:g}" for b in self.boundaries)
+
+
+def apply_update(param: IntParameter, gb: int, runtime: Runtime) -> None:
+    """``W = clip(W - rescale(G, gb))`` (8-bit) or the int16 accumulate-and-refresh of §1.6."""
+    if param.grad is None:
+        raise RuntimeError(f"{param!r} has no gradient to apply")
+    if param.accumulator_bits == 8:
+        g, _ = runtime.rescale(param.grad, gb, "gradient", batched=False)
+        param.m = (param.m.to(torch.int16) - g).clamp_(-127, 127).to(torch.int8)
+    else:
+        assert param.master is not None
+        g, _ = runtime.rescale(param.grad, gb + 8, "gradient", batched=False)
+        param.master = (param.master.to(torch.int32) - g).clamp_(-32767, 32767).to(torch.int16)
+        param.refresh_datapath()
+    param.grad = None

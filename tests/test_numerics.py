@@ -1,0 +1,135 @@
+"""numerics against a pure-Python integer reference (DESIGN §1.2–1.3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from niti.numerics import ROUNDING_MODES, IntTensor, RoundingPolicy, bits, rescale, round_shift
+
+
+def ref_round(x: int, s: int, mode: str, u: int = 0) -> int:
+    """DESIGN §1.3 written with Python ints, sign-magnitude."""
+    if s == 0:
+        return x
+    a, sign = abs(x), (-1 if x < 0 else 1)
+    low, q = a % (1 << s), a >> s
+    if mode == "nearest":
+        q += low >= (1 << (s - 1))
+    elif mode == "pseudo_stochastic":
+        h = s // 2
+        hi, lo = low >> h, low % (1 << h)
+        if s % 2:
+            lo *= 2
+        q += hi > lo
+    elif mode == "stochastic":
+        q += u < low
+    return sign * q
+
+
+ints = st.integers(-(2**31) + 1, 2**31 - 1)
+
+
+@pytest.mark.parametrize("x,s,want", [(1000, 4, 63), (-1000, 4, -63), (1000, 5, 32), (12345, 9, 24)])
+def test_psr_worked_values(x: int, s: int, want: int) -> None:
+    assert round_shift(torch.tensor([x], dtype=torch.int32), s, "pseudo_stochastic").item() == want
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ints, min_size=1, max_size=40), st.integers(0, 30),
+       st.sampled_from(["nearest", "pseudo_stochastic", "truncate"]))
+def test_deterministic_modes_match_reference(xs: list[int], s: int, mode: str) -> None:
+    t = torch.tensor(xs, dtype=torch.int64)
+    got = round_shift(t, s, mode).tolist()
+    assert got == [ref_round(x, s, mode) for x in xs]
+    # int32 inputs take the int32 path; same answers.
+    assert round_shift(t.to(torch.int32), s, mode).tolist() == got
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(ints, min_size=1, max_size=40), st.integers(1, 30), st.integers(0, 2**32))
+def test_stochastic_matches_reference_given_noise(xs: list[int], s: int, seed: int) -> None:
+    t = torch.tensor(xs, dtype=torch.int64)
+    u = torch.randint(0, 1 << s, t.shape, generator=torch.Generator().manual_seed(seed))
+    got = round_shift(t, s, "stochastic", noise=u).tolist()
+    assert got == [ref_round(x, s, "stochastic", int(v)) for x, v in zip(xs, u)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ints, min_size=1, max_size=40), st.integers(0, 30), st.sampled_from(ROUNDING_MODES))
+def test_modes_symmetric_about_zero(xs: list[int], s: int, mode: str) -> None:
+    t = torch.tensor(xs, dtype=torch.int64)
+    noise = torch.randint(0, 1 << s, t.shape) if s else None
+    assert torch.equal(round_shift(-t, s, mode, noise=noise), -round_shift(t, s, mode, noise=noise))
+
+
+def test_stochastic_is_unbiased_on_average() -> None:
+    g = torch.Generator().manual_seed(1)
+    t = torch.full((200_000,), 1000, dtype=torch.int32)  # 1000 / 16 = 62.5
+    r = round_shift(t, 4, "stochastic", generator=g)
+    assert set(r.unique().tolist()) == {62, 63}
+    mean_x1000 = int(r.sum()) * 1000 // r.numel()
+    assert abs(mean_x1000 - 62_500) < 150  # within ~7 standard errors of 62.5
+
+
+def test_psr_rounds_up_with_the_frequency_its_definition_gives() -> None:
+    # Over every value of the discarded bits, PSR rounds up exactly when hi > lo.
+    for s in range(1, 11):
+        low = torch.arange(1 << s, dtype=torch.int64)
+        up = round_shift((1 << s) * 5 + low, s, "pseudo_stochastic") - 5
+        h = s // 2
+        want = sum(1 for v in range(1 << s) if (v >> h) > (v % (1 << h)) * (2 if s % 2 else 1))
+        assert int(up.sum()) == want
+        # Roughly unbiased: it rounds up about half of the time.
+        assert abs(want - (1 << (s - 1))) <= (1 << (s - 1)) // 2 + 1
+
+
+def test_nearest_ties_away_from_zero() -> None:
+    t = torch.tensor([8, -8, 24, -24, 7, -7], dtype=torch.int32)
+    assert round_shift(t, 4, "nearest").tolist() == [1, -1, 2, -2, 0, 0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ints, min_size=0, max_size=40))
+def test_bits_is_bit_length_of_max_magnitude(xs: list[int]) -> None:
+    t = torch.tensor(xs, dtype=torch.int64)
+    assert bits(t) == max((abs(x) for x in xs), default=0).bit_length()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(ints, min_size=1, max_size=40), st.integers(1, 15), st.sampled_from(ROUNDING_MODES))
+def test_rescale_clips_and_shifts(xs: list[int], target: int, mode: str) -> None:
+    t = torch.tensor(xs, dtype=torch.int64)
+    noise_gen = torch.Generator().manual_seed(0)
+    r, shift = rescale(t, target, mode, noise_gen)
+    assert shift == max(0, max(abs(x) for x in xs).bit_length() - target)
+    assert int(r.abs().max()) <= (1 << target) - 1
+    if mode != "stochastic":
+        want = [max(-(1 << target) + 1, min((1 << target) - 1, ref_round(x, shift, mode))) for x in xs]
+        assert r.tolist() == want
+
+
+def test_rescale_never_wraps_128() -> None:
+    # The reference's ceil(log2) let 128 through unshifted and wrapped it to -128.
+    r, shift = rescale(torch.tensor([128, -128, 5], dtype=torch.int32), 7, "nearest")
+    assert shift == 1 and r.dtype == torch.int8 and r.tolist() == [64, -64, 3]
+
+
+def test_rescale_all_zero_and_small() -> None:
+    r, shift = rescale(torch.zeros(5, dtype=torch.int32), 7, "nearest")
+    assert shift == 0 and r.tolist() == [0] * 5
+    r, shift = rescale(torch.tensor([127, -127], dtype=torch.int32), 7, "nearest")
+    assert shift == 0 and r.tolist() == [127, -127]
+
+
+def test_bad_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="rounding mode"):
+        round_shift(torch.tensor([1]), 1, "banker")
+    with pytest.raises(ValueError, match="rounding mode for gradient"):
+        RoundingPolicy(gradient="float")
+    with pytest.raises(TypeError, match="integer tensor"):
+        IntTensor(torch.zeros(2), 0)
+    with pytest.raises(TypeError, match="exponent"):
+        IntTensor(torch.zeros(2, dtype=torch.int8), 1.5)  # type: ignore[arg-type]
