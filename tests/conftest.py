@@ -35,3 +35,12 @@ def cifar10() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def mnist_small_npz(tmp_path_factory: pytest.TempPathFactory, mnist: dict[str, np.ndarray]) -> Path:
+    """A small slice of real MNIST (first 1,600 training and 1,000 test images) as an npz, for fast end-to-end runs."""
+    path = tmp_path_factory.mktemp("data") / "mnist-small.npz"
+    np.savez(path, x_train=mnist["x_train"][:1600], y_train=mnist["y_train"][:1600],
+             x_test=mnist["x_test"][:1000], y_test=mnist["y_test"][:1000])
+    return path

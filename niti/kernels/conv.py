@@ -56,6 +56,10 @@ def im2col(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding:
 
 def conv2d(x: Tensor, weight: Tensor, stride: tuple[int, int], padding: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """NHWC int8 convolution: returns (int32/int64 NHWC output, the im2col columns for grad-weight)."""
+    if x.is_cuda:  # Triton implicit GEMM when available; its "cols" stand-in computes grad-weight itself
+        from .cuda import triton_conv2d
+        if (done := triton_conv2d(x, weight, stride, padding)) is not None:
+            return done
     n, h, w, _ = x.shape
     c_out, kh, kw, _ = weight.shape
     ho = conv_output_size(h, kh, stride[0], padding[0])
@@ -87,6 +91,8 @@ def conv2d_grad_input(err: Tensor, weight: Tensor, input_hw: tuple[int, int], st
 
 def conv2d_grad_weight(err: Tensor, cols: Tensor, kernel: tuple[int, int]) -> Tensor:
     """Weight gradient ``errᵀ · cols`` as ``(C_out, kh, kw, C_in)``, int32 or int64 when split."""
+    if not isinstance(cols, Tensor):  # triton_conv.ImplicitColumns from the CUDA path
+        return cols.grad_weight(err, kernel)
     c_out = err.shape[-1]
     g = int_matmul(err.reshape(-1, c_out).t(), cols)
     return g.view(c_out, kernel[0], kernel[1], -1)

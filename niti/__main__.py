@@ -1,0 +1,3 @@
+from niti.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,334 @@
+"""``FloatModel``: the NITI architectures in float32 PyTorch, the baseline every integer result is compared with.
+
+Float is the point of this module, so nothing on niti's integer code paths
+imports it.  It is built from the same ``Architecture`` spec as
+``IntegerModel`` and offers the same interface (``train_step``, ``predict``,
+``state_dict``, ``weights_sha256``, ...), so one trainer drives either.
+What matches the integer model: the layers (no biases, NHWC flatten order),
+Xavier-uniform initialisation with the same fans, dropout p = 1/2 with one
+mask per feature for the whole batch drawn from a seeded generator, and a
+step-size schedule with the same boundaries as ``GbSchedule`` applied per
+step.  What is float: autograd, softmax cross-entropy and SGD with momentum
+and weight decay.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .models.architectures import Architecture, get_architecture
+from .models.integer import IntegerModel
+
+__all__ = ["DEFAULT_STATS", "FloatModel", "LrSchedule", "build_float"]
+
+#: Per-channel (mean, std) of the training sets in [0, 1] pixel units (computed from ../shared/data, float64).
+DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.13066048,), (0.3081078,)),
+    "cifar10": ((0.49139968, 0.48215841, 0.44653091), (0.24703223, 0.24348513, 0.26158784)),
+}
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """``lr`` times ``decay[i]`` from fraction ``boundaries[i]`` of all steps on (default ×0.1 at 50 %, ×0.01 at 75 %).
+
+    The boundaries are compared exactly as ``GbSchedule.gb_at`` compares them,
+    so the float step size drops at the same step as the integer gb.
+    """
+
+    lr: float = 0.01
+    decay: tuple[float, ...] = (0.1, 0.01)
+    boundaries: tuple[float, ...] = (0.5, 0.75)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if len(self.decay) != len(self.boundaries):
+            raise ValueError(f"lr schedule needs one decay factor per boundary, got decay={self.decay} "
+                             f"and boundaries={self.boundaries}")
+        if any(not (math.isfinite(d) and d > 0) for d in self.decay):
+            raise ValueError(f"lr decay factors must be positive finite numbers, got {self.decay}")
+        if list(self.boundaries) != sorted(self.boundaries) or any(not 0 < b < 1 for b in self.boundaries):
+            raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {self.boundaries}")
+
+    def phase(self, step: int, total_steps: int | None) -> int:
+        """How many boundaries 0-based ``step`` of ``total_steps`` has passed (0 if the total is unknown)."""
+        if not total_steps:
+            return 0
+        return sum(step * 1_000_000 >= round(b * 1_000_000) * total_steps for b in self.boundaries)
+
+    def lr_at(self, step: int, total_steps: int | None) -> float:
+        index = self.phase(step, total_steps)
+        return self.lr if index == 0 else self.lr * self.decay[index - 1]
+
+
+class FlattenNHWC(torch.nn.Module):
+    """Flatten NCHW activations in NHWC order, the integer model's feature order (DESIGN §1.4)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+
+class BatchDropout(torch.nn.Module):
+    """p = 1/2 dropout with one 0/1 mask per feature shared by the batch, as the integer model draws it.
+
+    Kept features are doubled in training (the integer model adds 1 to the
+    exponent); evaluation is the identity.  The mask is drawn on the CPU from
+    ``generator`` so it does not depend on the device.
+    """
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        keep = torch.randint(0, 2, tuple(x.shape[1:]), generator=self.generator, dtype=torch.int8)
+        return x * (keep.to(device=x.device, dtype=x.dtype) * 2)
+
+
+def _build_layers(arch: Architecture, init_generator: torch.Generator,
+                  dropout_generator: torch.Generator) -> torch.nn.Sequential:
+    """The spec's layers in float; weights Xavier-uniform from ``init_generator`` (never the global RNG)."""
+    layers: list[torch.nn.Module] = []
+    h, w, c = arch.input_shape
+    features = 0  # the input width of the next Linear, known once flattened
+    for spec in arch.layers:
+        kind = spec[0]
+        if kind == "conv":
+            _, oc, k, p = spec
+            # skip_init builds on the meta device: torch's own init would draw from the global RNG.
+            layer = torch.nn.utils.skip_init(torch.nn.Conv2d, c, oc, k, padding=p, bias=False)
+            torch.nn.init.xavier_uniform_(layer.weight, generator=init_generator)
+            layers.append(layer)
+            h, w, c = h + 2 * p - k + 1, w + 2 * p - k + 1, oc
+        elif kind == "linear":
+            layer = torch.nn.utils.skip_init(torch.nn.Linear, features, spec[1], bias=False)
+            torch.nn.init.xavier_uniform_(layer.weight, generator=init_generator)
+            layers.append(layer)
+            features = spec[1]
+        elif kind == "relu":
+            layers.append(torch.nn.ReLU())
+        elif kind == "pool":
+            layers.append(torch.nn.MaxPool2d(spec[1]))
+            h, w = h // spec[1], w // spec[1]
+        elif kind == "flatten":
+            layers.append(FlattenNHWC())
+            features = h * w * c
+        elif kind == "dropout":
+            layers.append(BatchDropout(dropout_generator))
+        else:  # pragma: no cover - specs are ours
+            raise ValueError(f"unknown layer kind {kind!r}")
+    return torch.nn.Sequential(*layers)
+
+
+def _check_stats(name: str, values: tuple[float, ...], channels: int, positive: bool) -> Tensor:
+    values = tuple(float(v) for v in values)
+    if len(values) != channels:
+        raise ValueError(f"{name} has {len(values)} channels, the model expects {channels}")
+    if any(not math.isfinite(v) or (positive and v <= 0) for v in values):
+        raise ValueError(f"{name} must be finite{' and positive' if positive else ''}, got {values}")
+    return torch.tensor(values, dtype=torch.float32)
+
+
+class FloatModel:
+    """A float32 network: ``train_step`` runs normalisation, forward, cross-entropy, backward and SGD.
+
+    ``mean`` and ``std`` are per-channel, in [0, 1] pixel units: the input is
+    ``(images / 255 - mean) / std``.  The learning rate follows ``schedule``
+    per step; with ``total_steps`` unknown it stays at ``schedule.lr``.
+    """
+
+    def __init__(self, arch: Architecture, *, seed: int = 0, schedule: LrSchedule | None = None,
+                 momentum: float = 0.9, weight_decay: float = 5e-4, total_steps: int | None = None,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None) -> None:
+        if not (math.isfinite(momentum) and 0 <= momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if not (math.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a non-negative finite number, got {weight_decay}")
+        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
+        channels = arch.input_shape[2]
+        default_mean, default_std = DEFAULT_STATS.get(arch.dataset, ((0.0,) * channels, (1.0,) * channels))
+        self.arch = arch
+        self.seed = seed
+        self.schedule = schedule or LrSchedule()
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.total_steps = total_steps
+        self.step = 0
+        self.device = torch.device("cpu")
+        self.mean = _check_stats("mean", mean if mean is not None else default_mean, channels, positive=False)
+        self.std = _check_stats("std", std if std is not None else default_std, channels, positive=True)
+        # Same seeds as IntegerModel: init from `seed`, dropout from the Runtime's dropout stream.
+        self.dropout_generator = torch.Generator(device="cpu").manual_seed(seed * 2 + 2)
+        self.net = _build_layers(arch, torch.Generator(device="cpu").manual_seed(seed), self.dropout_generator)
+        self.optimizer = self._new_optimizer()
+
+    # ----------------------------------------------------------------- config
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.net.parameters())
+
+    def _new_optimizer(self) -> torch.optim.SGD:
+        return torch.optim.SGD(self.parameters(), lr=self.schedule.lr, momentum=self.momentum,
+                               weight_decay=self.weight_decay)
+
+    def _momentum_buffers(self) -> list[Tensor | None]:
+        """SGD's momentum buffer per weight, in ``parameters()`` order (None before the first step)."""
+        return [self.optimizer.state.get(p, {}).get("momentum_buffer") for p in self.parameters()]
+
+    def _set_momentum_buffers(self, buffers: list[Tensor | None]) -> None:
+        self.optimizer = self._new_optimizer()
+        for p, buf in zip(self.parameters(), buffers):
+            if buf is not None:
+                self.optimizer.state[p]["momentum_buffer"] = buf.to(self.device, copy=True)
+
+    def to(self, device: torch.device | str) -> "FloatModel":
+        buffers = self._momentum_buffers()
+        self.device = torch.device(device)
+        self.net.to(self.device)
+        self._set_momentum_buffers(buffers)  # a fresh optimizer: correct whether or not .to kept the Parameters
+        self.mean, self.std = self.mean.to(self.device), self.std.to(self.device)
+        return self
+
+    def current_lr(self) -> float:
+        return self.schedule.lr_at(self.step, self.total_steps)
+
+    # ------------------------------------------------------------- validation
+    # The integer model's checks use only ``arch`` and ``device``: share them, so both reject the same inputs.
+    _check_images = IntegerModel._check_images
+    _check_labels = IntegerModel._check_labels
+
+    # ---------------------------------------------------------------- compute
+    def normalise(self, images: Tensor) -> Tensor:
+        """Float32 NCHW input ``(images / 255 - mean) / std`` for uint8 NHWC ``images``."""
+        x = (images.to(torch.float32) / 255 - self.mean) / self.std
+        return x.permute(0, 3, 1, 2)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Float logits for uint8 NHWC ``images`` (uses the current mode, records autograd if enabled)."""
+        return self.net(self.normalise(images))
+
+    def train_step(self, images: Tensor, labels: Tensor) -> Tensor:
+        """One SGD step on the mean cross-entropy; returns the logits (before the update), detached.
+
+        Inputs are validated before anything changes; if the step fails, the
+        weights, momentum, step counter and dropout generator are left as they were.
+        """
+        images = self._check_images(images)
+        labels = self._check_labels(labels, images.shape[0])
+        saved_rng = self.dropout_generator.get_state()
+        try:
+            self.net.train(True)
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = self.forward(images)
+            F.cross_entropy(logits, labels).backward()
+        except BaseException:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.dropout_generator.set_state(saved_rng)
+            raise
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return logits.detach()
+
+    def predict_logits(self, images: Tensor) -> Tensor:
+        images = self._check_images(images)
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            with torch.no_grad():
+                return self.forward(images)
+        finally:
+            self.net.train(was_training)
+
+    def predict(self, images: Tensor) -> Tensor:
+        """int64 class indices (the first maximum of the logits)."""
+        return self.predict_logits(images).argmax(dim=1)
+
+    # ------------------------------------------------------------------ state
+    def _hyper(self) -> dict:
+        s = self.schedule
+        return {"lr": s.lr, "decay": tuple(s.decay), "boundaries": tuple(s.boundaries),
+                "momentum": self.momentum, "weight_decay": self.weight_decay}
+
+    def state_dict(self) -> dict:
+        """Weights, momentum buffers, step, dropout generator and hyperparameters: a bit-identical resume on CPU.
+
+        Every tensor is a CPU copy, so later training does not change a saved state.
+        """
+        weights = {name: p.detach().cpu().clone() for name, p in self.net.named_parameters()}
+        momentum = [None if buf is None else buf.detach().cpu().clone() for buf in self._momentum_buffers()]
+        return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps, "weights": weights,
+                "momentum": momentum, "dropout_generator": self.dropout_generator.get_state(),
+                "hyper": self._hyper(), "mean": self.mean.cpu().clone(), "std": self.std.cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a ``state_dict``; everything is checked before anything changes."""
+        if state.get("arch") != self.arch.name:
+            raise ValueError(f"state is for model {state.get('arch')!r}, not {self.arch.name!r}")
+        hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in state["hyper"].items()}
+        if hyper != self._hyper():
+            raise ValueError(f"state was trained with {hyper}, this model is configured with {self._hyper()}")
+        named = dict(self.net.named_parameters())
+        if sorted(state["weights"]) != sorted(named):
+            raise ValueError(f"state has weights {sorted(state['weights'])}, model has {sorted(named)}")
+        for name, p in named.items():
+            s = state["weights"][name]
+            if s.dtype != torch.float32 or s.shape != p.shape:
+                raise ValueError(f"weight {name}: expected float32 {tuple(p.shape)}, got {s.dtype} {tuple(s.shape)}")
+        if len(state["momentum"]) != len(named):
+            raise ValueError(f"state has {len(state['momentum'])} momentum buffers, model has {len(named)} weights")
+        for p, buf in zip(self.parameters(), state["momentum"]):
+            if buf is not None and (buf.dtype != torch.float32 or buf.shape != p.shape):
+                raise ValueError(f"momentum buffer: expected float32 {tuple(p.shape)}, got {buf.dtype} "
+                                 f"{tuple(buf.shape)}")
+        rng = state["dropout_generator"]
+        if not isinstance(rng, Tensor) or rng.dtype != torch.uint8 or rng.shape != self.dropout_generator.get_state().shape:
+            raise ValueError("dropout_generator must be a uint8 tensor from torch.Generator.get_state()")
+        channels = self.arch.input_shape[2]
+        mean = _check_stats("mean", state["mean"].tolist(), channels, positive=False)
+        std = _check_stats("std", state["std"].tolist(), channels, positive=True)
+
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(state["weights"][name])
+        self._set_momentum_buffers(state["momentum"])
+        self.step = int(state["step"])
+        self.total_steps = state["total_steps"]
+        self.dropout_generator.set_state(rng)
+        self.mean, self.std = mean.to(self.device), std.to(self.device)
+
+    def weights_sha256(self) -> str:
+        """SHA-256 over every float32 weight (name, shape and bytes) in the network's order."""
+        h = hashlib.sha256()
+        for i, (name, p) in enumerate(self.net.named_parameters()):
+            arr = np.ascontiguousarray(p.detach().cpu().numpy())
+            h.update(f"{i}:{name}:{arr.dtype.str}:{arr.shape}:".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
+
+    def __repr__(self) -> str:
+        return (f"FloatModel({self.arch.name}, schedule={self.schedule}, momentum={self.momentum}, "
+                f"weight_decay={self.weight_decay})\n{self.net!r}")
+
+
+def build_float(name: str, *, seed: int = 0, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+                lr_decay: tuple[float, ...] = (0.1, 0.01), lr_boundaries: tuple[float, ...] = (0.5, 0.75),
+                total_steps: int | None = None, mean: tuple[float, ...] | None = None,
+                std: tuple[float, ...] | None = None) -> FloatModel:
+    """A ``FloatModel`` for ``"lenet"``, ``"vgg-small-7"``, ``"vgg-small-8"`` or ``"vgg-small-9"``."""
+    schedule = LrSchedule(float(lr), tuple(float(d) for d in lr_decay), tuple(float(b) for b in lr_boundaries))
+    return FloatModel(get_architecture(name), seed=seed, schedule=schedule, momentum=momentum,
+                      weight_decay=weight_decay, total_steps=total_steps, mean=mean, std=std)

@@ -1,0 +1,187 @@
+"""``niti`` command line: parse, build a config, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .numerics import ROUNDING_MODES
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .models import ARCHITECTURES
+
+    p = sub.add_parser("train", help="train an integer model (or its float twin)",
+                       description="Train a model; writes checkpoint.pt, metrics.jsonl, steps.jsonl and summary.json "
+                                   "to --out.")
+    p.add_argument("--model", default="lenet", choices=sorted(ARCHITECTURES))
+    p.add_argument("--dataset", default=None, help="mnist, cifar10 or a path to an .npz (default: the model's own)")
+    p.add_argument("--data-dir", default=None, help="where the data lives (default: $NITI_DATA, then ~/.cache/niti)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<model>-<arith>-s<seed>)")
+    p.add_argument("--arith", default="int", choices=["int", "float"], help="integer NITI training or the float32 twin")
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation (the last N)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop + flip (default: on for cifar10)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule fits them)")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torch.distributed)")
+    for role, default in (("act", "nearest"), ("err", "nearest"), ("grad", "pseudo_stochastic"),
+                          ("loss", "stochastic")):
+        p.add_argument(f"--{role}-round", default=default, choices=ROUNDING_MODES,
+                       help=f"rounding of {role} rescales (default {default})")
+    p.add_argument("--round-all", default=None, choices=ROUNDING_MODES, help="one rounding mode for every role")
+    p.add_argument("--gb-schedule", default="5,4,3@0.5,0.75",
+                   help="gradient bit widths and the fractions of training where they change")
+    p.add_argument("--accumulator-bits", type=int, default=8, choices=[8, 16], help="weight accumulator width")
+    p.add_argument("--lr", type=float, default=None, help="float baseline learning rate (default: tuned value)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted run in DIR")
+    p.set_defaults(func=_cmd_train)
+
+
+def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
+    from .train import TrainConfig
+
+    rounds = {f"{r}_round": (args.round_all or getattr(args, f"{r}_round")) for r in ("act", "err", "grad", "loss")}
+    out = args.out or f"runs/{args.model}-{args.arith}-s{args.seed}"
+    return TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, out=out, arith=args.arith,
+                       epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
+                       augment=args.augment, max_steps=args.max_steps, train_limit=args.train_limit,
+                       threads=args.threads, device=args.device, gb_schedule=args.gb_schedule,
+                       accumulator_bits=args.accumulator_bits, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay, progress=not args.no_progress, **rounds)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, TrainingInterrupted, fit, load_checkpoint
+
+    if args.nproc > 1:
+        from .distributed import launch
+
+        argv = [a for a in sys.argv[1:]]
+        i = argv.index("--nproc") if "--nproc" in argv else None
+        if i is not None:
+            del argv[i:i + 2]
+        else:
+            argv = [a for a in argv if not a.startswith("--nproc=")]
+        return launch(args.nproc, argv)
+    if args.resume:
+        saved = TrainConfig.from_dict(load_checkpoint(Path(args.resume))["config"])
+        changes = {"out": args.resume, "progress": not args.no_progress}
+        if args.threads:
+            changes["threads"] = args.threads
+        if args.data_dir:
+            changes["data_dir"] = args.data_dir
+        config = saved.replace(**changes)
+    else:
+        config = _config_from_args(args)
+    try:
+        summary = fit(config, resume=bool(args.resume))
+    except TrainingInterrupted as exc:
+        print(f"niti: {exc}", file=sys.stderr)
+        return 130
+    if summary.get("world_size", 1) == 1 or _is_rank0():
+        keys = ("final_test_accuracy", "best_val_accuracy", "epochs", "seconds", "images_per_second",
+                "weights_sha256")
+        print(json.dumps({k: summary[k] for k in keys}, indent=2))
+        print(f"wrote {config.out}/summary.json")
+    return 0
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a data set's test (and validation) split")
+    p.add_argument("checkpoint", help="checkpoint.pt or a run directory")
+    p.add_argument("--dataset", default=None, help="default: the data set the run trained on")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import data
+    from .train import load_model
+    from .train.metrics import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, config, state = load_model(args.checkpoint)
+    name = args.dataset or config.dataset or model.arch.dataset
+    ds = data.load_dataset(name, args.data_dir or config.data_dir)
+    x, y = torch.from_numpy(ds.x_test.copy()), torch.from_numpy(ds.y_test.copy())
+    correct = evaluate(model, x, y)
+    result = {"checkpoint": str(args.checkpoint), "model": config.model, "arith": config.arith, "dataset": name,
+              "test_images": int(x.shape[0]), "test_accuracy": 100.0 * correct / x.shape[0],
+              "step": model.step, "weights_sha256": model.weights_sha256()}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="PNG of loss/accuracy curves of one or more runs, overlaid")
+    p.add_argument("runs", nargs="+", help="run directories (holding metrics.jsonl / steps.jsonl)")
+    p.add_argument("-o", "--output", default="curves.png")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=_cmd_plot)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_runs
+
+    path = plot_runs([Path(r) for r in args.runs], Path(args.output), title=args.title)
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    try:
+        from . import bench
+    except ImportError:  # pragma: no cover - bench module optional during development
+        return
+    p = sub.add_parser("bench", help="integer vs float PyTorch training-step speed on this machine")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.main)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="niti", description="Integer-only neural network training (NITI).")
+    parser.add_argument("--version", action="version", version=f"niti {__import__('niti').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_eval(sub)
+    _add_plot(sub)
+    _add_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``niti`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, OSError) as exc:
+        print(f"niti: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""Data-parallel integer training: the all-reduces behind ``Runtime.reduce_max`` / ``reduce_sum``.
+
+A single process computes every whole-batch quantity of a step from the whole
+batch.  With W ranks each holding a shard, the same numbers come out when
+
+- every bit width used for a batched rescale is the MAX over ranks (integer
+  max is exact, so every rank shifts by the single-process shift),
+- every weight gradient is the SUM over ranks of the shard gradients
+  (integer sums are exact and associative, so the total equals the
+  single-process one bit for bit), and
+- stochastic-rounding draws are made for the whole batch and sliced
+  (``Runtime`` does this from ``rank``/``world_size``).
+
+So a W-process run is bit-identical to one process with the global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from ..numerics import bits
+from .group import DistInfo
+
+__all__ = ["CommStats", "Collectives", "attach", "replica_fingerprint", "verify_replicas"]
+
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+@dataclass
+class CommStats:
+    """Calls and payload bytes (per rank, as handed to ``all_reduce``) by purpose."""
+
+    width_calls: int = 0  # MAX of bit widths for batched rescales
+    width_bytes: int = 0
+    grad_width_calls: int = 0  # MAX of gradient bit widths (chooses the int32/int64 wire type)
+    grad_width_bytes: int = 0
+    grad_calls: int = 0  # SUM of weight gradients
+    grad_bytes: int = 0
+    grad_int64_calls: int = 0  # gradient sums that needed int64 on the wire
+
+    @property
+    def total_bytes(self) -> int:
+        return self.width_bytes + self.grad_width_bytes + self.grad_bytes
+
+    @property
+    def total_calls(self) -> int:
+        return self.width_calls + self.grad_width_calls + self.grad_calls
+
+    def reset(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, 0)
+
+
+class Collectives:
+    """The reductions a data-parallel ``Runtime`` uses, over one gloo process group, with byte counts."""
+
+    def __init__(self, world_size: int, group: dist.ProcessGroup | None = None) -> None:
+        self.world_size = world_size
+        self.group = group
+        self.stats = CommStats()
+
+    def _max(self, value: int) -> int:
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return int(t.item())
+
+    def reduce_max(self, value: int) -> int:
+        """The largest ``value`` over all ranks (bit widths of batched rescales)."""
+        self.stats.width_calls += 1
+        self.stats.width_bytes += 8
+        return self._max(value)
+
+    def reduce_sum(self, t: Tensor) -> Tensor:
+        """The exact element-wise sum over ranks of integer tensor ``t`` (a new tensor; ``t`` is untouched).
+
+        The sum travels as int32 when W · (2**b - 1) fits, where b is the
+        largest gradient bit width on any rank (one 8-byte MAX first), and as
+        int64 otherwise: never wraps, never saturates, and costs the same
+        bytes as an fp32 gradient all-reduce in the common case.
+        """
+        if t.dtype not in _INT_DTYPES:
+            raise TypeError(f"reduce_sum sums integer gradients, got {t.dtype}")
+        self.stats.grad_width_calls += 1
+        self.stats.grad_width_bytes += 8
+        width = self._max(bits(t))
+        bound = self.world_size * ((1 << width) - 1)
+        if bound > _INT64_MAX:  # pragma: no cover - needs > 2**62 magnitudes
+            raise OverflowError(f"gradient sum over {self.world_size} ranks of {width}-bit values could exceed int64")
+        wire = torch.int32 if bound <= _INT32_MAX else torch.int64
+        buf = t.to(device="cpu", dtype=wire, copy=True).contiguous()
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
+        self.stats.grad_calls += 1
+        self.stats.grad_bytes += buf.numel() * buf.element_size()
+        self.stats.grad_int64_calls += wire == torch.int64
+        return buf.to(t.device)
+
+
+def _digest(obj: object) -> str:
+    h = hashlib.sha256()
+    if isinstance(obj, dict):
+        for k in sorted(obj):
+            h.update(f"{k}=".encode())
+            h.update(_digest(obj[k]).encode())
+    elif isinstance(obj, Tensor):
+        h.update(f"{obj.dtype}{tuple(obj.shape)}".encode())
+        h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest()
+
+
+def replica_fingerprint(model) -> dict[str, str]:  # noqa: ANN001 - an IntegerModel
+    """What must agree on every rank before data-parallel steps: weights, generators, step, configuration."""
+    return {
+        "architecture": model.arch.name,
+        "weights_sha256": model.weights_sha256(),
+        "generator_states": _digest(model.runtime.state_dict()),
+        "step": str(model.step),
+        "total_steps": str(model.total_steps),
+        "policy": repr(model.policy),
+        "schedule": str(model.schedule),
+        "accumulator_bits": str(model.accumulator_bits),
+        "mean": str(model.mean.tolist()),
+    }
+
+
+def verify_replicas(model, info: DistInfo) -> None:  # noqa: ANN001 - an IntegerModel
+    """Raise ``RuntimeError`` on every rank unless all ranks hold the same model state.
+
+    Compares ``replica_fingerprint`` (weight hash, generator states, step,
+    policy, schedule...) gathered from all ranks; the message names each rank
+    and field that differs from rank 0.
+    """
+    _check_group(info)
+    mine = replica_fingerprint(model)
+    gathered: list[dict[str, str] | None] = [None] * info.world_size
+    dist.all_gather_object(gathered, mine)
+    ref = gathered[0]
+    problems = []
+    for r, fp in enumerate(gathered[1:], start=1):
+        diff = [k for k in ref if fp.get(k) != ref[k]]
+        if diff:
+            detail = ", ".join(f"{k} ({_short(fp.get(k))} vs {_short(ref[k])})" for k in diff)
+            problems.append(f"rank {r} differs from rank 0 in {detail}")
+    if problems:
+        raise RuntimeError("data-parallel ranks do not start from the same model: " + "; ".join(problems)
+                           + ". Build every rank's model with the same seed and configuration "
+                             "(and load the same checkpoint) before attach().")
+
+
+def _short(v: str | None) -> str:
+    return "None" if v is None else (v[:12] + "…" if len(v) > 16 else v)
+
+
+def _check_group(info: DistInfo) -> None:
+    if not dist.is_initialized():
+        raise RuntimeError("no process group: call niti.distributed.init_from_env() first")
+    if dist.get_world_size() != info.world_size or dist.get_rank() != info.rank:
+        raise RuntimeError(f"DistInfo says rank {info.rank} of {info.world_size}, the process group says "
+                           f"rank {dist.get_rank()} of {dist.get_world_size()}")
+
+
+def attach(model, info: DistInfo) -> Collectives:  # noqa: ANN001 - an IntegerModel
+    """Make ``model`` a data-parallel replica: verify all ranks agree, then install all-reducing reductions.
+
+    After this, ``model.train_step`` on this rank's shard (``shard``) gives
+    every rank the weights a single process gets from the whole batch.  Any
+    batched forward is then a collective: *all* ranks must call
+    ``train_step`` / ``predict`` together, each with its shard of the same
+    global batch (evaluate with ``shard`` + ``all_sum_int``).  Returns the
+    ``Collectives`` so callers can read ``stats``.
+    """
+    _check_group(info)
+    verify_replicas(model, info)
+    coll = Collectives(info.world_size)
+    runtime = dataclasses.replace(model.runtime, rank=info.rank, world_size=info.world_size,
+                                  reduce_max=coll.reduce_max, reduce_sum=coll.reduce_sum)
+    model.set_runtime(runtime)  # copies the generator states
+    return coll

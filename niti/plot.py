@@ -1,0 +1,65 @@
+"""Loss and accuracy curves of runs, integer and float overlaid, as one PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["plot_runs", "read_run"]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_run(run: Path) -> dict:
+    """A run's label, per-epoch metrics and running-loss records."""
+    if not run.is_dir():
+        raise ValueError(f"{run} is not a run directory")
+    epochs, steps = _read_jsonl(run / "metrics.jsonl"), _read_jsonl(run / "steps.jsonl")
+    if not epochs and not steps:
+        raise ValueError(f"{run} has no metrics.jsonl or steps.jsonl to plot")
+    label = run.name
+    summary = run / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        label = f"{run.name} ({s.get('arith', '?')}, {s.get('model', '?')})"
+    return {"label": label, "epochs": epochs, "steps": steps}
+
+
+def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
+    """Write ``output`` (PNG): running training loss, and validation/test accuracy per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = [read_run(Path(r)) for r in runs]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, run in enumerate(data):
+        color = f"C{i}"
+        if run["steps"]:
+            ax_loss.plot([s["epoch"] for s in run["steps"]], [s["loss"] for s in run["steps"]], color=color,
+                         label=run["label"])
+        ep = run["epochs"]
+        if ep:
+            xs = [e["epoch"] for e in ep]
+            if any(e.get("val_accuracy") is not None for e in ep):
+                ax_acc.plot(xs, [e.get("val_accuracy") for e in ep], color=color, marker="o", label=f"{run['label']} val")
+            ax_acc.plot(xs, [e["test_accuracy"] for e in ep], color=color, marker="s", linestyle="--",
+                        label=f"{run['label']} test")
+    ax_loss.set(xlabel="epoch", ylabel="training loss (running mean)", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    plt.close(fig)
+    return output

@@ -1,0 +1,84 @@
+"""``TrainConfig``: everything that defines a training run, as one frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..numerics import ROUNDING_MODES, RoundingPolicy
+from ..optim import GbSchedule
+
+__all__ = ["TrainConfig"]
+
+ARITHMETICS = ("int", "float")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A run: model, data, schedule, numerics and where outputs go.  The CLI only fills this in."""
+
+    model: str = "lenet"
+    dataset: str | None = None  # None: the model's own data set (lenet → mnist, vgg → cifar10)
+    data_dir: str | None = None
+    out: str = "runs/lenet-int"
+    arith: str = "int"
+    epochs: int = 1
+    batch_size: int = 64
+    seed: int = 0
+    val_size: int = 5000
+    augment: bool | None = None  # None: on for cifar10, off otherwise
+    max_steps: int | None = None  # stop early (a fraction of an epoch), for smoke tests
+    train_limit: int | None = None  # use only the first N training images
+    threads: int | None = None
+    device: str = "cpu"
+    # integer numerics
+    act_round: str = "nearest"
+    err_round: str = "nearest"
+    grad_round: str = "pseudo_stochastic"
+    loss_round: str = "stochastic"
+    gb_schedule: str = "5,4,3@0.5,0.75"
+    accumulator_bits: int = 8
+    # float baseline
+    lr: float | None = None  # None: the tuned default for the model (results/lr_sweep)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    progress: bool = True
+    log_every: int = 20  # steps between running-loss records in steps.jsonl
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.arith not in ARITHMETICS:
+            raise ValueError(f"arith must be one of {ARITHMETICS}, got {self.arith!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.val_size < 0:
+            raise ValueError(f"val_size must be >= 0, got {self.val_size}")
+        if self.accumulator_bits not in (8, 16):
+            raise ValueError(f"accumulator_bits must be 8 or 16, got {self.accumulator_bits}")
+        for name in ("act_round", "err_round", "grad_round", "loss_round"):
+            if getattr(self, name) not in ROUNDING_MODES:
+                raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
+        GbSchedule.parse(self.gb_schedule)  # validates
+
+    @property
+    def policy(self) -> RoundingPolicy:
+        return RoundingPolicy(self.act_round, self.err_round, self.grad_round, self.loss_round)
+
+    @property
+    def schedule(self) -> GbSchedule:
+        return GbSchedule.parse(self.gb_schedule)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: object) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,268 @@
+"""The training loop: data, model, epochs, evaluation, checkpoints, metrics and summary.
+
+``fit(config)`` trains an integer model (or its float twin) and writes to
+``config.out``: ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM),
+``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (running loss) and
+``summary.json``.  ``fit(config, resume=True)`` continues from the checkpoint
+so that the final weights are bit-identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .. import data as niti_data
+from ..models import build, get_architecture
+from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .metrics import correct_count, evaluate, loss_sum, write_jsonl
+
+__all__ = ["TrainingInterrupted", "fit", "build_model", "load_model"]
+
+#: Config fields that may differ between a run and its resumption.
+_RESUMABLE_CHANGES = {"progress", "threads", "data_dir", "out", "log_every"}
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after writing a checkpoint; ``--resume`` continues it."""
+
+
+def _default_dataset(config: TrainConfig) -> str:
+    return config.dataset or get_architecture(config.model).dataset
+
+
+def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...]):  # noqa: ANN201
+    """The integer model or its float twin for ``config``."""
+    if config.arith == "int":
+        model = build(config.model, seed=config.seed, policy=config.policy, schedule=config.schedule,
+                      accumulator_bits=config.accumulator_bits, total_steps=total_steps, mean=mean)
+    else:
+        from ..baseline import build_float
+
+        kwargs = {} if config.lr is None else {"lr": config.lr}
+        model = build_float(config.model, seed=config.seed, momentum=config.momentum,
+                            weight_decay=config.weight_decay, total_steps=total_steps, mean=mean, **kwargs)
+    return model.to(config.device)
+
+
+def load_model(checkpoint: str | Path):  # noqa: ANN201
+    """Rebuild the model saved in a checkpoint file or run directory (for ``niti eval``)."""
+    state = load_checkpoint(Path(checkpoint))
+    config = TrainConfig.from_dict(state["config"])
+    model = build_model(config.replace(device="cpu"), state["total_steps"], tuple(state["mean"]))
+    model.load_state_dict(state["model"])
+    return model, config, state
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag checked between steps, so no step is cut in half."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.signum is not None:  # second signal: give up at once (the last checkpoint is intact)
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+@contextmanager
+def _signals_to(flag: _StopFlag) -> Iterator[None]:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _check_resume_config(saved: TrainConfig, config: TrainConfig) -> None:
+    a, b = saved.to_dict(), config.to_dict()
+    diff = sorted(k for k in a if a[k] != b[k] and k not in _RESUMABLE_CHANGES)
+    if diff:
+        detail = ", ".join(f"{k}: {a[k]!r} -> {b[k]!r}" for k in diff)
+        raise ValueError(f"cannot resume: the run's configuration differs ({detail})")
+
+
+def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | None = None) -> dict:
+    """Train as ``config`` says and return the summary (also written to ``out/summary.json``).
+
+    ``stop_after_steps`` simulates a SIGTERM after that many steps of this call
+    (tests use it to check that resuming is bit-identical).
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    dist = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun or `niti train --nproc`
+        from .. import distributed
+
+        dist = distributed.init_from_env()
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT_NAME
+
+    state = None
+    if resume:
+        state = load_checkpoint(ckpt_path)
+        _check_resume_config(TrainConfig.from_dict(state["config"]), config)
+    elif rank == 0 and ckpt_path.exists():
+        raise ValueError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it or choose "
+                         "another --out")
+
+    dataset_name = _default_dataset(config)
+    ds = niti_data.load_dataset(dataset_name, config.data_dir)
+    arch = get_architecture(config.model)
+    if ds.image_shape != arch.input_shape or ds.num_classes > arch.num_classes:
+        raise ValueError(f"data set {ds.name} has images {ds.image_shape} and {ds.num_classes} classes; "
+                         f"model {arch.name} expects {arch.input_shape} and {arch.num_classes} classes")
+    x_train, y_train, x_val, y_val = niti_data.split_validation(ds, config.val_size)
+    if config.train_limit:
+        x_train, y_train = x_train[:config.train_limit], y_train[:config.train_limit]
+    if config.batch_size % world:
+        raise ValueError(f"batch size {config.batch_size} does not divide among {world} processes")
+    augment = config.augment if config.augment is not None else dataset_name == "cifar10"
+    steps_per_epoch = x_train.shape[0] // config.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {config.batch_size} exceeds the {x_train.shape[0]} training images")
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+
+    mean = tuple(state["mean"]) if state else niti_data.channel_means(x_train)
+    model = build_model(config, total_steps, mean)
+    if dist:
+        distributed.attach(model, dist)
+    history: list[dict] = []
+    step_log: list[dict] = []
+    epoch, start_batch, seconds, best_val, best_epoch = 0, 0, 0.0, -1.0, -1
+    running: tuple = (0.0, 0, 0)  # loss sum, correct, seen of the current epoch (for mid-epoch resume)
+    if state:
+        model.load_state_dict(state["model"])
+        epoch, start_batch = state["epoch"], state["batch"]
+        seconds, history, step_log = state["seconds"], state["history"], state["step_log"]
+        best_val, best_epoch = state["best_val"], state["best_epoch"]
+        running = tuple(state["running"])
+
+    # Copies: the data set's arrays are read-only and torch wants writable memory.
+    xt_val, yt_val = torch.from_numpy(x_val.copy()), torch.from_numpy(y_val.copy())
+    xt_test, yt_test = torch.from_numpy(ds.x_test.copy()), torch.from_numpy(ds.y_test.copy())
+    flag = _StopFlag()
+    steps_this_call = 0
+
+    def checkpoint(next_epoch: int, next_batch: int) -> None:
+        if rank != 0:
+            return
+        save_checkpoint(ckpt_path, {
+            "config": config.to_dict(), "model": model.state_dict(), "epoch": next_epoch, "batch": next_batch,
+            "seconds": seconds, "history": history, "step_log": step_log, "best_val": best_val,
+            "best_epoch": best_epoch, "running": list(running), "mean": list(mean), "total_steps": total_steps, "world_size": world,
+        })
+        write_jsonl(out / "metrics.jsonl", history)
+        write_jsonl(out / "steps.jsonl", step_log)
+
+    def accuracy(x: torch.Tensor, y: torch.Tensor) -> float | None:
+        if x.shape[0] == 0:
+            return None
+        lo, hi = x.shape[0] * rank // world, x.shape[0] * (rank + 1) // world
+        counts = [evaluate(model, x[lo:hi], y[lo:hi]), hi - lo]
+        if dist:
+            counts = distributed.all_sum_int(counts)
+        return 100.0 * counts[0] / counts[1]
+
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    show = config.progress and rank == 0
+    with _signals_to(flag):
+        while epoch < config.epochs and model.step < total_steps:
+            batches = niti_data.BatchIterator(
+                x_train, y_train, config.batch_size, seed=config.seed, epoch=epoch, drop_last=True,
+                augment=niti_data.random_crop_flip if augment else None, start_batch=start_batch, prefetch=True)
+            per_epoch = batches.batches_per_epoch
+            bar_total = min(per_epoch, start_batch + total_steps - model.step)
+            bar = _progress(show, bar_total, start_batch, f"epoch {epoch + 1}/{config.epochs}")
+            run_loss, run_correct, run_seen = running if start_batch else (0.0, 0, 0)
+            t0 = time.perf_counter()
+            for b, (xb, yb) in enumerate(batches, start=start_batch):
+                if model.step >= total_steps:
+                    break
+                if dist:
+                    xb, yb = distributed.shard(xb, yb, dist)
+                logits = model.train_step(xb, yb)
+                t1 = time.perf_counter()
+                seconds += t1 - t0  # data loading + step; evaluation and logging are not counted
+                steps_this_call += 1
+                counts = [correct_count(logits, yb.to(model.device)), int(yb.shape[0])]
+                lsum = loss_sum(logits, yb.to(model.device))
+                run_loss, run_correct, run_seen = run_loss + lsum, run_correct + counts[0], run_seen + counts[1]
+                if model.step % config.log_every == 0 or b + 1 == per_epoch:
+                    step_log.append({"step": model.step, "epoch": epoch + (b + 1) / per_epoch,
+                                     "loss": run_loss / max(run_seen, 1), "accuracy": 100.0 * run_correct / max(run_seen, 1)})
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{run_loss / max(run_seen, 1):.3f}",
+                                    acc=f"{100.0 * run_correct / max(run_seen, 1):.1f}%",
+                                    gb=getattr(model, "current_gb", lambda: None)(), refresh=False)
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    flag.signum = signal.SIGTERM
+                t0 = time.perf_counter()
+                if flag.signum is not None:
+                    running = (run_loss, run_correct, run_seen)
+                    checkpoint(epoch, b + 1)
+                    if bar is not None:
+                        bar.close()
+                    raise TrainingInterrupted(f"interrupted by signal {flag.signum}; checkpoint written to "
+                                              f"{ckpt_path} (resume with: niti train --resume {out})")
+            if bar is not None:
+                bar.close()
+            val_acc = accuracy(xt_val, yt_val)
+            test_acc = accuracy(xt_test, yt_test)
+            record = {"epoch": epoch + 1, "step": model.step, "train_loss": run_loss / max(run_seen, 1),
+                      "train_accuracy": 100.0 * run_correct / max(run_seen, 1), "val_accuracy": val_acc,
+                      "test_accuracy": test_acc, "seconds": seconds}
+            if hasattr(model, "current_gb"):
+                record["gb"] = model.current_gb()
+            history.append(record)
+            if val_acc is not None and val_acc > best_val:
+                best_val, best_epoch = val_acc, epoch + 1
+            if show:
+                print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} train {record['train_accuracy']:.2f}% "
+                      f"val {val_acc if val_acc is None else f'{val_acc:.2f}%'} test {test_acc:.2f}%", flush=True)
+            epoch, start_batch = epoch + 1, 0
+            checkpoint(epoch, 0)
+
+    images = model.step * config.batch_size
+    summary = {
+        "model": config.model, "dataset": dataset_name, "arith": config.arith,
+        "final_test_accuracy": history[-1]["test_accuracy"] if history else None,
+        "final_val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "best_val_accuracy": best_val if best_val >= 0 else None, "best_val_epoch": best_epoch if best_epoch >= 0 else None,
+        "epochs": len(history), "steps": model.step, "seconds": round(seconds, 3),
+        "images_per_second": round(images / seconds, 2) if seconds else None, "world_size": world,
+        "weights_sha256": model.weights_sha256(), "config": config.to_dict(),
+    }
+    if rank == 0:
+        atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    return summary
+
+
+def _progress(show: bool, total: int, initial: int, desc: str):  # noqa: ANN202
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                mininterval=1.0, leave=False)

@@ -1,0 +1,253 @@
+"""Data-parallel training is bit-identical to one process; failed or hung ranks stop the job.
+
+The two-rank runs go through ``launch_command`` and ``init_from_env`` exactly
+as ``niti train --nproc 2`` does: this file doubles as the worker script
+(``python tests/test_distributed.py WORKER OUT_DIR DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from niti import RoundingPolicy, build
+from niti.distributed import DistInfo, all_sum_int, init_from_env, launch_command, shard
+
+# name -> (model, dataset, policy, accumulator_bits, global batch, steps)
+CONFIGS = {
+    "default": ("lenet", "mnist", RoundingPolicy(), 8, 32, 4),
+    "nearest": ("lenet", "mnist", RoundingPolicy.all("nearest"), 8, 32, 4),
+    "stochastic": ("lenet", "mnist", RoundingPolicy.all("stochastic"), 8, 32, 4),
+    "pseudo_stochastic": ("lenet", "mnist", RoundingPolicy.all("pseudo_stochastic"), 8, 32, 4),
+    "truncate": ("lenet", "mnist", RoundingPolicy.all("truncate"), 8, 32, 4),
+    "default-acc16": ("lenet", "mnist", RoundingPolicy(), 16, 32, 4),
+    # Dropout (a mask per feature shared by the batch) and 3-channel input; a smaller batch keeps it quick.
+    "vgg-stochastic": ("vgg-small-7", "cifar10", RoundingPolicy.all("stochastic"), 8, 8, 2),
+}
+PREDICT_BATCH = 64
+WORKER = "WORKER"
+
+
+@functools.lru_cache(maxsize=None)
+def _split(data_dir: Path, dataset: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real NHWC uint8 images and int64 labels (MNIST train; CIFAR-10 from its smaller test split)."""
+    split = "train" if dataset == "mnist" else "test"
+    with np.load(data_dir / f"{dataset}.npz") as f:
+        x, y = f[f"x_{split}"], f[f"y_{split}"]
+    if x.ndim == 3:
+        x = x[..., None]
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
+
+
+def _load(data_dir: Path, dataset: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _split(Path(data_dir), dataset)
+    return x[:n], y[:n]
+
+
+def _train(name: str, data_dir: Path, info: DistInfo | None, *, audit: bool = False,
+           tamper=None) -> tuple[object, list[str]]:  # noqa: ANN001
+    """Train config ``name``; returns the model and its weight hash after every step."""
+    from niti.distributed import attach
+
+    arch, dataset, policy, acc_bits, batch, steps = CONFIGS[name]
+    images, labels = _load(data_dir, dataset, batch * steps)
+    model = build(arch, seed=3, policy=policy, accumulator_bits=acc_bits, total_steps=steps)
+    if info is not None:
+        attach(model, info)
+        if tamper is not None:
+            tamper(model)
+    hashes = []
+    for s in range(steps):
+        x, y = shard(images[s * batch:(s + 1) * batch], labels[s * batch:(s + 1) * batch], info)
+        if audit and s == 0:
+            from niti import integer_only
+            with integer_only() as mode:
+                model.train_step(x, y)
+            assert mode.ops > 0
+        else:
+            model.train_step(x, y)
+        hashes.append(model.weights_sha256())
+    return model, hashes
+
+
+def _logits_digest(m: torch.Tensor, e: int) -> str:
+    import hashlib
+    return hashlib.sha256(m.numpy().tobytes() + f"e={e}".encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- worker side
+def _worker(out_dir: Path, data_dir: Path) -> None:
+    import torch.distributed as dist
+
+    from niti.distributed import attach, shutdown
+
+    torch.set_num_threads(1)
+    t_start = time.monotonic()
+    info = init_from_env(timeout_s=60)
+    t_init = time.monotonic() - t_start
+    assert info is not None and dist.get_world_size() == 2 == info.world_size
+    report: dict = {"rank": info.rank, "world_size": dist.get_world_size(), "hashes": {}}
+    for name in CONFIGS:
+        t0 = time.monotonic()
+        model, hashes = _train(name, data_dir, info, audit=name == "default")
+        report["hashes"][name] = hashes
+        report.setdefault("seconds", {})[name] = round(time.monotonic() - t0, 2)
+        if name == "default":
+            # Evaluation is a collective too: shards of one batch give the single-process logits.
+            x = _split(data_dir, "mnist")[0][-PREDICT_BATCH:]
+            xs, _ = shard(x, torch.zeros(PREDICT_BATCH, dtype=torch.int64), info)
+            out = model.predict_logits(xs)
+            parts = [torch.empty_like(out.m) for _ in range(info.world_size)]
+            dist.all_gather(parts, out.m)
+            report["predict"] = _logits_digest(torch.cat(parts), out.e)
+            report["correct_sum"] = all_sum_int([info.rank + 1, 10])
+
+    # Negative control: the same run with rank-blind random draws must NOT match one process.
+    def rank_blind(model) -> None:  # noqa: ANN001
+        model.runtime.rank, model.runtime.world_size = 0, 1
+    report["rank_blind_stochastic"] = _train("stochastic", data_dir, info, tamper=rank_blind)[1]
+
+    # Replicas that disagree are refused with a message naming the rank.
+    bad = build("lenet", seed=100 + info.rank)
+    try:
+        attach(bad, info)
+        report["mismatch_error"] = None
+    except RuntimeError as exc:
+        report["mismatch_error"] = str(exc)
+    report["seconds"]["init"] = round(t_init, 2)
+    report["seconds"]["all"] = round(time.monotonic() - t_start, 2)
+    (out_dir / f"rank{info.rank}.json").write_text(json.dumps(report))
+    shutdown()
+
+
+# ----------------------------------------------------------------------------- test side
+@pytest.fixture(scope="module")
+def two_rank_reports(tmp_path_factory, shared_data_dir) -> list[dict]:
+    out = tmp_path_factory.mktemp("dist")
+    code = launch_command(2, [sys.executable, __file__, WORKER, str(out), str(shared_data_dir)], timeout_s=240,
+                          grace_s=5)
+    assert code == 0, f"two-rank worker job failed with exit code {code} (see captured stderr)"
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def test_two_ranks_really_ran(two_rank_reports) -> None:
+    assert [r["rank"] for r in two_rank_reports] == [0, 1]
+    assert all(r["world_size"] == 2 for r in two_rank_reports)
+    assert two_rank_reports[0]["correct_sum"] == [3, 20]
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_two_ranks_match_one_process(name, two_rank_reports, shared_data_dir) -> None:
+    _, reference = _train(name, shared_data_dir, None)
+    for r in two_rank_reports:
+        assert r["hashes"][name] == reference, f"rank {r['rank']} diverged from one process ({name})"
+    assert len(set(reference)) == len(reference), "weights did not change every step"
+
+
+def test_sharded_predict_matches_one_process(two_rank_reports, shared_data_dir) -> None:
+    model, _ = _train("default", shared_data_dir, None)
+    out = model.predict_logits(_split(shared_data_dir, "mnist")[0][-PREDICT_BATCH:])
+    assert two_rank_reports[0]["predict"] == _logits_digest(out.m, out.e)
+
+
+def test_rank_blind_draws_would_diverge(two_rank_reports, shared_data_dir) -> None:
+    """The slicing of whole-batch draws matters: without it the stochastic run differs (the test can fail)."""
+    _, reference = _train("stochastic", shared_data_dir, None)
+    assert two_rank_reports[0]["rank_blind_stochastic"][-1] != reference[-1]
+
+
+def test_mismatched_replicas_are_refused(two_rank_reports) -> None:
+    for r in two_rank_reports:
+        msg = r["mismatch_error"]
+        assert msg is not None and "rank 1 differs from rank 0" in msg and "weights_sha256" in msg
+
+
+def test_shard_slices_and_errors() -> None:
+    x = torch.arange(12, dtype=torch.uint8).reshape(6, 2)
+    y = torch.arange(6)
+    parts = [shard(x, y, DistInfo(r, 3, r)) for r in range(3)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(parts[1][1], y[2:4])
+    assert shard(x, y, None)[0] is x
+    with pytest.raises(ValueError, match="multiple of 4"):
+        shard(x, y, DistInfo(0, 4, 0))
+    with pytest.raises(ValueError, match="differ in length"):
+        shard(x, y[:5], DistInfo(0, 2, 0))
+
+
+def test_init_from_env_without_world_size(monkeypatch) -> None:
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_from_env() is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert init_from_env() is None
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE must be an integer"):
+        init_from_env()
+    assert all_sum_int([4, 5]) == [4, 5]  # no process group: identity
+
+
+def _script(body: str) -> list[str]:
+    prelude = "import os, sys, time\nfrom niti.distributed import init_from_env\nimport torch, torch.distributed as dist\n"
+    return [sys.executable, "-c", prelude + textwrap.dedent(body)]
+
+
+def test_dead_rank_stops_the_job(capfd) -> None:
+    """Rank 1 dies mid-run while rank 0 is busy: the launcher stops rank 0 and names rank 1."""
+    cmd = _script("""
+        info = init_from_env(timeout_s=120)
+        dist.barrier()
+        if info.rank == 1:
+            os._exit(3)
+        time.sleep(120)
+        dist.barrier()
+    """)
+    t0 = time.monotonic()
+    code = launch_command(2, cmd, grace_s=5)
+    elapsed = time.monotonic() - t0
+    err = capfd.readouterr().err
+    assert code == 3
+    assert "rank 1" in err and "exited with code 3" in err and "stopping ranks [0]" in err
+    assert elapsed < 60, f"took {elapsed:.0f} s to stop the job"
+
+
+def test_hung_rank_times_out(capfd) -> None:
+    """Rank 1 hangs outside any collective: rank 0's collective times out, then the launcher stops rank 1."""
+    cmd = _script("""
+        info = init_from_env(timeout_s=3)
+        dist.barrier()
+        if info.rank == 1:
+            time.sleep(120)
+        t = torch.zeros(1, dtype=torch.int64)
+        dist.all_reduce(t)
+    """)
+    t0 = time.monotonic()
+    code = launch_command(2, cmd, grace_s=5)
+    elapsed = time.monotonic() - t0
+    err = capfd.readouterr().err
+    assert code != 0
+    assert "rank 0" in err and "stopping ranks [1]" in err
+    assert elapsed < 60, f"took {elapsed:.0f} s to stop the job"
+
+
+def test_job_timeout_and_signal_death(capfd) -> None:
+    t0 = time.monotonic()
+    assert launch_command(2, [sys.executable, "-c", "import time; time.sleep(60)"], timeout_s=2, grace_s=2) == 124
+    assert time.monotonic() - t0 < 20
+    assert "exceeded its 2 s limit" in capfd.readouterr().err
+    kill_self = "import os, signal; os.environ['RANK'] == '1' and os.kill(os.getpid(), signal.SIGKILL)"
+    assert launch_command(2, [sys.executable, "-c", kill_self], grace_s=2) == 128 + 9
+    assert "rank 1" in capfd.readouterr().err
+    with pytest.raises(ValueError, match="nproc"):
+        launch_command(0, ["true"])
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == WORKER:
+    _worker(Path(sys.argv[2]), Path(sys.argv[3]))

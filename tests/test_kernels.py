@@ -1,0 +1,310 @@
+"""Kernels bit-exact against int64 references written without floats (DESIGN §1.1, §1.4, §2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from niti.kernels import (MAX_K_INT32, conv2d, conv2d_grad_input, conv2d_grad_weight, im2col, int_matmul,
+                          maxpool2d, maxpool2d_backward)
+from niti.kernels.matmul import check_int_mm_layout
+
+INT32_MAX = 2**31 - 1
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _int8(shape: tuple[int, ...], seed: int, lo: int = -127, hi: int = 127) -> torch.Tensor:
+    return torch.randint(lo, hi + 1, shape, generator=_gen(seed), dtype=torch.int8)
+
+
+def _signs(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """±127 only: the adversarial inputs that make every product as large as an int8 product can be."""
+    return (torch.randint(0, 2, shape, generator=_gen(seed), dtype=torch.int8) * 2 - 1) * 127
+
+
+# --------------------------------------------------------------------------- int64 references (no floats)
+def ref_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact product on int64 (CPU integer matmul, no floating point)."""
+    return a.to(torch.int64) @ b.to(torch.int64)
+
+
+def _pad(x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    n, h, w, c = x.shape
+    out = torch.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=torch.int64)
+    out[:, ph:ph + h, pw:pw + w] = x
+    return out
+
+
+def _out_size(size: int, k: int, s: int, p: int) -> int:
+    return (size + 2 * p - k) // s + 1
+
+
+def ref_conv(x: torch.Tensor, w: torch.Tensor, stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """NHWC conv as a sum over kernel offsets of int64 products of shifted, strided slices."""
+    n, h, wd, _ = x.shape
+    c_out, kh, kw, _ = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = _out_size(h, kh, sh, ph), _out_size(wd, kw, sw, pw)
+    xp = _pad(x.to(torch.int64), ph, pw)
+    w64 = w.to(torch.int64)
+    out = torch.zeros((n, ho, wo, c_out), dtype=torch.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]  # (n, ho, wo, c_in)
+            out += (patch.unsqueeze(3) * w64[:, i, j, :]).sum(-1)
+    return out
+
+
+def ref_conv_grad_input(err: torch.Tensor, w: torch.Tensor, input_hw: tuple[int, int], stride: tuple[int, int],
+                        padding: tuple[int, int]) -> torch.Tensor:
+    """The adjoint of ``ref_conv``: scatter ``err · W[:, i, j, :]`` back to every offset, then crop the padding."""
+    n, ho, wo, _ = err.shape
+    _, kh, kw, c_in = w.shape
+    (h, wd), (sh, sw), (ph, pw) = input_hw, stride, padding
+    e64, w64 = err.to(torch.int64), w.to(torch.int64)
+    dxp = torch.zeros((n, h + 2 * ph, wd + 2 * pw, c_in), dtype=torch.int64)
+    for i in range(kh):
+        for j in range(kw):
+            contrib = (e64.unsqueeze(-1) * w64[:, i, j, :]).sum(3)  # (n, ho, wo, c_in)
+            dxp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :] += contrib
+    return dxp[:, ph:ph + h, pw:pw + wd]
+
+
+def ref_conv_grad_weight(err: torch.Tensor, x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                         padding: tuple[int, int]) -> torch.Tensor:
+    """``dW[o, i, j, c] = Σ_{n,ho,wo} err[n,ho,wo,o] · x_pad[n, ho·sh+i, wo·sw+j, c]`` in int64."""
+    n, ho, wo, c_out = err.shape
+    kh, kw = kernel
+    (sh, sw), (ph, pw) = stride, padding
+    xp = _pad(x.to(torch.int64), ph, pw)
+    e64 = err.to(torch.int64).reshape(-1, c_out)
+    out = torch.zeros((c_out, kh, kw, x.shape[3]), dtype=torch.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :].reshape(-1, x.shape[3])
+            out[:, i, j, :] = e64.t() @ patch
+    return out
+
+
+# --------------------------------------------------------------------------- matmul
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5), (64, 300, 48), (17, 1000, 129)])
+def test_int_matmul_exact_random(m: int, k: int, n: int) -> None:
+    a, b = _int8((m, k), 1), _int8((k, n), 2)
+    got = int_matmul(a, b)
+    assert got.dtype == torch.int32
+    assert torch.equal(got.to(torch.int64), ref_matmul(a, b))
+
+
+def test_int_matmul_accepts_transposed_and_sliced_views() -> None:
+    a_t = _int8((40, 30), 3).t()          # column-major (30, 40)
+    b = _int8((50, 60), 4)[5:45, 10:30]   # row-major slice (40, 20) with row stride 60
+    assert not a_t.is_contiguous() and not b.is_contiguous()
+    assert torch.equal(int_matmul(a_t, b).to(torch.int64), ref_matmul(a_t, b))
+
+
+def test_int_matmul_worst_case_below_split_stays_int32_and_exact() -> None:
+    k = MAX_K_INT32  # 133,144 · 127² = 2,147,468,176 ≤ 2**31 - 1: no split needed
+    assert k * 127 * 127 <= INT32_MAX < (k + 1) * 127 * 127
+    s = _signs((k,), 5)
+    a = torch.stack([s, -s])
+    got = int_matmul(a, s.unsqueeze(1))
+    assert got.dtype == torch.int32
+    assert got.flatten().tolist() == [k * 16129, -k * 16129]
+
+
+@pytest.mark.parametrize("k", [MAX_K_INT32 + 1, 140_000, 2 * MAX_K_INT32 + 7])
+def test_int_matmul_splits_k_into_int64_where_int_mm_alone_wraps(k: int) -> None:
+    # Rows: aligned signs (sum +k·127²), opposite signs (-k·127²), and random signs.
+    s = _signs((k,), 6)
+    a = torch.stack([s, -s, _signs((k,), 7)])
+    b = torch.stack([s, _signs((k,), 8)], dim=1)  # (k, 2), column-major
+    want = ref_matmul(a, b)
+    assert int(want[0, 0]) == k * 16129 > INT32_MAX and int(want[1, 0]) == -k * 16129 < -INT32_MAX
+    got = int_matmul(a, b)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, want)
+    # The same operands through torch._int_mm alone wrap silently: that is why the split exists.
+    raw = torch._int_mm(a, b.contiguous())
+    assert raw.dtype == torch.int32
+    assert not torch.equal(raw.to(torch.int64), want)
+    assert int(raw[0, 0]) == k * 16129 - 2**32  # exactly one wrap around 2**32
+
+
+def test_int_matmul_shape_errors_and_empty() -> None:
+    with pytest.raises(ValueError, match="inner dimensions"):
+        int_matmul(_int8((3, 4), 0), _int8((5, 2), 0))
+    out = int_matmul(torch.zeros((0, 4), dtype=torch.int8), _int8((4, 3), 0))
+    assert out.shape == (0, 3)
+    out = int_matmul(torch.zeros((2, 0), dtype=torch.int8), torch.zeros((0, 3), dtype=torch.int8))
+    assert out.shape == (2, 3) and int(out.abs().sum()) == 0
+
+
+def test_layout_guard_rejects_overlap_zero_stride_and_wrong_dtype() -> None:
+    base = _int8((64,), 9)
+    overlapping = base.as_strided((8, 8), (2, 1))     # rows overlap
+    same_memory = base.as_strided((8, 8), (1, 1))     # every row/column shifted by one element
+    broadcast = base[:8].expand(8, 8)                 # stride-0 rows
+    broadcast_cols = base[:8].unsqueeze(1).expand(8, 8)  # stride-0 columns
+    good = _int8((8, 8), 10)
+    for bad in (overlapping, same_memory, broadcast, broadcast_cols):
+        with pytest.raises(ValueError, match="layout"):
+            check_int_mm_layout(bad, "a")
+        with pytest.raises(ValueError, match="layout"):
+            int_matmul(bad, good)
+        with pytest.raises(ValueError, match="layout"):
+            int_matmul(good, bad)
+    with pytest.raises(ValueError, match="int8"):
+        int_matmul(good.to(torch.int32), good)
+    with pytest.raises(ValueError, match="2-D"):
+        int_matmul(good.unsqueeze(0), good)
+    # Plain layouts pass the guard.
+    for ok in (good, good.t(), good[2:6], good[:, 1:5], _int8((1, 8), 11), _int8((8, 1), 12)):
+        check_int_mm_layout(ok, "ok")
+
+
+# --------------------------------------------------------------------------- convolution
+CONV_CASES = [
+    # (n, h, w, c_in, c_out, kernel, stride, padding)
+    (2, 8, 8, 3, 4, (1, 1), (1, 1), (0, 0)),
+    (2, 9, 7, 3, 5, (3, 3), (1, 1), (1, 1)),
+    (1, 11, 10, 2, 3, (3, 3), (2, 2), (0, 0)),
+    (2, 12, 12, 4, 2, (5, 5), (1, 1), (2, 2)),
+    (1, 13, 11, 3, 4, (5, 5), (3, 3), (1, 1)),
+    (2, 10, 9, 2, 3, (3, 5), (2, 1), (1, 2)),
+    (1, 9, 12, 3, 2, (1, 3), (3, 2), (2, 0)),
+    (1, 7, 7, 1, 6, (5, 3), (2, 3), (2, 1)),
+    (3, 6, 6, 5, 16, (3, 3), (1, 1), (0, 0)),
+]
+
+
+@pytest.mark.parametrize("n,h,w,c_in,c_out,kernel,stride,padding", CONV_CASES)
+def test_conv2d_forward_and_both_gradients_exact(n: int, h: int, w: int, c_in: int, c_out: int,
+                                                 kernel: tuple[int, int], stride: tuple[int, int],
+                                                 padding: tuple[int, int]) -> None:
+    x = _int8((n, h, w, c_in), 20)
+    wt = _int8((c_out, *kernel, c_in), 21)
+    out, cols = conv2d(x, wt, stride, padding)
+    want = ref_conv(x, wt, stride, padding)
+    assert out.dtype == torch.int32 and out.shape == want.shape
+    assert torch.equal(out.to(torch.int64), want)
+
+    err = _int8(tuple(want.shape), 22)
+    gi = conv2d_grad_input(err, wt, (h, w), stride, padding)
+    want_gi = ref_conv_grad_input(err, wt, (h, w), stride, padding)
+    assert gi.shape == x.shape
+    assert torch.equal(gi.to(torch.int64), want_gi)
+
+    gw = conv2d_grad_weight(err, cols, kernel)
+    assert gw.shape == wt.shape
+    assert torch.equal(gw.to(torch.int64), ref_conv_grad_weight(err, x, kernel, stride, padding))
+
+
+def test_conv_reference_is_the_adjoint_pair() -> None:
+    # <conv(x), err> == <x, conv_grad_input(err)>: guards the references themselves.
+    x, wt = _int8((2, 9, 8, 3), 30), _int8((4, 3, 5, 3), 31)
+    y = ref_conv(x, wt, (2, 1), (1, 2))
+    err = _int8(tuple(y.shape), 32).to(torch.int64)
+    dx = ref_conv_grad_input(err, wt, (9, 8), (2, 1), (1, 2))
+    assert int((y * err).sum()) == int((x.to(torch.int64) * dx).sum())
+    # and <conv(x), err> == <W, grad_weight(err, x)>
+    dw = ref_conv_grad_weight(err, x, (3, 5), (2, 1), (1, 2))
+    assert int((y * err).sum()) == int((wt.to(torch.int64) * dw).sum())
+
+
+def test_im2col_layout() -> None:
+    x = _int8((1, 4, 5, 2), 33)
+    cols = im2col(x, (2, 3), (1, 2), (0, 1))
+    # row (n, ho, wo), column (i, j, c): row 1 is output (0, 1), which starts at padded column 2 (= input column 1).
+    assert cols.shape == (3 * 3, 2 * 3 * 2)
+    assert cols[1].tolist() == x[0, 0:2, 1:4, :].reshape(-1).tolist()
+    with pytest.raises(ValueError, match="larger than padded input"):
+        im2col(x, (7, 1), (1, 1), (1, 0))
+
+
+def test_conv_adversarial_inputs_exact() -> None:
+    # ±127 everywhere: every term is ±16129, the largest any int8 product can be.
+    x, wt = _signs((2, 8, 8, 16), 40), _signs((8, 5, 5, 16), 41)
+    out, cols = conv2d(x, wt, (1, 1), (2, 2))
+    assert torch.equal(out.to(torch.int64), ref_conv(x, wt, (1, 1), (2, 2)))
+    err = _signs(tuple(out.shape), 42)
+    assert torch.equal(conv2d_grad_input(err, wt, (8, 8), (1, 1), (2, 2)).to(torch.int64),
+                       ref_conv_grad_input(err, wt, (8, 8), (1, 1), (2, 2)))
+    assert torch.equal(conv2d_grad_weight(err, cols, (5, 5)).to(torch.int64),
+                       ref_conv_grad_weight(err, x, (5, 5), (1, 1), (2, 2)))
+
+
+def test_conv_grad_weight_splits_k_for_large_batches() -> None:
+    # K = N·Ho·Wo = 34·64·64 = 139,264 > 133,144: the early-layer weight gradient at large batch (§1.1).
+    n, h = 34, 64
+    assert n * h * h > MAX_K_INT32
+    x = torch.full((n, h, h, 1), 127, dtype=torch.int8)
+    x[0, 0, 0, 0] = -127
+    wt = torch.ones((2, 1, 1, 1), dtype=torch.int8)
+    out, cols = conv2d(x, wt, (1, 1), (0, 0))
+    err = torch.full(tuple(out.shape), 127, dtype=torch.int8)
+    err[..., 1] = -127
+    gw = conv2d_grad_weight(err, cols, (1, 1))
+    assert gw.dtype == torch.int64
+    total = (n * h * h - 2) * 16129
+    assert gw.flatten().tolist() == [total, -total]
+    assert total > INT32_MAX
+
+
+# --------------------------------------------------------------------------- max pooling
+def ref_maxpool(x: torch.Tensor, k: int) -> tuple[list, list]:
+    """Python loops: the max of each window and the row-major position of its FIRST occurrence."""
+    n, h, w, c = x.shape
+    out, idx = [], []
+    xl = x.tolist()
+    for b in range(n):
+        for oh in range(h // k):
+            for ow in range(w // k):
+                for ch in range(c):
+                    window = [xl[b][oh * k + i][ow * k + j][ch] for i in range(k) for j in range(k)]
+                    best = max(window)
+                    out.append(best)
+                    idx.append(window.index(best))
+    return out, idx
+
+
+@pytest.mark.parametrize("shape,k,lo,hi", [((2, 6, 6, 3), 2, -1, 1), ((1, 7, 5, 2), 2, 0, 1),
+                                           ((2, 9, 9, 2), 3, -2, 2), ((1, 8, 8, 4), 2, -127, 127)])
+def test_maxpool_first_max_routing_with_ties(shape: tuple[int, ...], k: int, lo: int, hi: int) -> None:
+    x = _int8(shape, 50, lo, hi)  # tiny value ranges: most windows hold ties
+    out, index = maxpool2d(x, k)
+    want_out, want_idx = ref_maxpool(x, k)
+    assert out.dtype == torch.int8
+    assert out.flatten().tolist() == want_out
+    assert index.flatten().tolist() == want_idx
+
+    err = _int8(tuple(out.shape), 51, 1, 127)  # nonzero so routing is visible
+    back = maxpool2d_backward(err, index, k, x.shape)
+    assert back.shape == x.shape and back.dtype == err.dtype
+    want = torch.zeros(shape, dtype=torch.int8)
+    n, h, w, c = shape
+    flat_err = err.flatten().tolist()
+    pos = 0
+    for b in range(n):
+        for oh in range(h // k):
+            for ow in range(w // k):
+                for ch in range(c):
+                    i, j = divmod(want_idx[pos], k)
+                    want[b, oh * k + i, ow * k + j, ch] = flat_err[pos]
+                    pos += 1
+    assert torch.equal(back, want)
+
+
+def test_maxpool_all_equal_window_routes_to_top_left() -> None:
+    x = torch.full((1, 2, 2, 1), 5, dtype=torch.int8)
+    out, index = maxpool2d(x, 2)
+    back = maxpool2d_backward(torch.tensor([[[[9]]]], dtype=torch.int8), index, 2, x.shape)
+    assert out.item() == 5 and index.item() == 0
+    assert back.flatten().tolist() == [9, 0, 0, 0]
+    # A tie between positions 1 and 3 routes to 1 (row-major first), not to 3.
+    x = torch.tensor([[[[1], [7]], [[2], [7]]]], dtype=torch.int8)
+    _, index = maxpool2d(x, 2)
+    back = maxpool2d_backward(torch.tensor([[[[9]]]], dtype=torch.int8), index, 2, x.shape)
+    assert back.flatten().tolist() == [0, 9, 0, 0]

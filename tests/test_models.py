@@ -1,0 +1,351 @@
+"""Integer models (DESIGN §1, §3, §5): structure, integer-only steps, determinism, validation, checkpoints.
+
+VGG runs use batches of 2 to keep the suite short on two shared cores.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+
+import niti
+from niti.audit import FloatingPointOpError, integer_only
+from niti.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from niti.numerics import IntTensor
+
+MODELS = ["lenet", "vgg-small-7", "vgg-small-8", "vgg-small-9"]
+VGG_WIDTHS = {  # the reference's VGG-small widths ("M" = 2×2 max pool)
+    "vgg-small-7": [128, 128, "M", 256, 256, "M", 512, 512, "M"],
+    "vgg-small-8": [128, 128, 128, "M", 256, 256, "M", 512, 512, "M"],
+    "vgg-small-9": [128, 128, 128, "M", 256, 256, 256, "M", 512, 512, "M"],
+}
+
+
+def _batch(model: niti.models.IntegerModel, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    h, w, c = model.arch.input_shape
+    return (torch.randint(0, 256, (n, h, w, c), generator=g, dtype=torch.uint8),
+            torch.randint(0, model.arch.num_classes, (n,), generator=g))
+
+
+def _rng_states(model: niti.models.IntegerModel) -> list[torch.Tensor]:
+    return [model.runtime.rounding_generator.get_state(), model.runtime.dropout_generator.get_state()]
+
+
+def _describe(layer) -> tuple:
+    if isinstance(layer, Conv2d):
+        return ("conv", layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding)
+    if isinstance(layer, Linear):
+        return ("linear", layer.in_features, layer.out_features)
+    if isinstance(layer, MaxPool2d):
+        return ("pool", layer.kernel_size)
+    return (type(layer).__name__.lower(),)
+
+
+# --------------------------------------------------------------------------- structure
+def test_lenet_structure() -> None:
+    model = niti.build("lenet")
+    assert [_describe(layer) for layer in model.net.layers] == [
+        ("conv", 1, 20, (5, 5), (1, 1), (0, 0)), ("relu",), ("pool", 2),
+        ("conv", 20, 50, (5, 5), (1, 1), (0, 0)), ("relu",), ("pool", 2),
+        ("flatten",), ("linear", 800, 500), ("relu",), ("linear", 500, 10)]
+    assert [tuple(p.shape) for p in model.parameters()] == [(20, 5, 5, 1), (50, 5, 5, 20), (500, 800), (10, 500)]
+    assert model.arch.input_shape == (28, 28, 1)
+
+
+@pytest.mark.parametrize("name", list(VGG_WIDTHS))
+def test_vgg_structure(name: str) -> None:
+    model = niti.build(name)
+    want, c = [], 3
+    for w in VGG_WIDTHS[name]:
+        if w == "M":
+            want.append(("pool", 2))
+        else:
+            want += [("conv", c, w, (3, 3), (1, 1), (1, 1)), ("relu",)]
+            c = w
+    want += [("flatten",), ("dropout",), ("linear", 512 * 4 * 4, 10)]
+    assert [_describe(layer) for layer in model.net.layers] == want
+    assert isinstance(model.net.layers[-2], Dropout) and isinstance(model.net.layers[-3], Flatten)
+    # Only the first conv skips the error propagation.
+    assert [layer.propagate_error for layer in model.net.layers][:2] == [False, True]
+
+
+def test_build_rejects_unknown_names_and_bad_means() -> None:
+    with pytest.raises(ValueError, match="unknown model"):
+        niti.build("resnet-1000")
+    with pytest.raises(ValueError, match="channels"):
+        niti.build("lenet", mean=(1, 2, 3))
+
+
+# --------------------------------------------------------------------------- integer-only steps
+@pytest.mark.parametrize("name", MODELS)
+def test_train_step_is_integer_only(name: str) -> None:
+    model = niti.build(name, seed=1)
+    images, labels = _batch(model, 2, 0)
+    before = model.weights_sha256()
+    with integer_only() as audit:
+        logits = model.train_step(images, labels)
+        pred = model.predict(images)
+    assert audit.ops > 100
+    assert model.step == 1 and model.weights_sha256() != before
+    assert logits.m.dtype == torch.int8 and tuple(logits.shape) == (2, 10)
+    assert pred.dtype == torch.int64 and tuple(pred.shape) == (2,)
+    for p in model.parameters():
+        assert p.m.dtype == torch.int8 and p.grad is None
+
+
+def _slip_float_into(layer, monkeypatch, method: str = "forward") -> None:
+    real = getattr(layer, method)
+
+    def sneaky(x: IntTensor) -> IntTensor:
+        _ = x.m.float()  # a harmless-looking float conversion
+        return real(x)
+
+    monkeypatch.setattr(layer, method, sneaky)
+
+
+@pytest.mark.parametrize("name,index,method", [("lenet", 3, "forward"), ("lenet", 7, "backward"),
+                                               ("vgg-small-7", 1, "backward")])
+def test_audit_raises_on_a_slipped_float_op_and_the_step_leaves_no_trace(name, index, method, monkeypatch) -> None:
+    model = niti.build(name, seed=2)
+    images, labels = _batch(model, 2, 1)
+    _slip_float_into(model.net.layers[index], monkeypatch, method)
+    sha, rng = model.weights_sha256(), _rng_states(model)
+    with pytest.raises(FloatingPointOpError, match="float32"):
+        with integer_only():
+            model.train_step(images, labels)
+    assert model.weights_sha256() == sha and model.step == 0
+    assert all(torch.equal(a, b) for a, b in zip(_rng_states(model), rng))
+    assert all(p.grad is None for p in model.parameters())
+    # Outside the audit the very same (patched) model trains: the audit alone found the float op.
+    model.train_step(images, labels)
+    assert model.step == 1 and model.weights_sha256() != sha
+
+
+@pytest.mark.parametrize("name", ["lenet", "vgg-small-7"])
+def test_16bit_accumulator_model_trains_under_the_audit(name: str) -> None:
+    model = niti.build(name, seed=3, accumulator_bits=16)
+    images, labels = _batch(model, 2, 2)
+    masters = [p.master.clone() for p in model.parameters()]
+    with integer_only() as audit:
+        model.train_step(images, labels)
+        model.train_step(images, labels)
+    assert audit.ops > 100 and model.step == 2
+    for p, old in zip(model.parameters(), masters):
+        assert p.master.dtype == torch.int16 and p.m.dtype == torch.int8
+        assert int(p.master.abs().max()) <= 32767
+    assert any(not torch.equal(p.master, old) for p, old in zip(model.parameters(), masters))
+
+
+def test_train_step_returns_the_logits_from_before_the_update() -> None:
+    model = niti.build("lenet", seed=4)  # no dropout and nearest activations: train forward == eval forward
+    images, labels = _batch(model, 4, 3)
+    before = model.predict_logits(images)
+    logits = model.train_step(images, labels)
+    assert torch.equal(logits.m, before.m) and logits.e == before.e
+    after = model.predict_logits(images)
+    assert not (torch.equal(after.m, before.m) and after.e == before.e)
+
+
+# --------------------------------------------------------------------------- determinism
+def _trained_sha(name: str, seed: int, steps: int, n: int) -> str:
+    model = niti.build(name, seed=seed, total_steps=steps)
+    for i in range(steps):
+        model.train_step(*_batch(model, n, 100 + i))
+    return model.weights_sha256()
+
+
+@pytest.mark.parametrize("name,n", [("lenet", 8), ("vgg-small-7", 2)])
+def test_same_seed_same_bits(name: str, n: int) -> None:
+    a, b = _trained_sha(name, 5, 3, n), _trained_sha(name, 5, 3, n)
+    assert a == b
+    assert niti.build(name, seed=5).weights_sha256() != niti.build(name, seed=6).weights_sha256()
+    assert a != niti.build(name, seed=5).weights_sha256()  # the steps did change the weights
+
+
+@pytest.mark.parametrize("name,n", [("lenet", 16), ("vgg-small-7", 2)])
+def test_thread_count_does_not_change_bits(name: str, n: int) -> None:
+    saved = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _trained_sha(name, 7, 2, n)
+        torch.set_num_threads(2)
+        assert torch.get_num_threads() == 2
+        two = _trained_sha(name, 7, 2, n)
+    finally:
+        torch.set_num_threads(saved)
+    assert one == two
+
+
+def test_weights_sha256_sees_one_flipped_weight_and_exponents() -> None:
+    model = niti.build("lenet", seed=8)
+    sha = model.weights_sha256()
+    p = model.parameters()[2]
+    p.m = p.m.clone()
+    p.m[0, 0] = p.m[0, 0] + (1 if int(p.m[0, 0]) < 127 else -1)
+    assert model.weights_sha256() != sha
+    model2 = niti.build("lenet", seed=8)
+    model2.parameters()[0].e += 1
+    assert model2.weights_sha256() != sha
+
+
+# --------------------------------------------------------------------------- predict
+def test_predict_returns_int64_classes_and_changes_nothing() -> None:
+    model = niti.build("vgg-small-7", seed=9)
+    images, _ = _batch(model, 3, 4)
+    sha, rng = model.weights_sha256(), _rng_states(model)
+    a, b = model.predict(images), model.predict(images)
+    assert a.dtype == torch.int64 and tuple(a.shape) == (3,)
+    assert bool(((a >= 0) & (a < 10)).all())
+    assert torch.equal(a, b)  # no dropout, no random rounding at inference
+    assert torch.equal(a, model.predict_logits(images).m.argmax(dim=1))
+    assert model.weights_sha256() == sha and model.step == 0
+    assert all(torch.equal(x, y) for x, y in zip(_rng_states(model), rng))
+    assert model.net.training  # predict restores the mode
+
+
+# --------------------------------------------------------------------------- bad input
+def _good():
+    g = torch.Generator().manual_seed(10)
+    return torch.randint(0, 256, (4, 28, 28, 1), generator=g, dtype=torch.uint8), torch.tensor([0, 1, 2, 3])
+
+
+GOOD_IMAGES, GOOD_LABELS = _good()
+BAD_IMAGES = {
+    "float": (GOOD_IMAGES.to(torch.float32), "uint8"),
+    "int32": (GOOD_IMAGES.to(torch.int32), "uint8"),
+    "int8": (GOOD_IMAGES.to(torch.int8), "uint8"),
+    "rank 3": (GOOD_IMAGES[:, :, :, 0], "rank"),
+    "rank 5": (GOOD_IMAGES.unsqueeze(0), "rank"),
+    "3 channels": (GOOD_IMAGES.expand(4, 28, 28, 3).contiguous(), "channels"),
+    "NCHW": (GOOD_IMAGES.permute(0, 3, 1, 2).contiguous(), "NHWC"),
+    "wrong size": (torch.zeros((4, 32, 32, 1), dtype=torch.uint8), r"\(N, 28, 28, 1\)"),
+    "empty batch": (GOOD_IMAGES[:0], "empty"),
+    "numpy array": (GOOD_IMAGES.numpy(), "torch.Tensor"),
+    "list": (GOOD_IMAGES.tolist(), "torch.Tensor"),
+}
+BAD_LABELS = {
+    "too large": (torch.tensor([0, 1, 2, 10]), r"\[0, 10\)"),
+    "negative": (torch.tensor([0, -1, 2, 3]), r"\[0, 10\)"),
+    "too short": (torch.tensor([0, 1, 2]), "one label per image"),
+    "too long": (torch.tensor([0, 1, 2, 3, 4]), "one label per image"),
+    "2-D": (GOOD_LABELS.unsqueeze(1), "1-D"),
+    "int32": (GOOD_LABELS.to(torch.int32), "int64"),
+    "uint8": (GOOD_LABELS.to(torch.uint8), "int64"),
+    "float": (GOOD_LABELS.to(torch.float32), "int64"),
+    "numpy array": (GOOD_LABELS.numpy(), "torch.Tensor"),
+    "list": (GOOD_LABELS.tolist(), "torch.Tensor"),
+}
+
+
+@pytest.fixture(scope="module")
+def lenet_trained_once():
+    model = niti.build("lenet", seed=11)
+    model.train_step(GOOD_IMAGES, GOOD_LABELS)  # not at step 0: also proves step stays put
+    return model
+
+
+def _assert_untouched(model, sha: str, step: int, rng: list[torch.Tensor]) -> None:
+    assert model.weights_sha256() == sha
+    assert model.step == step
+    assert all(torch.equal(a, b) for a, b in zip(_rng_states(model), rng))
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_images_raise_value_error_and_change_nothing(case: str, lenet_trained_once) -> None:
+    model = lenet_trained_once
+    images, match = BAD_IMAGES[case]
+    sha, step, rng = model.weights_sha256(), model.step, _rng_states(model)
+    labels = GOOD_LABELS if case != "empty batch" else GOOD_LABELS[:0]
+    with pytest.raises(ValueError, match=match):
+        model.train_step(images, labels)
+    _assert_untouched(model, sha, step, rng)
+    with pytest.raises(ValueError, match=match):
+        model.predict(images)
+    _assert_untouched(model, sha, step, rng)
+
+
+@pytest.mark.parametrize("case", list(BAD_LABELS))
+def test_bad_labels_raise_value_error_and_change_nothing(case: str, lenet_trained_once) -> None:
+    model = lenet_trained_once
+    labels, match = BAD_LABELS[case]
+    sha, step, rng = model.weights_sha256(), model.step, _rng_states(model)
+    with pytest.raises(ValueError, match=match):
+        model.train_step(GOOD_IMAGES, labels)
+    _assert_untouched(model, sha, step, rng)
+
+
+def test_good_input_after_bad_still_trains(lenet_trained_once) -> None:
+    model = lenet_trained_once
+    step, sha = model.step, model.weights_sha256()
+    model.train_step(GOOD_IMAGES, GOOD_LABELS)
+    assert model.step == step + 1 and model.weights_sha256() != sha
+
+
+# --------------------------------------------------------------------------- checkpoints
+def _round_trip(state: dict) -> dict:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("name,n,bits", [("lenet", 8, 8), ("lenet", 8, 16), ("vgg-small-7", 2, 8)])
+def test_state_dict_round_trip_continues_identically(name: str, n: int, bits: int) -> None:
+    a = niti.build(name, seed=12, accumulator_bits=bits, total_steps=6)
+    batches = [_batch(a, n, 200 + i) for i in range(4)]
+    a.train_step(*batches[0])
+    a.train_step(*batches[1])
+    state = _round_trip(a.state_dict())
+
+    b = niti.build(name, seed=99, accumulator_bits=bits)  # different seed and no total_steps: all from state
+    assert b.weights_sha256() != a.weights_sha256()
+    b.load_state_dict(state)
+    assert b.weights_sha256() == a.weights_sha256() and b.step == a.step == 2
+    assert b.current_gb() == a.current_gb()
+    for images, labels in batches[2:]:
+        la, lb = a.train_step(images, labels), b.train_step(images, labels)
+        assert torch.equal(la.m, lb.m) and la.e == lb.e
+        assert a.weights_sha256() == b.weights_sha256()
+    assert a.step == b.step == 4 and a.current_gb() == b.current_gb() == 4
+
+
+def test_load_state_dict_rejects_mismatches() -> None:
+    lenet8 = niti.build("lenet").state_dict()
+    with pytest.raises(ValueError, match="vgg-small-7"):
+        niti.build("vgg-small-7").load_state_dict(lenet8)
+    with pytest.raises(ValueError, match="accumulator"):
+        niti.build("lenet", accumulator_bits=16).load_state_dict(lenet8)
+    target = niti.build("lenet", seed=3)
+    sha = target.weights_sha256()
+    broken = _round_trip(lenet8)
+    broken["params"][1]["m"] = broken["params"][1]["m"][:, :, :, :10]
+    with pytest.raises(ValueError, match="weight 1"):
+        target.load_state_dict(broken)
+    assert target.weights_sha256() == sha  # checked before anything was overwritten
+
+
+# --------------------------------------------------------------------------- real data
+@pytest.mark.slow
+def test_lenet_learns_mnist(mnist) -> None:
+    """A short CI run on real MNIST: 3000 training images, one epoch at batch 64 with gb decaying 5 → 4 → 3."""
+    n_train, batch = 3000, 64
+    x = torch.from_numpy(np.ascontiguousarray(mnist["x_train"][:n_train])).reshape(-1, 28, 28, 1)
+    y = torch.from_numpy(mnist["y_train"][:n_train].astype(np.int64))
+    x_test = torch.from_numpy(np.ascontiguousarray(mnist["x_test"][:1000])).reshape(-1, 28, 28, 1)
+    y_test = torch.from_numpy(mnist["y_test"][:1000].astype(np.int64))
+    steps = -(-n_train // batch)
+    model = niti.build("lenet", seed=0, total_steps=steps)
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(0))
+    gbs = []
+    for i in range(steps):
+        idx = order[i * batch:(i + 1) * batch]
+        gbs.append(model.current_gb())
+        model.train_step(x[idx], y[idx])
+    assert gbs[0] == 5 and gbs[-1] == 3 and 4 in gbs
+    accuracy = int((model.predict(x_test) == y_test).sum()) / len(y_test)
+    assert accuracy >= 0.80, f"LeNet reached only {accuracy:.1%} on 1000 MNIST test images"

@@ -1,0 +1,218 @@
+"""The integer update and the gb schedule (DESIGN §1.5–1.6)."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import niti
+from niti.nn.module import IntParameter
+from niti.numerics import RoundingPolicy, rescale
+from niti.optim import GbSchedule, apply_update
+from niti.runtime import Runtime
+
+
+def _nearest_runtime() -> Runtime:
+    return Runtime(RoundingPolicy.all("nearest"))
+
+
+# --------------------------------------------------------------------------- schedule
+def ref_gb(schedule: GbSchedule, step: int, total: int) -> int:
+    """gb from exact fractions: the last boundary b with step / total >= b picks the value."""
+    index = sum(Fraction(step, total) >= Fraction(str(b)) for b in schedule.boundaries)
+    return schedule.values[index]
+
+
+def test_reference_schedule_boundaries_per_step() -> None:
+    s = GbSchedule()
+    assert (s.values, s.boundaries) == ((5, 4, 3), (0.5, 0.75))
+    seq = [s.gb_at(i, 100) for i in range(100)]
+    assert seq == [5] * 50 + [4] * 25 + [3] * 25
+    seq = [s.gb_at(i, 10) for i in range(10)]
+    assert seq == [5] * 5 + [4] * 3 + [3] * 2  # step 7 is 0.7 < 0.75
+    assert s.gb_at(0, None) == 5 and s.gb_at(10_000, None) == 5  # unknown length: first value
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 9999), min_size=0, max_size=4, unique=True), st.integers(1, 5000), st.data())
+def test_gb_at_matches_exact_fractions(bounds: list[int], total: int, data) -> None:
+    boundaries = tuple(b / 10_000 for b in sorted(bounds))
+    values = tuple(data.draw(st.lists(st.integers(1, 7), min_size=len(bounds) + 1, max_size=len(bounds) + 1)))
+    s = GbSchedule(values, boundaries)
+    step = data.draw(st.integers(0, total - 1))
+    assert s.gb_at(step, total) == ref_gb(s, step, total)
+
+
+def test_one_epoch_run_decays_5_4_3_inside_the_epoch(mnist) -> None:
+    """The model places each step on the schedule: a single short run still goes 5 → 4 → 3."""
+    total = 8
+    model = niti.build("lenet", seed=0, total_steps=total)
+    images = torch.from_numpy(mnist["x_train"][:4 * total]).reshape(-1, 28, 28, 1)
+    labels = torch.from_numpy(mnist["y_train"][:4 * total]).to(torch.int64)
+    used: list[int] = []
+    real_apply = niti.models.integer.apply_update
+
+    def spy(param, gb, runtime):
+        used.append(gb)
+        return real_apply(param, gb, runtime)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(niti.models.integer, "apply_update", spy)
+    try:
+        per_step = []
+        for i in range(total):
+            per_step.append(model.current_gb())
+            model.train_step(images[4 * i:4 * i + 4], labels[4 * i:4 * i + 4])
+    finally:
+        mp.undo()
+    assert per_step == [5, 5, 5, 5, 4, 4, 3, 3]
+    n_params = len(model.parameters())
+    assert used == [gb for gb in per_step for _ in range(n_params)]
+
+
+@pytest.mark.parametrize("text", ["5,4,3@0.5,0.75", "5", "6,2@0.125", "7,5,3,1@0.1,0.25,0.9"])
+def test_parse_str_round_trip(text: str) -> None:
+    s = GbSchedule.parse(text)
+    assert str(s) == text
+    assert GbSchedule.parse(str(s)) == s
+
+
+def test_parse_values() -> None:
+    assert GbSchedule.parse("5,4,3@0.5,0.75") == GbSchedule()
+    assert GbSchedule.parse("4") == GbSchedule.constant(4) == GbSchedule((4,), ())
+    assert str(GbSchedule()) == "5,4,3@0.5,0.75"
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 999), min_size=0, max_size=4, unique=True), st.data())
+def test_round_trip_any_schedule(bounds: list[int], data) -> None:
+    boundaries = tuple(b / 1000 for b in sorted(bounds))
+    values = tuple(data.draw(st.lists(st.integers(1, 7), min_size=len(bounds) + 1, max_size=len(bounds) + 1)))
+    s = GbSchedule(values, boundaries)
+    assert GbSchedule.parse(str(s)) == s
+
+
+@pytest.mark.parametrize("values,boundaries,match", [
+    ((5, 4), (0.5, 0.75), "one more value"),
+    ((5, 4, 3), (0.5,), "one more value"),
+    ((8,), (), "1..7"),
+    ((0, 3), (0.5,), "1..7"),
+    ((5, 4, 3), (0.75, 0.5), "increasing"),
+    ((5, 4), (0.0,), r"\(0, 1\)"),
+    ((5, 4), (1.0,), r"\(0, 1\)"),
+    ((5, 4), (-0.5,), r"\(0, 1\)"),
+])
+def test_schedule_validation(values, boundaries, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        GbSchedule(values, boundaries)
+
+
+@pytest.mark.parametrize("text", ["", "a,b", "5,4@x", "5,4,3@0.5", "9"])
+def test_parse_rejects_garbage(text: str) -> None:
+    with pytest.raises(ValueError):
+        GbSchedule.parse(text)
+
+
+# --------------------------------------------------------------------------- 8-bit update
+def test_apply_update_8bit_exact_and_clipped_at_127() -> None:
+    m = torch.tensor([[120, -120, 0, 5, 127, -127]], dtype=torch.int8)
+    grad = torch.tensor([[-5000, 5000, 100, -40, 9999, -9999]], dtype=torch.int32)
+    p = IntParameter(m.clone(), -7)
+    p.grad = grad.clone()
+    apply_update(p, 5, _nearest_runtime())
+    g, shift = rescale(grad, 5, "nearest")
+    assert shift == grad.abs().max().item().bit_length() - 5 and int(g.abs().max()) <= 31
+    want = (m.to(torch.int32) - g).clamp(-127, 127)
+    assert p.m.dtype == torch.int8 and p.m.tolist() == want.tolist()
+    # shift 9: g = [-10, 10, 0, 0, 20, -20]; 120 + 10 clips at 127 and -120 - 10 at -127 (never -128).
+    assert p.m.tolist() == [[127, -127, 0, 5, 107, -107]]
+    assert p.e == -7 and p.grad is None  # exponent fixed; the gradient is consumed
+
+
+def test_apply_update_respects_gb_and_mode() -> None:
+    grad = torch.randint(-2**20, 2**20, (64, 32), generator=torch.Generator().manual_seed(0), dtype=torch.int32)
+    for gb in (1, 3, 5, 7):
+        for mode in ("nearest", "pseudo_stochastic", "truncate"):
+            p = IntParameter(torch.zeros((64, 32), dtype=torch.int8), 0)
+            p.grad = grad
+            apply_update(p, gb, Runtime(RoundingPolicy(gradient=mode)))
+            want, _ = rescale(grad, gb, mode)
+            assert torch.equal(p.m.to(torch.int32), -want.to(torch.int32))
+            assert int(p.m.abs().max()) == (1 << gb) - 1 or mode != "nearest"
+            assert int(p.m.abs().max()) <= (1 << gb) - 1
+
+
+def test_apply_update_handles_int64_gradients() -> None:
+    p = IntParameter(torch.tensor([0, 0], dtype=torch.int8), 0)
+    p.grad = torch.tensor([3 * 2**40, -(2**39)], dtype=torch.int64)  # a split (int64) weight gradient
+    apply_update(p, 5, _nearest_runtime())
+    assert p.m.tolist() == [-24, 4]  # 3·2**40 has 42 bits: shift 37 gives g = [24, -4]
+
+
+def test_apply_update_without_gradient_raises() -> None:
+    p = IntParameter(torch.zeros(3, dtype=torch.int8), 0)
+    with pytest.raises(RuntimeError, match="no gradient"):
+        apply_update(p, 5, _nearest_runtime())
+
+
+def test_parameter_validation() -> None:
+    with pytest.raises(TypeError, match="int8"):
+        IntParameter(torch.zeros(3, dtype=torch.int16), 0)
+    with pytest.raises(ValueError, match="8 or 16"):
+        IntParameter(torch.zeros(3, dtype=torch.int8), 0, accumulator_bits=32)
+
+
+# --------------------------------------------------------------------------- 16-bit accumulation
+def test_16bit_master_layout() -> None:
+    m = torch.tensor([100, -50, 127, -127, 0], dtype=torch.int8)
+    p = IntParameter(m, -6, accumulator_bits=16)
+    assert p.master.dtype == torch.int16 and p.master_e == -14
+    assert p.master.tolist() == [v * 256 for v in m.tolist()]  # same values, 8 more bits
+    assert p.m.tolist() == m.tolist() and p.e == -6
+
+
+def test_16bit_update_saturates_at_32767_and_refreshes_datapath() -> None:
+    p = IntParameter(torch.tensor([120, -120, 3], dtype=torch.int8), -6, accumulator_bits=16)
+    p.grad = torch.tensor([-2**20, 2**20, 0], dtype=torch.int32)
+    apply_update(p, 5, _nearest_runtime())
+    # g is rescaled to gb + 8 = 13 bits: ∓8191; 30720 + 8191 saturates at +32767 (never wraps to negative).
+    assert p.master.dtype == torch.int16
+    assert p.master.tolist() == [32767, -32767, 768]
+    want, shift = rescale(p.master, 7, "nearest")
+    assert p.m.dtype == torch.int8 and p.m.tolist() == want.tolist() == [127, -127, 3]
+    assert p.e == p.master_e + shift == -14 + 8
+    for _ in range(3):  # staying saturated keeps it there
+        p.grad = torch.tensor([-2**20, 2**20, 0], dtype=torch.int32)
+        apply_update(p, 5, _nearest_runtime())
+    assert p.master.tolist() == [32767, -32767, 768]
+
+
+def test_16bit_small_updates_accumulate_where_8bit_loses_them() -> None:
+    """Element 1's gradient is 1/128 of element 0's: at gb = 5 it rounds to 0 in 8-bit mode every step,
+    while the int16 accumulator collects it in its low byte until it moves the datapath weight."""
+    grad = torch.tensor([2048, 16], dtype=torch.int32)
+    w8 = IntParameter(torch.tensor([100, 50], dtype=torch.int8), -7)
+    w16 = IntParameter(torch.tensor([100, 50], dtype=torch.int8), -7, accumulator_bits=16)
+    steps = 16
+    for _ in range(steps):
+        w8.grad, w16.grad = grad.clone(), grad.clone()
+        apply_update(w8, 5, _nearest_runtime())
+        apply_update(w16, 5, _nearest_runtime())
+        want, shift = rescale(w16.master, 7, "nearest")
+        assert torch.equal(w16.m, want) and w16.e == w16.master_e + shift  # refreshed after every update
+    assert w8.m[1].item() == 50  # 16 / 2**7 → 0 every step: lost
+    # 16-bit: g = [2048, 16] unshifted (12 bits <= 13): the master moved by exactly 16 · 16 = 256 = one int8 unit.
+    assert w16.master.tolist() == [100 * 256 - steps * 2048, 50 * 256 - steps * 16]
+    value = lambda m, e: m * 2.0**e  # noqa: E731  (test-side float, for reading the result)
+    assert value(w16.master[1].item(), w16.master_e) == value(49, -7)
+    assert value(w16.m[1].item(), w16.e) < value(50, -7)  # and the datapath weight followed
+
+
+def test_16bit_model_masters_are_int16() -> None:
+    model = niti.build("lenet", accumulator_bits=16)
+    for p in model.parameters():
+        assert p.accumulator_bits == 16 and p.master.dtype == torch.int16 and p.master_e == p.e - 8
