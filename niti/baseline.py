@@ -37,7 +37,7 @@ DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 @dataclass(frozen=True)
 class LrSchedule:
-    """``lr`` times ``decay[i]`` from fraction ``boundaries[i]`` of all steps on (default ×0.1 at 50 %, ×0.01 at 75 %).
+    """``lr``, times ``decay[i]`` from fraction ``boundaries[i]`` of all steps on (×0.1 at 50 %, ×0.01 at 75 %).
 
     The boundaries are compared exactly as ``GbSchedule.gb_at`` compares them,
     so the float step size drops at the same step as the integer gb.
@@ -295,7 +295,8 @@ class FloatModel:
                 raise ValueError(f"momentum buffer: expected float32 {tuple(p.shape)}, got {buf.dtype} "
                                  f"{tuple(buf.shape)}")
         rng = state["dropout_generator"]
-        if not isinstance(rng, Tensor) or rng.dtype != torch.uint8 or rng.shape != self.dropout_generator.get_state().shape:
+        expected = self.dropout_generator.get_state()
+        if not isinstance(rng, Tensor) or rng.dtype != expected.dtype or rng.shape != expected.shape:
             raise ValueError("dropout_generator must be a uint8 tensor from torch.Generator.get_state()")
         channels = self.arch.input_shape[2]
         mean = _check_stats("mean", state["mean"].tolist(), channels, positive=False)

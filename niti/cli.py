@@ -21,6 +21,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="lenet", choices=sorted(ARCHITECTURES))
     p.add_argument("--dataset", default=None, help="mnist, cifar10 or a path to an .npz (default: the model's own)")
     p.add_argument("--data-dir", default=None, help="where the data lives (default: $NITI_DATA, then ~/.cache/niti)")
+    p.add_argument("--no-download", action="store_true", help="never download data; fail if it is not found")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
@@ -55,7 +56,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
 
     rounds = {f"{r}_round": (args.round_all or getattr(args, f"{r}_round")) for r in ("act", "err", "grad", "loss")}
     out = args.out or f"runs/{args.model}-{args.arith}-s{args.seed}"
-    return TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, out=out, arith=args.arith,
+    return TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download,
+                       out=out, arith=args.arith,
                        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
                        augment=args.augment, max_steps=args.max_steps, train_limit=args.train_limit,
                        threads=args.threads, device=args.device, gb_schedule=args.gb_schedule,

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
+from .kernels import fused
 from .nn.module import IntParameter
 from .runtime import Runtime
 
@@ -58,15 +57,18 @@ class GbSchedule:
 
 
 def apply_update(param: IntParameter, gb: int, runtime: Runtime) -> None:
-    """``W = clip(W - rescale(G, gb))`` (8-bit) or the int16 accumulate-and-refresh of §1.6."""
+    """``W = clip(W - rescale(G, gb))`` (8-bit) or the int16 accumulate-and-refresh of §1.6.
+
+    Rescale, subtraction and clip run as one fused pass (``kernels.fused.update``).
+    """
     if param.grad is None:
         raise RuntimeError(f"{param!r} has no gradient to apply")
     if param.accumulator_bits == 8:
-        g, _ = runtime.rescale(param.grad, gb, "gradient", batched=False)
-        param.m = (param.m.to(torch.int16) - g).clamp_(-127, 127).to(torch.int8)
+        mode, shift, noise = runtime.rounding(param.grad, gb, "gradient", batched=False)
+        param.m = fused.update(param.m, param.grad, shift, mode, gb, 127, noise)
     else:
         assert param.master is not None
-        g, _ = runtime.rescale(param.grad, gb + 8, "gradient", batched=False)
-        param.master = (param.master.to(torch.int32) - g).clamp_(-32767, 32767).to(torch.int16)
+        mode, shift, noise = runtime.rounding(param.grad, gb + 8, "gradient", batched=False)
+        param.master = fused.update(param.master, param.grad, shift, mode, gb + 8, 32767, noise)
         param.refresh_datapath()
     param.grad = None

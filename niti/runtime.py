@@ -5,6 +5,7 @@ which says how to round each role, where random bits come from (one
 ``torch.Generator`` per purpose), and how whole-batch quantities are formed.
 On one process the reductions are identities; the distributed trainer swaps in
 all-reduces so that every rank computes the bits a single process would.
+It also owns the scratch ``Workspace`` its layers' kernels reuse step after step.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .numerics import RoundingPolicy, bits, rescale
+from .kernels import fused
+from .kernels.workspace import Workspace
+from .numerics import RoundingPolicy, int_dtype_for_bits
 
 __all__ = ["Runtime"]
 
@@ -50,11 +53,13 @@ class Runtime:
     reduce_sum: Callable[[Tensor], Tensor] = _identity_tensor
     rounding_generator: torch.Generator = field(init=False)
     dropout_generator: torch.Generator = field(init=False)
+    workspace: Workspace = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Distinct, fixed streams per purpose: call order in one cannot shift the other.
         self.rounding_generator = _generator(self.seed * 2 + 1)
         self.dropout_generator = _generator(self.seed * 2 + 2)
+        self.workspace = Workspace()
 
     def mode(self, role: str) -> str:
         return getattr(self.policy, role)
@@ -74,17 +79,30 @@ class Runtime:
             local = torch.randint(0, high, shape, generator=self.rounding_generator, dtype=torch.int64)
         return local.to(device)
 
-    def rescale(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True) -> tuple[Tensor, int]:
-        """``numerics.rescale`` with this runtime's mode for ``role`` and whole-batch bit width."""
+    def rounding(self, t: Tensor, target_bits: int, role: str, *,
+                 batched: bool = True) -> tuple[str, int, Tensor | None]:
+        """``(mode, shift, noise)`` for rescaling ``t`` to ``target_bits``: the whole-batch shift and, for
+        stochastic rounding, its draws (made here, in the same order as ``numerics.rescale`` would)."""
+        if target_bits < 1:
+            raise ValueError(f"target_bits must be >= 1, got {target_bits}")
         mode = self.mode(role)
-        width = bits(t)
+        width = fused.max_abs(t).bit_length()
         if batched:
             width = self.reduce_max(width)
         shift = max(0, width - target_bits)
         noise = None
         if mode == "stochastic" and shift > 0:
             noise = self.uniform(1 << shift, tuple(t.shape), batched=batched, device=t.device)
-        return rescale(t, target_bits, mode, bit_width=width, noise=noise)
+        return mode, shift, noise
+
+    def rescale(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True) -> tuple[Tensor, int]:
+        """``numerics.rescale`` with this runtime's mode for ``role`` and whole-batch bit width.
+
+        Bit-identical to ``numerics.rescale(t, target_bits, mode, bit_width=..., noise=...)``;
+        runs as one fused pass for the bit width and one for rounding and clipping.
+        """
+        mode, shift, noise = self.rounding(t, target_bits, role, batched=batched)
+        return fused.round_clip(t, shift, mode, target_bits, int_dtype_for_bits(target_bits), noise), shift
 
     def state_dict(self) -> dict:
         return {

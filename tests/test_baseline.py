@@ -38,7 +38,8 @@ def _public(cls: type) -> set[str]:
 def _batch(data: dict, n: int, start: int = 0, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     x = data[f"x_{split}"][start:start + n]
     x = x[..., None] if x.ndim == 3 else x
-    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(data[f"y_{split}"][start:start + n].astype(np.int64))
+    y = data[f"y_{split}"][start:start + n].astype(np.int64)
+    return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
 
 
 # ----------------------------------------------------------------- interface

@@ -53,7 +53,7 @@ def test_resume_after_interruption_is_bit_identical(tmp_path: Path, mnist_small_
 
 
 def test_fresh_run_refuses_to_overwrite_and_resume_checks_config(tmp_path: Path, mnist_small_npz: Path) -> None:
-    cfg = _config(tmp_path, shared_data_dir, epochs=1, max_steps=3)
+    cfg = _config(tmp_path, mnist_small_npz, epochs=1, max_steps=3)
     fit(cfg)
     with pytest.raises(ValueError, match="--resume"):
         fit(cfg)

@@ -86,11 +86,12 @@ def test_grad_weight_matches_im2col(shape: tuple) -> None:
 
 def test_grad_weight_sums_int32_partials_across_splits() -> None:
     # Enough rows that the reduction is split over several programs (int64 sum, int32 result).
-    x, w = _operands((4, 12, 12, 3, 8, (3, 3), (1, 1), (1, 1)), 4)
+    x, w = _operands((4, 24, 24, 3, 8, (3, 3), (1, 1), (1, 1)), 4)
     acc, cols = conv.conv2d(x, w, (1, 1), (1, 1))
     err = _rand(tuple(acc.shape), torch.Generator().manual_seed(5))
     ref = conv.conv2d_grad_weight(err, cols, (3, 3))
     got = triton_conv.conv2d_grad_weight(err.to(DEVICE), x.to(DEVICE), (3, 3), (1, 1), (1, 1))
+    assert triton_conv.wgrad_plan(4 * 24 * 24, 8, 27).splits > 1
     assert ref.dtype == got.dtype == torch.int32
     assert torch.equal(got.cpu(), ref)
 
@@ -98,13 +99,13 @@ def test_grad_weight_sums_int32_partials_across_splits() -> None:
 @pytest.mark.parametrize("sign", [1, -1])
 def test_adversarial_extremes_are_exact(sign: int) -> None:
     # Every product is ±127·127: the largest sums the datapath can make, exact and never saturated.
-    x = torch.full((1, 5, 5, 64), 127, dtype=torch.int8)
-    x[0, ::2] = -127
+    x = torch.full((2, 5, 5, 64), 127, dtype=torch.int8)
+    x[1] = -127
     w = torch.full((8, 3, 3, 64), sign * 127, dtype=torch.int8)
     w[1::2] *= -1
     ref, cols = conv.conv2d(x, w, (1, 1), (0, 0))
     out, implicit = triton_conv.conv2d(x.to(DEVICE), w.to(DEVICE), (1, 1), (0, 0))
-    assert int(ref.abs().max()) == 9 * 64 * 127 * 127
+    assert int(ref.abs().min()) == int(ref.abs().max()) == 9 * 64 * 127 * 127
     assert torch.equal(out.cpu(), ref)
     err = torch.full(tuple(ref.shape), -127 * sign, dtype=torch.int8)
     assert torch.equal(implicit.grad_weight(err.to(DEVICE), (3, 3)).cpu(), conv.conv2d_grad_weight(err, cols, (3, 3)))
@@ -112,15 +113,17 @@ def test_adversarial_extremes_are_exact(sign: int) -> None:
 
 def test_grad_weight_past_int32_reduction_returns_exact_int64() -> None:
     # 133,225 rows of 127·127 = 2,148,786,025 > 2**31 - 1: int32 would wrap (CPU) or saturate (tensor cores).
-    side = 365
+    side, c = 365, 8
     assert side * side > MAX_K_INT32
-    x = torch.full((1, side, side, 1), 127, dtype=torch.int8)
-    err = torch.full((1, side, side, 1), 127, dtype=torch.int8)
+    x = torch.full((1, side, side, c), 127, dtype=torch.int8)
+    err = torch.full((1, side, side, c), 127, dtype=torch.int8)
+    err[..., 1::2] = -127
     got = triton_conv.conv2d_grad_weight(err.to(DEVICE), x.to(DEVICE), (1, 1), (1, 1), (0, 0))
-    cols = conv.im2col(x, (1, 1), (1, 1), (0, 0))
-    ref = conv.conv2d_grad_weight(err, cols, (1, 1))
+    ref = conv.conv2d_grad_weight(err, conv.im2col(x, (1, 1), (1, 1), (0, 0)), (1, 1))
     assert got.dtype == ref.dtype == torch.int64
-    assert int(got.reshape(-1)[0]) == side * side * 127 * 127 == int(ref.reshape(-1)[0])
+    expected = side * side * 127 * 127
+    assert int(ref.abs().min()) == int(ref.abs().max()) == expected
+    assert torch.equal(got.cpu(), ref)
 
 
 def test_supports_guards_int32_accumulator_and_dtype() -> None:

@@ -8,11 +8,16 @@ Typical use inside each rank (started by ``launch`` or torchrun)::
         attach(model, info)                # verifies replicas, installs all-reduces
     for images, labels in batches:         # the same global batches on every rank
         model.train_step(*shard(images, labels, info))
+    correct = evaluate_sharded(model, x_val, y_val, info)   # a collective too: every rank calls it
+
+Everything batched is a collective once attached: all ranks must run the
+same sequence of ``train_step`` / ``predict`` calls, each on its shard.
 """
 
-from .data_parallel import Collectives, CommStats, attach, replica_fingerprint, verify_replicas
-from .group import DistInfo, all_sum_int, init_from_env, shard, shutdown
+from .data_parallel import Collectives, CommStats, attach, evaluate_sharded, replica_fingerprint, verify_replicas
+from .group import DistInfo, all_sum_float, all_sum_int, init_from_env, shard, shutdown
 from .launch import launch, launch_command
 
-__all__ = ["Collectives", "CommStats", "DistInfo", "all_sum_int", "attach", "init_from_env", "launch",
-           "launch_command", "replica_fingerprint", "shard", "shutdown", "verify_replicas"]
+__all__ = ["Collectives", "CommStats", "DistInfo", "all_sum_float", "all_sum_int", "attach", "evaluate_sharded",
+           "init_from_env", "launch", "launch_command", "replica_fingerprint", "shard", "shutdown",
+           "verify_replicas"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,9 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..numerics import bits
-from .group import DistInfo
+from .group import DistInfo, all_sum_int, shard
 
-__all__ = ["CommStats", "Collectives", "attach", "replica_fingerprint", "verify_replicas"]
+__all__ = ["CommStats", "Collectives", "attach", "evaluate_sharded", "replica_fingerprint", "verify_replicas"]
 
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
@@ -45,6 +46,7 @@ class CommStats:
     grad_calls: int = 0  # SUM of weight gradients
     grad_bytes: int = 0
     grad_int64_calls: int = 0  # gradient sums that needed int64 on the wire
+    seconds: float = 0.0  # wall time spent inside all_reduce (waiting for slower ranks included)
 
     @property
     def total_bytes(self) -> int:
@@ -56,7 +58,7 @@ class CommStats:
 
     def reset(self) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, 0)
+            setattr(self, f.name, type(f.default)())
 
 
 class Collectives:
@@ -67,9 +69,14 @@ class Collectives:
         self.group = group
         self.stats = CommStats()
 
+    def _all_reduce(self, t: Tensor, op: dist.ReduceOp) -> None:
+        t0 = time.perf_counter()
+        dist.all_reduce(t, op=op, group=self.group)
+        self.stats.seconds += time.perf_counter() - t0
+
     def _max(self, value: int) -> int:
         t = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        self._all_reduce(t, dist.ReduceOp.MAX)
         return int(t.item())
 
     def reduce_max(self, value: int) -> int:
@@ -96,7 +103,7 @@ class Collectives:
             raise OverflowError(f"gradient sum over {self.world_size} ranks of {width}-bit values could exceed int64")
         wire = torch.int32 if bound <= _INT32_MAX else torch.int64
         buf = t.to(device="cpu", dtype=wire, copy=True).contiguous()
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=self.group)
+        self._all_reduce(buf, dist.ReduceOp.SUM)
         self.stats.grad_calls += 1
         self.stats.grad_bytes += buf.numel() * buf.element_size()
         self.stats.grad_int64_calls += wire == torch.int64
@@ -185,3 +192,36 @@ def attach(model, info: DistInfo) -> Collectives:  # noqa: ANN001 - an IntegerMo
                                   reduce_max=coll.reduce_max, reduce_sum=coll.reduce_sum)
     model.set_runtime(runtime)  # copies the generator states
     return coll
+
+
+def evaluate_sharded(model, images: Tensor, labels: Tensor, info: DistInfo | None,  # noqa: ANN001
+                     batch_size: int = 1000) -> int:
+    """Correct predictions on the whole set, identical to one process predicting in batches of ``batch_size``.
+
+    Every rank must call it with the same ``images``.  Each batch is split
+    over the ranks with ``shard`` (so its bit widths and random draws are the
+    single-process ones); a batch that does not divide evenly (the last one)
+    is run whole on every rank as one process would, and counted once.
+    """
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"images and labels differ in length: {images.shape[0]} vs {labels.shape[0]}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    world = 1 if info is None else info.world_size
+    correct = 0
+    for i in range(0, images.shape[0], batch_size):
+        xb, yb = images[i:i + batch_size], labels[i:i + batch_size]
+        if xb.shape[0] % world == 0:
+            xs, ys = shard(xb, yb, info)
+            correct += int((model.predict(xs).cpu() == ys.cpu()).sum())
+            continue
+        runtime = model.runtime
+        saved = runtime.rank, runtime.world_size
+        runtime.rank, runtime.world_size = 0, 1  # draws for this whole batch, as one process makes them
+        try:
+            pred = model.predict(xb)
+        finally:
+            runtime.rank, runtime.world_size = saved
+        if info is None or info.rank == 0:
+            correct += int((pred.cpu() == yb.cpu()).sum())
+    return correct if info is None else all_sum_int([correct])[0]

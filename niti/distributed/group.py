@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistInfo", "init_from_env", "shutdown", "shard", "all_sum_int"]
+__all__ = ["DistInfo", "init_from_env", "shutdown", "shard", "all_sum_int", "all_sum_float"]
 
 
 @dataclass(frozen=True)
@@ -107,3 +107,13 @@ def all_sum_int(values: list[int]) -> list[int]:
     t = torch.tensor(values, dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return [int(v) for v in t.tolist()]
+
+
+def all_sum_float(values: list[float]) -> list[float]:
+    """Element-wise float64 sums over all ranks, for display metrics only (the loss value); never in a step."""
+    values = [float(v) for v in values]
+    if not dist.is_initialized() or dist.get_world_size() == 1 or not values:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.tolist()]

@@ -31,18 +31,22 @@ def check_int_mm_layout(t: Tensor, name: str) -> None:
                          f"strides {t.stride()}")
 
 
-def _mm(a: Tensor, b: Tensor) -> Tensor:
+def _mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     if a.device.type == "cuda":
         from .cuda import int_mm_cuda  # lazy: the CPU path must not need it
         return int_mm_cuda(a, b)
+    if out is not None:
+        return torch._int_mm(a, b, out=out)
     return torch._int_mm(a, b)
 
 
-def int_matmul(a: Tensor, b: Tensor) -> Tensor:
+def int_matmul(a: Tensor, b: Tensor, *, out: Tensor | None = None) -> Tensor:
     """``a @ b`` exactly for int8 ``a`` (M, K) and ``b`` (K, N).
 
     Returns int32 when K ≤ ``MAX_K_INT32`` (no term sum can reach 2**31), else
     int64 from int32 partial products over K-chunks: never wraps, never saturates.
+    ``out`` (contiguous int32 (M, N), CPU) receives the unsplit product to reuse its memory;
+    it is ignored when K is split.
     """
     check_int_mm_layout(a, "a")
     check_int_mm_layout(b, "b")
@@ -53,7 +57,9 @@ def int_matmul(a: Tensor, b: Tensor) -> Tensor:
     if m == 0 or n == 0 or k == 0:
         return torch.zeros((m, n), dtype=torch.int32, device=a.device)
     if k <= MAX_K_INT32:
-        return _mm(a, b)
+        if out is not None and (out.shape != (m, n) or out.dtype != torch.int32 or not out.is_contiguous()):
+            raise ValueError(f"out must be a contiguous int32 {(m, n)} tensor, got {out.dtype} {tuple(out.shape)}")
+        return _mm(a, b, out)
     out = torch.zeros((m, n), dtype=torch.int64, device=a.device)
     for k0 in range(0, k, MAX_K_INT32):
         k1 = min(k, k0 + MAX_K_INT32)

@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["INTERPRETED", "MAX_ROWS_PER_SPLIT", "ImplicitColumns", "conv2d", "conv2d_grad_weight", "supports"]
+__all__ = ["INTERPRETED", "MAX_ROWS_PER_SPLIT", "ImplicitColumns", "WgradPlan", "conv2d", "conv2d_grad_weight",
+           "conv2d_nhwc", "supports", "wgrad_plan"]
 
 _INT32_MAX = 2**31 - 1
 #: Largest reduction length whose worst case (±127 · ±127 per term) fits int32.
@@ -47,7 +48,8 @@ INTERPRETED = _interpret_requested()
 
 @triton.jit
 def _conv_fwd_kernel(x_ptr, w_ptr, out_ptr, M, H, W, HO, WO, COUT, SH, SW, PH, PW,
-                     C: tl.constexpr, K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, TAPS: tl.constexpr, CB: tl.constexpr,
+                     C: tl.constexpr, K: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                     TAPS: tl.constexpr, CB: tl.constexpr,
                      BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     """out[m, co] = Σ_(i,j,c) x[n, ho·SH-PH+i, wo·SW-PW+j, c] · w[co, i, j, c], m = (n, ho, wo)."""
     pid_m = tl.program_id(0)
@@ -169,8 +171,39 @@ def conv2d_nhwc(x: Tensor, weight: Tensor, stride: tuple[int, int], padding: tup
     bm, bn = 128, _block(c_out, 32, 128)
     grid = (triton.cdiv(m, bm), triton.cdiv(c_out, bn))
     _conv_fwd_kernel[grid](x, w2, out, m, h, w, ho, wo, c_out, stride[0], stride[1], padding[0], padding[1],
-                           C=c, K=k, KH=kh, KW=kw, TAPS=taps, CB=triton.cdiv(c, bk), BM=bm, BN=bn, BK=bk, **_launch_options())
+                           C=c, K=k, KH=kh, KW=kw, TAPS=taps, CB=triton.cdiv(c, bk), BM=bm, BN=bn, BK=bk,
+                           **_launch_options())
     return out.view(n, ho, wo, c_out)
+
+
+@dataclass(frozen=True)
+class WgradPlan:
+    """Tiles of the weight-gradient kernel: output blocks, row block, rows per split and the split count."""
+
+    block_co: int
+    block_k: int
+    block_r: int
+    rows_per_split: int
+    splits: int
+
+    def __iter__(self):  # noqa: ANN204 - unpacking convenience
+        return iter((self.block_co, self.block_k, self.block_r, self.rows_per_split, self.splits))
+
+
+def wgrad_plan(r: int, c_out: int, k: int) -> WgradPlan:
+    """How ``conv2d_grad_weight`` tiles an ``(r rows) × (c_out, k)`` reduction.
+
+    The reduction is split for parallelism (first layers have few output
+    tiles) and so that no int32 partial can overflow (≤ ``MAX_ROWS_PER_SPLIT``
+    rows each).  Rows per split are a power of two: a compile-time trip count
+    with few distinct values, hence few recompiles.  The interpreter's cost is
+    per loop step, not per element, so it takes longer row blocks.
+    """
+    bco, bkk, br = _block(c_out, 32, 128), _block(k, 32, 64), (512 if INTERPRETED else 64)
+    tiles = triton.cdiv(c_out, bco) * triton.cdiv(k, bkk)
+    target = 4 if INTERPRETED else 264  # programs: about two waves on a 132-SM H100/H200
+    rows = _block(triton.cdiv(r, triton.cdiv(target, tiles)), br, MAX_ROWS_PER_SPLIT)
+    return WgradPlan(bco, bkk, br, rows, triton.cdiv(r, rows))
 
 
 def conv2d_grad_weight(err: Tensor, x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
@@ -190,13 +223,7 @@ def conv2d_grad_weight(err: Tensor, x: Tensor, kernel: tuple[int, int], stride: 
     e = err.contiguous()
     k = kh * kw * c
     r = n * ho * wo
-    bco, bkk, br = _block(c_out, 32, 128), _block(k, 32, 64), 64
-    tiles = triton.cdiv(c_out, bco) * triton.cdiv(k, bkk)
-    # Split the reduction for parallelism (first layers have few output tiles) and so no int32 partial can overflow.
-    # Rows per split are a power of two (a compile-time trip count; few distinct values, few recompiles).
-    target = 4 if INTERPRETED else 264
-    rows = _block(triton.cdiv(r, triton.cdiv(target, tiles)), br, MAX_ROWS_PER_SPLIT)
-    splits = triton.cdiv(r, rows)
+    bco, bkk, br, rows, splits = wgrad_plan(r, c_out, k)
     if splits * c_out * k >= _INT32_MAX:
         raise ValueError(f"weight-gradient partials too large for int32 offsets: {splits} × {c_out} × {k}")
     part = torch.empty((splits, c_out, k), dtype=torch.int32, device=x.device)

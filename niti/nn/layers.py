@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from .. import kernels
+from ..kernels import fused
 from ..numerics import IntTensor
 from .init import xavier_int8
 from .module import IntParameter, Module
@@ -38,11 +39,13 @@ class Conv2d(Module):
         m, e = xavier_int8((out_channels, kh, kw, in_channels), in_channels * kh * kw,
                            out_channels * kh * kw, generator)
         self.weight = IntParameter(m, e, accumulator_bits)
-        self._saved_cols: Tensor | None = None
+        self._saved_cols: object | None = None  # the columns, or a stand-in that rebuilds them
         self._saved_hw: tuple[int, int] | None = None
 
     def forward(self, x: IntTensor) -> IntTensor:
-        acc, cols = kernels.conv2d(x.m, self.weight.m, self.stride, self.padding)
+        # The workspace holds the columns and the int32 product only until the rescale below.
+        acc, cols = kernels.conv2d(x.m, self.weight.m, self.stride, self.padding,
+                                   workspace=self.runtime.workspace)
         if self.training:
             self._saved_cols, self._saved_hw = cols, (x.m.shape[1], x.m.shape[2])
         out, shift = self.runtime.rescale(acc, 7, "activation")
@@ -55,7 +58,8 @@ class Conv2d(Module):
         self.weight.grad = kernels.conv2d_grad_weight(err.m, cols, self.kernel_size)
         if not self.propagate_error:
             return None
-        acc = kernels.conv2d_grad_input(err.m, self.weight.m, hw, self.stride, self.padding)
+        acc = kernels.conv2d_grad_input(err.m, self.weight.m, hw, self.stride, self.padding,
+                                        workspace=self.runtime.workspace)
         out, shift = self.runtime.rescale(acc, 7, "error")
         return IntTensor(out, err.e + self.weight.e + shift)
 
@@ -105,22 +109,26 @@ class Linear(Module):
 
 
 class ReLU(Module):
-    """``max(x, 0)``; the error passes where the forward input was positive."""
+    """``max(x, 0)``; the error passes where the forward input was positive.
+
+    It keeps its output, not a mask: the output is positive exactly where the
+    input was, and the next layer usually keeps the same tensor anyway.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self._saved_mask: Tensor | None = None
+        self._saved_out: Tensor | None = None
 
     def forward(self, x: IntTensor) -> IntTensor:
-        mask = x.m > 0
+        y = fused.relu(x.m)
         if self.training:
-            self._saved_mask = mask
-        return x.with_m(torch.where(mask, x.m, torch.zeros((), dtype=x.m.dtype, device=x.m.device)))
+            self._saved_out = y
+        return x.with_m(y)
 
     def backward(self, err: IntTensor) -> IntTensor:
-        _need_saved(self._saved_mask, self)
-        mask, self._saved_mask = self._saved_mask, None
-        return err.with_m(torch.where(mask, err.m, torch.zeros((), dtype=err.m.dtype, device=err.m.device)))
+        _need_saved(self._saved_out, self)
+        y, self._saved_out = self._saved_out, None
+        return err.with_m(fused.relu_backward(err.m, y))
 
 
 class MaxPool2d(Module):

@@ -20,6 +20,7 @@ class TrainConfig:
     model: str = "lenet"
     dataset: str | None = None  # None: the model's own data set (lenet → mnist, vgg → cifar10)
     data_dir: str | None = None
+    download: bool = True  # fetch MNIST / CIFAR-10 originals (checksum-verified) when no copy is found
     out: str = "runs/lenet-int"
     arith: str = "int"
     epochs: int = 1

@@ -29,7 +29,7 @@ from .metrics import correct_count, evaluate, loss_sum, write_jsonl
 __all__ = ["TrainingInterrupted", "fit", "build_model", "load_model"]
 
 #: Config fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"progress", "threads", "data_dir", "out", "log_every"}
+_RESUMABLE_CHANGES = {"progress", "threads", "data_dir", "download", "out", "log_every"}
 
 
 class TrainingInterrupted(Exception):
@@ -50,7 +50,8 @@ def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...]):  
 
         kwargs = {} if config.lr is None else {"lr": config.lr}
         model = build_float(config.model, seed=config.seed, momentum=config.momentum,
-                            weight_decay=config.weight_decay, total_steps=total_steps, mean=mean, **kwargs)
+                            weight_decay=config.weight_decay, total_steps=total_steps, **kwargs)
+        # The float twin normalises with its own float (mean, std) of the data set (niti.baseline).
     return model.to(config.device)
 
 
@@ -124,7 +125,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                          "another --out")
 
     dataset_name = _default_dataset(config)
-    ds = niti_data.load_dataset(dataset_name, config.data_dir)
+    ds = niti_data.load_dataset(dataset_name, config.data_dir, download=config.download)
     arch = get_architecture(config.model)
     if ds.image_shape != arch.input_shape or ds.num_classes > arch.num_classes:
         raise ValueError(f"data set {ds.name} has images {ds.image_shape} and {ds.num_classes} classes; "
@@ -187,6 +188,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
         out.mkdir(parents=True, exist_ok=True)
     show = config.progress and rank == 0
     with _signals_to(flag):
+        if rank == 0:  # the run's settings, readable; also marks that training is under way
+            atomic_write_bytes(out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
         while epoch < config.epochs and model.step < total_steps:
             batches = niti_data.BatchIterator(
                 x_train, y_train, config.batch_size, seed=config.seed, epoch=epoch, drop_last=True,

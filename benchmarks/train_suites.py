@@ -1,0 +1,148 @@
+"""Accuracy benchmarks: named suites of `niti train` runs, collected into results/<suite>/.
+
+Each run is a real `python -m niti train` subprocess on the full data sets; its summary.json,
+metrics.jsonl and steps.jsonl are copied to results/<suite>/<run>/, and results/<suite>/README.md
+gets a table with the exact commands, date, machine and wall time, plus curves.png.
+
+    python benchmarks/train_suites.py mnist-1epoch --data-dir ../shared/data
+    python benchmarks/train_suites.py mnist-seeds --epochs 4 --data-dir ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(run name, niti train arguments) for a suite."""
+    seeds = [int(s) for s in a.seeds.split(",")]
+    if name == "mnist-1epoch":
+        return [(f"lenet-int-s{s}", ["--model", "lenet", "--epochs", "1", "--batch-size", "64", "--seed", str(s)])
+                for s in seeds]
+    if name == "mnist-seeds":
+        runs = []
+        for arith in ("int", "float"):
+            for s in seeds:
+                runs.append((f"lenet-{arith}-s{s}", ["--model", "lenet", "--arith", arith, "--epochs", str(a.epochs),
+                                                     "--batch-size", "64", "--seed", str(s)]))
+        return runs
+    if name == "mnist-ablation":
+        return [(f"lenet-grad-{mode}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", "64",
+                                        "--seed", str(seeds[0]), "--grad-round", mode])
+                for mode in ("pseudo_stochastic", "stochastic", "nearest", "truncate")]
+    if name == "cifar-vgg7":
+        runs = []
+        for arith in ("int", "float"):
+            for s in seeds:
+                runs.append((f"vgg7-{arith}-s{s}", ["--model", "vgg-small-7", "--arith", arith, "--epochs",
+                                                    str(a.epochs), "--batch-size", str(a.batch_size or 128),
+                                                    "--seed", str(s)]))
+        return runs
+    raise SystemExit(f"unknown suite {name!r}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7"])
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
+    p.add_argument("--results", default=None, help="default results/<suite>")
+    p.add_argument("--only", default=None, help="comma-separated run names to (re)run; others are kept")
+    a = p.parse_args()
+    results = Path(a.results or ROOT / "results" / a.suite)
+    results.mkdir(parents=True, exist_ok=True)
+    rows_path = results / "runs.json"
+    rows = json.loads(rows_path.read_text()) if rows_path.exists() else {}
+    only = set(a.only.split(",")) if a.only else None
+    for run, args in suite_runs(a.suite, a):
+        if only is not None and run not in only:
+            continue
+        out = Path(a.runs_dir) / a.suite / run
+        if out.exists():
+            shutil.rmtree(out)
+        cmd = [sys.executable, "-m", "niti", "train", *args, "--data-dir", a.data_dir, "--threads", str(a.threads),
+               "--out", str(out), "--no-progress"]
+        print("$", shlex.join(cmd), flush=True)
+        t0 = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT)
+        wall = time.time() - t0
+        if proc.returncode != 0:
+            print(f"run {run} failed with exit code {proc.returncode}", file=sys.stderr)
+            return proc.returncode
+        dest = results / run
+        dest.mkdir(exist_ok=True)
+        for f in ("summary.json", "metrics.jsonl", "steps.jsonl"):
+            shutil.copy(out / f, dest / f)
+        summary = json.loads((out / "summary.json").read_text())
+        rows[run] = {"command": "python -m niti train " + shlex.join(args + ["--threads", str(a.threads)]),
+                     "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+                     "wall_seconds": round(wall, 1),
+                     **{k: summary[k] for k in ("arith", "final_test_accuracy", "best_val_accuracy", "epochs",
+                                                "seconds", "images_per_second", "weights_sha256")}}
+        rows_path.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+    write_report(a.suite, results, rows)
+    return 0
+
+
+def write_report(suite: str, results: Path, rows: dict) -> None:
+    lines = [f"# {suite}", "", "Generated by `benchmarks/train_suites.py`; every number below comes from the "
+             "summary.json beside it.", "",
+             "| run | arith | epochs | final test acc (%) | best val acc (%) | train s | images/s | wall s | date | command |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for run, r in sorted(rows.items()):
+        lines.append(f"| {run} | {r['arith']} | {r['epochs']} | {r['final_test_accuracy']:.2f} | "
+                     f"{r['best_val_accuracy']:.2f} | {r['seconds']:.0f} | {r['images_per_second']:.0f} | "
+                     f"{r['wall_seconds']:.0f} | {r['date']} | `{r['command']}` |")
+    by_arith: dict[str, list[float]] = {}
+    for r in rows.values():
+        by_arith.setdefault(r["arith"], []).append(r["final_test_accuracy"])
+    lines.append("")
+    for arith, accs in sorted(by_arith.items()):
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        lines.append(f"- {arith}: mean final test accuracy {statistics.mean(accs):.2f} % "
+                     f"(sd {sd:.2f}, n = {len(accs)})")
+    machines = sorted({r["machine"] for r in rows.values()})
+    lines += ["", "Machine: " + "; ".join(machines), ""]
+    try:
+        sys.path.insert(0, str(ROOT))
+        from niti.plot import plot_runs
+
+        plot_runs([results / run for run in sorted(rows)], results / "curves.png", title=suite)
+        lines.append("![curves](curves.png)")
+    except Exception as exc:  # a plot failure must not lose the table
+        lines.append(f"(plot failed: {exc})")
+    (results / "README.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Fused integer elementwise chains (DESIGN §2), each run compiled or as its eager twin.
+
+Each chain (rescale's max and rounding, the weight update, ReLU, max
+pooling) is written once below as plain integer torch ops: that function is
+the *eager twin*, readable next to DESIGN §1.  ``Fused`` runs the very same
+function through ``torch.compile`` (inductor, C++ on the CPU), which turns a
+chain of a dozen full-tensor passes into one loop.  ``tests/test_fused.py``
+checks compiled == eager == the reference in ``niti.numerics`` bit for bit.
+
+The eager twin runs instead when
+- ``NITI_COMPILE=0`` is set in the environment;
+- ``torch.compile`` is missing or fails (one warning, then eager for that
+  chain for the rest of the process);
+- a ``TorchDispatchMode`` is active, as under ``niti.audit.integer_only()``:
+  dynamo cannot trace under a Python dispatch mode, so the audit sees, and
+  checks op by op, the eager twin of every chain;
+- the tensors are not on the CPU (CUDA runs the eager ops).
+
+Why the compiled path cannot create floats either: its graph is traced from
+the eager twin (the ops the audit checks), every dynamic quantity (shift,
+clip limit) enters as an integer tensor, and ``tests/test_fused.py`` scans
+the generated C++ of each chain for floating-point types.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["COMPILE_ENV", "Fused", "compile_enabled", "max_abs", "round_clip", "update", "relu", "relu_backward",
+           "maxpool", "maxpool_backward"]
+
+#: Set to "0" to run every chain eagerly.
+COMPILE_ENV = "NITI_COMPILE"
+
+#: Dynamo recompiles a chain once per static variant (mode, dtypes); allow all of them.
+_RECOMPILE_LIMIT = 64
+
+
+def compile_enabled() -> bool:
+    """Whether fused chains may be compiled in this process (``NITI_COMPILE`` not "0")."""
+    return os.environ.get(COMPILE_ENV, "1").strip() != "0"
+
+
+def _dispatch_mode_active() -> bool:
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return _get_current_dispatch_mode() is not None
+
+
+class Fused:
+    """An integer chain: ``fused(*args)`` runs it compiled when it can, else ``fused.eager(*args)``.
+
+    Tensors go in as positional arguments; static choices (a rounding mode, a
+    dtype, a window size) as keyword arguments, one compiled variant each.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.eager = fn
+        self._compiled: Callable[..., Any] | None = None
+        self.broken: str | None = None  # why compiling was given up, if it was
+        functools.update_wrapper(self, fn)
+
+    def use_compiled(self, *tensors: Tensor) -> bool:
+        if self.broken is not None or not compile_enabled() or _dispatch_mode_active():
+            return False
+        if torch.compiler.is_compiling():
+            return False  # already inside a traced region: inline the eager twin
+        return all(t.device.type == "cpu" for t in tensors)
+
+    def compiled(self) -> Callable[..., Any]:
+        if self._compiled is None:
+            # dynamic_threads: parallelise whatever size the first call had (shapes are symbolic).
+            self._compiled = torch.compile(self.eager, dynamic=True, fullgraph=True,
+                                           options={"cpp.dynamic_threads": True})
+        return self._compiled
+
+    def __call__(self, *tensors: Tensor, **static: Any) -> Any:
+        if self.use_compiled(*tensors):
+            try:
+                with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
+                    return self.compiled()(*tensors, **static)
+            except Exception as exc:  # noqa: BLE001 - decided below by re-running eagerly
+                out = self.eager(*tensors, **static)  # bad input raises here, with the eager message
+                self.broken = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                warnings.warn(f"niti: compiling {self.__name__} failed ({self.broken}); running it eagerly",
+                              RuntimeWarning, stacklevel=2)
+                return out
+        return self.eager(*tensors, **static)
+
+
+def _scalar(value: int, dtype: torch.dtype) -> Tensor:
+    """A 0-d integer tensor: dynamic values enter compiled graphs as data, so they never recompile."""
+    return torch.tensor(value, dtype=dtype)
+
+
+# --------------------------------------------------------------- bit width
+
+
+@Fused
+def _max_abs(t: Tensor) -> Tensor:
+    # int64 first: -(-2**31) must not wrap.
+    return torch.maximum(t.amax().to(torch.int64), -t.amin().to(torch.int64))
+
+
+def max_abs(t: Tensor) -> int:
+    """The largest magnitude in ``t`` as a Python int (0 for an empty tensor); one pass over memory."""
+    if t.numel() == 0:
+        return 0
+    return int(_max_abs(t.reshape(-1)))
+
+
+# ------------------------------------------------------- rounding and clip
+
+
+def _round_magnitude(a: Tensor, shift: Tensor, mode: str, noise: Tensor | None) -> Tensor:
+    """``a >> shift`` rounded with ``mode`` for magnitudes ``a >= 0`` and ``shift >= 1`` (DESIGN §1.3)."""
+    q = a >> shift
+    if mode == "nearest":
+        return q + ((a >> (shift - 1)) & 1)  # low >= 2**(shift-1), without forming 2**shift
+    if mode == "truncate":
+        return q
+    low = a & ((1 << shift) - 1)
+    if mode == "pseudo_stochastic":
+        h = shift >> 1
+        hi = low >> h
+        lo = (low & ((1 << h) - 1)) << (shift & 1)  # doubled when shift is odd: both span ceil(s/2) bits
+        return q + (hi > lo).to(a.dtype)
+    if mode == "stochastic":
+        assert noise is not None
+        return q + (noise.to(a.dtype) < low).to(a.dtype)
+    raise ValueError(f"unknown rounding mode {mode!r}")
+
+
+def _round_clip_chain(t: Tensor, shift: Tensor, limit: Tensor, noise: Tensor | None = None, *, mode: str,
+                      work: torch.dtype, out: torch.dtype) -> Tensor:
+    x = t.to(work)
+    q = _round_magnitude(x.abs(), shift, mode, noise)
+    r = torch.where(x < 0, -q, q)
+    return torch.minimum(torch.maximum(r, -limit), limit).to(out)
+
+
+def _clip_chain(t: Tensor, limit: Tensor, *, work: torch.dtype, out: torch.dtype) -> Tensor:
+    x = t.to(work)
+    return torch.minimum(torch.maximum(x, -limit), limit).to(out)
+
+
+_round_clip = Fused(_round_clip_chain)
+_clip = Fused(_clip_chain)
+
+
+def _work_dtype(t: Tensor, shift: int) -> torch.dtype:
+    # As numerics.round_shift: int32 unless the input is int64 or the shift needs 64 bits.
+    return torch.int64 if (t.dtype == torch.int64 or shift > 30) else torch.int32
+
+
+def round_clip(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: torch.dtype,
+               noise: Tensor | None = None) -> Tensor:
+    """``clip(round_shift(t, shift, mode), ±(2**target_bits - 1))`` as ``out_dtype``, in one pass.
+
+    Bit-identical to ``numerics.rescale`` given the same shift; ``noise`` are the
+    stochastic draws in ``[0, 2**shift)`` (same shape as ``t``).
+    """
+    work = _work_dtype(t, shift)
+    limit = _scalar((1 << target_bits) - 1, work)
+    flat = t.reshape(-1)
+    if shift == 0:
+        r = _clip(flat, limit, work=work, out=out_dtype)
+    else:
+        if mode == "stochastic":
+            if noise is None or noise.shape != t.shape:
+                raise ValueError(f"stochastic rounding needs noise of shape {tuple(t.shape)}, got "
+                                 f"{None if noise is None else tuple(noise.shape)}")
+            r = _round_clip(flat, _scalar(shift, work), limit, noise.reshape(-1), mode=mode, work=work,
+                            out=out_dtype)
+        else:
+            r = _round_clip(flat, _scalar(shift, work), limit, mode=mode, work=work, out=out_dtype)
+    return r.view(t.shape)
+
+
+# ---------------------------------------------------------- weight update
+
+
+def _update_chain(w: Tensor, g: Tensor, shift: Tensor, g_limit: Tensor, w_limit: Tensor,
+                  noise: Tensor | None = None, *, mode: str, work: torch.dtype) -> Tensor:
+    x = g.to(work)
+    if mode == "none":  # shift 0: the gradient already fits
+        step = torch.minimum(torch.maximum(x, -g_limit), g_limit)
+    else:
+        q = _round_magnitude(x.abs(), shift, mode, noise)
+        step = torch.minimum(torch.maximum(torch.where(x < 0, -q, q), -g_limit), g_limit)
+    new = w.to(work) - step
+    return torch.minimum(torch.maximum(new, -w_limit), w_limit).to(w.dtype)
+
+
+_update = Fused(_update_chain)
+
+
+def update(w: Tensor, grad: Tensor, shift: int, mode: str, grad_bits: int, weight_limit: int,
+           noise: Tensor | None = None) -> Tensor:
+    """``clip(w - clip(round_shift(grad, shift), ±(2**grad_bits-1)), ±weight_limit)`` in ``w``'s dtype (§1.5)."""
+    if w.shape != grad.shape:
+        raise ValueError(f"gradient shape {tuple(grad.shape)} != weight shape {tuple(w.shape)}")
+    work = _work_dtype(grad, shift)
+    args = [w.reshape(-1), grad.reshape(-1), _scalar(shift, work), _scalar((1 << grad_bits) - 1, work),
+            _scalar(weight_limit, work)]
+    if shift > 0 and mode == "stochastic":
+        if noise is None or noise.shape != grad.shape:
+            raise ValueError(f"stochastic rounding needs noise of shape {tuple(grad.shape)}")
+        args.append(noise.reshape(-1))
+    return _update(*args, mode=mode if shift > 0 else "none", work=work).view(w.shape)
+
+
+# ------------------------------------------------------------------ ReLU
+
+
+@Fused
+def relu(x: Tensor) -> Tensor:
+    """``max(x, 0)``."""
+    return x.clamp_min(0)
+
+
+@Fused
+def relu_backward(err: Tensor, y: Tensor) -> Tensor:
+    """The error where the ReLU output ``y`` is positive (exactly where its input was), else 0."""
+    return torch.where(y > 0, err, torch.zeros((), dtype=err.dtype, device=err.device))
+
+
+# ----------------------------------------------------------- max pooling
+
+
+def _maxpool_chain(x: Tensor, *, k: int) -> tuple[Tensor, Tensor]:
+    # The k*k strided window slices of NHWC x, row-major in the window.
+    parts = [x[:, i::k, j::k] for i in range(k) for j in range(k)]
+    out = parts[0]
+    for p in parts[1:]:
+        out = torch.maximum(out, p)
+    # First maximum in row-major order: scan from the last position back to the first.
+    index = torch.full(out.shape, k * k - 1, dtype=torch.int8 if k * k < 128 else torch.int32, device=x.device)
+    for pos in range(k * k - 2, -1, -1):
+        index = torch.where(parts[pos] == out, pos, index)
+    return out, index
+
+
+maxpool = Fused(_maxpool_chain)
+maxpool.__doc__ = "Non-overlapping k×k max pool of NHWC ``x`` (H, W multiples of k): (out, first-max index)."
+
+
+def _maxpool_backward_chain(err: Tensor, index: Tensor, *, k: int) -> Tensor:
+    n, ho, wo, c = err.shape
+    e = err.reshape(n, ho, 1, wo, 1, c).expand(n, ho, k, wo, k, c)
+    idx = index.reshape(n, ho, 1, wo, 1, c).expand(n, ho, k, wo, k, c)
+    ar = torch.arange(k, dtype=index.dtype, device=index.device)
+    pos = (ar.view(1, 1, k, 1, 1, 1) * k + ar.view(1, 1, 1, 1, k, 1))  # i*k + j at window cell (i, j)
+    routed = torch.where(idx == pos, e, torch.zeros((), dtype=err.dtype, device=err.device))
+    return routed.reshape(n, ho * k, wo * k, c)
+
+
+maxpool_backward = Fused(_maxpool_backward_chain)
+maxpool_backward.__doc__ = "Each error to its window's first maximum, zero elsewhere: NHWC (n, ho·k, wo·k, c)."

@@ -1,0 +1,43 @@
+"""Scratch buffers reused from step to step (DESIGN §2: no page faults for the big temporaries).
+
+The im2col columns, zero-padded inputs and int32 products of a VGG layer are
+tens to hundreds of MB.  Allocated fresh each step they are page-faulted in
+again every time; a ``Workspace`` keeps one buffer per purpose, grown to the
+largest request and reused.  A buffer's contents are valid only until the
+next ``take`` of the same name, so kernels use them strictly as temporaries.
+"""
+
+from __future__ import annotations
+
+from math import prod
+
+import torch
+from torch import Tensor
+
+__all__ = ["Workspace"]
+
+
+class Workspace:
+    """Named scratch buffers: ``take(name, shape, dtype, device)`` returns an uninitialised tensor view."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A contiguous ``shape`` tensor in buffer ``name``; earlier views of that buffer are overwritten."""
+        nbytes = prod(shape) * dtype.itemsize
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < nbytes or buf.device != torch.device(device):
+            buf = torch.empty(max(nbytes, 1), dtype=torch.uint8, device=device)
+            self._buffers[name] = buf
+        return buf[:nbytes].view(dtype).view(shape)
+
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return sum(b.numel() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+    def __repr__(self) -> str:
+        return f"Workspace({', '.join(f'{k}={v.numel()}B' for k, v in self._buffers.items())})"

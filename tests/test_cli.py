@@ -1,0 +1,85 @@
+"""`niti` end to end as a user runs it, on small real MNIST."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from niti.cli import main
+
+
+def _niti(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "niti", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("arith", ["int", "float"])
+def test_train_eval_plot_end_to_end(tmp_path: Path, mnist_small_npz: Path, arith: str) -> None:
+    out = tmp_path / f"run-{arith}"
+    proc = _niti("train", "--model", "lenet", "--dataset", str(mnist_small_npz), "--arith", arith, "--epochs", "1",
+                 "--batch-size", "32", "--max-steps", "30", "--val-size", "300", "--threads", "2", "--out", str(out),
+                 *(["--lr", "0.05"] if arith == "float" else []))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arith"] == arith and summary["steps"] == 30 and summary["world_size"] == 1
+    assert summary["final_test_accuracy"] > 30  # 30 steps of real MNIST: far above 10 % chance
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["epoch"] == 1
+
+    proc = _niti("eval", str(out), "--dataset", str(mnist_small_npz))
+    assert proc.returncode == 0, proc.stderr
+    evaluated = json.loads(proc.stdout)
+    assert evaluated["test_accuracy"] == pytest.approx(summary["final_test_accuracy"])
+    assert evaluated["weights_sha256"] == summary["weights_sha256"]
+
+    png = tmp_path / "curves.png"
+    assert main(["plot", str(out), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_via_cli_matches_uninterrupted(tmp_path: Path, mnist_small_npz: Path) -> None:
+    common = ["--model", "lenet", "--dataset", str(mnist_small_npz), "--epochs", "1", "--batch-size", "32",
+              "--val-size", "300", "--train-limit", "1280", "--threads", "2", "--no-progress"]
+    straight = tmp_path / "straight"
+    assert main(["train", *common, "--out", str(straight)]) == 0
+    # Interrupt a second run with SIGTERM part-way, then resume it.
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "niti", "train", *common, "--out", str(interrupted)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.time() + 300
+    while not (interrupted / "config.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.terminate()  # config.json is written once the signal handlers are in place and training starts
+    _, err = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+        pytest.skip("run finished before the signal arrived")
+    assert proc.returncode == 130, err
+    assert "resume" in err
+    assert main(["train", "--resume", str(interrupted), "--no-progress"]) == 0
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((interrupted / "summary.json").read_text())
+    assert a["weights_sha256"] == b["weights_sha256"]
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("NITI_DATA", raising=False)
+    code = main(["train", "--data-dir", str(tmp_path / "nowhere"), "--no-download", "--out", str(tmp_path / "run"),
+                 "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "mnist" in err and "--data-dir" in err and "nowhere" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_arguments_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "resnet-1000"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "no-such-run")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
