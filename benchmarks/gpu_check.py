@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps per configuration in (b)")
     p.add_argument("--parts", default="abc", help="which parts to run, e.g. 'bc'")
     p.add_argument("--dry-run", action="store_true", help="check arguments, imports and data; run nothing")
+    p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                   help="cpu only smoke-tests (b) and (c) here (use a small --batch); results are for cuda")
     args = p.parse_args(argv)
     if not set(args.parts) <= set("abc") or not args.parts:
         p.error(f"--parts takes letters from 'abc', got {args.parts!r}")
@@ -139,23 +141,30 @@ def part_a(out: Path, data: Path | None, timeout: float) -> dict:
 
 
 # -------------------------------------------------------------------------------------------- (b) step timings
-def _time_steps(step: Callable[[], object], warmup: int, steps: int, deadline: float) -> dict:
+def _sync(device: str) -> None:
     import torch
 
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time_steps(step: Callable[[], object], warmup: int, steps: int, deadline: float, device: str) -> dict:
     t0 = time.perf_counter()
     step()
-    torch.cuda.synchronize()
+    _sync(device)
     first = time.perf_counter() - t0  # includes Triton compilation / cuDNN autotuning
     for _ in range(max(0, warmup - 1)):
+        if time.time() > deadline:
+            break
         step()
-    torch.cuda.synchronize()
+    _sync(device)
     times = []
     for _ in range(steps):
         if time.time() > deadline:
             break
         t0 = time.perf_counter()
         step()
-        torch.cuda.synchronize()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     if not times:
         raise TimeoutError("time budget used up before any timed step")
@@ -164,13 +173,13 @@ def _time_steps(step: Callable[[], object], warmup: int, steps: int, deadline: f
             "first_step_s": round(first, 2)}
 
 
-def _real_batch(data: Path, n: int):  # noqa: ANN202
+def _real_batch(data: Path, n: int, device: str):  # noqa: ANN202
     import numpy as np
     import torch
 
     with np.load(data) as f:
         x, y = f["x_train"][:n], f["y_train"][:n].astype(np.int64)
-    return torch.from_numpy(x.copy()).cuda(), torch.from_numpy(y.copy()).cuda()
+    return torch.from_numpy(x.copy()).to(device), torch.from_numpy(y.copy()).to(device)
 
 
 def part_b(data: Path, args: argparse.Namespace, deadline: float, report: Report) -> dict:
@@ -181,7 +190,8 @@ def part_b(data: Path, args: argparse.Namespace, deadline: float, report: Report
     from niti.baseline import build_float
     from niti.kernels.cuda import CONV_BACKEND_ENV
 
-    images, labels = _real_batch(data, args.batch)
+    dev = args.device
+    images, labels = _real_batch(data, args.batch, dev)
     result: dict = {"model": "vgg-small-7", "batch": args.batch, "configs": {}}
     n_configs = 4
 
@@ -192,9 +202,9 @@ def part_b(data: Path, args: argparse.Namespace, deadline: float, report: Report
         name = f"int8_niti_{backend}"
         try:
             os.environ[CONV_BACKEND_ENV] = backend
-            model = niti.build("vgg-small-7", seed=0).to("cuda")
+            model = niti.build("vgg-small-7", seed=0).to(dev)
             result["configs"][name] = _time_steps(lambda: model.train_step(images, labels), args.warmup, args.steps,
-                                                  share(i))
+                                                  share(i), dev)
             del model
         except Exception:
             result["configs"][name] = {"error": traceback.format_exc(limit=8)}
@@ -206,19 +216,19 @@ def part_b(data: Path, args: argparse.Namespace, deadline: float, report: Report
     for i, (name, dtype) in enumerate((("fp32_pytorch", None), ("bf16_autocast_pytorch", torch.bfloat16)), start=2):
         try:
             fm = build_float("vgg-small-7", seed=0)
-            net = fm.net.to("cuda").to(memory_format=torch.channels_last)
-            mean, std = fm.mean.cuda(), fm.std.cuda()
+            net = fm.net.to(dev).to(memory_format=torch.channels_last)
+            mean, std = fm.mean.to(dev), fm.std.to(dev)
             opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
 
             def float_step(net=net, opt=opt, mean=mean, std=std, dtype=dtype) -> None:
                 x = ((images.float() / 255 - mean) / std).permute(0, 3, 1, 2)  # NHWC memory: channels_last
                 opt.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None):
+                with torch.autocast(dev, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                     loss = F.cross_entropy(net(x), labels)
                 loss.backward()
                 opt.step()
 
-            result["configs"][name] = _time_steps(float_step, max(args.warmup, 5), args.steps, share(i))
+            result["configs"][name] = _time_steps(float_step, max(args.warmup, 5), args.steps, share(i), dev)
             del net, opt
         except Exception:
             result["configs"][name] = {"error": traceback.format_exc(limit=8)}
@@ -240,6 +250,7 @@ def part_c(data: Path, args: argparse.Namespace, deadline: float) -> dict:
     import niti
     from niti.data import BatchIterator, random_crop_flip, read_npz
 
+    dev = args.device
     t_load = time.time()
     ds = read_npz(data)
     load_s = time.time() - t_load
@@ -247,16 +258,16 @@ def part_c(data: Path, args: argparse.Namespace, deadline: float) -> dict:
                             augment=random_crop_flip, prefetch=True)
     # Compile every kernel shape the epoch will meet (full and last short batch) on a throwaway model first.
     t_warm = time.time()
-    warm = niti.build("vgg-small-7", seed=1).to("cuda")
+    warm = niti.build("vgg-small-7", seed=1).to(dev)
     for n in sorted({args.batch, len(ds.x_train) % args.batch} - {0}):
         x, y = batches.batch(0)
-        warm.train_step(x[:n].cuda(), y[:n].cuda())
-    torch.cuda.synchronize()
+        warm.train_step(x[:n].to(dev), y[:n].to(dev))
+    _sync(dev)
     del warm
     warm_s = time.time() - t_warm
 
-    model = niti.build("vgg-small-7", seed=0, total_steps=len(batches)).to("cuda")
-    correct = torch.zeros((), dtype=torch.int64, device="cuda")
+    model = niti.build("vgg-small-7", seed=0, total_steps=len(batches)).to(dev)
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
     seen = steps = 0
     partial = False
     t0 = time.time()
@@ -264,12 +275,12 @@ def part_c(data: Path, args: argparse.Namespace, deadline: float) -> dict:
         if time.time() > deadline:
             partial = True
             break
-        y = y.cuda()
-        logits = model.train_step(x.cuda(), y)
+        y = y.to(dev)
+        logits = model.train_step(x.to(dev), y)
         correct += (logits.m.argmax(dim=1) == y).sum()
         seen += len(y)
         steps += 1
-    torch.cuda.synchronize()
+    _sync(dev)
     epoch_s = time.time() - t0
     result = {"model": "vgg-small-7", "batch": args.batch, "steps": steps, "images": seen,
               "steps_per_epoch": len(batches), "partial": partial, "data_load_s": round(load_s, 2),
@@ -277,17 +288,21 @@ def part_c(data: Path, args: argparse.Namespace, deadline: float) -> dict:
               "train_accuracy_during_epoch": round(int(correct) / max(1, seen), 4),
               "reference_epoch_s": REFERENCE_EPOCH_S, "policy": str(model.policy),
               "weights_sha256": model.weights_sha256()}
-    if partial:
-        result["epoch_s_extrapolated"] = round(epoch_s * len(batches) / max(1, steps), 1)
+    if partial:  # the budget cut the epoch: extrapolate from the steps that ran (none: no estimate)
+        result["epoch_s_extrapolated"] = round(epoch_s * len(batches) / steps, 1) if steps else None
     per_epoch = result.get("epoch_s_extrapolated", epoch_s)
-    result["ratio_to_reference"] = round(per_epoch / REFERENCE_EPOCH_S, 3)
+    result["ratio_to_reference"] = round(per_epoch / REFERENCE_EPOCH_S, 3) if per_epoch else None
     if time.time() < deadline:
         t_eval = time.time()
-        hits = 0
+        hits = evaluated = 0
         for i in range(0, len(ds.x_test), 1000):
-            xt = torch.from_numpy(ds.x_test[i:i + 1000].copy()).cuda()
+            if time.time() > deadline:
+                break
+            xt = torch.from_numpy(ds.x_test[i:i + 1000].copy()).to(dev)
             hits += int((model.predict(xt).cpu() == torch.from_numpy(ds.y_test[i:i + 1000].copy())).sum())
-        result.update(test_accuracy=round(hits / len(ds.x_test), 4), eval_s=round(time.time() - t_eval, 2))
+            evaluated += len(xt)
+        result.update(test_accuracy=round(hits / max(1, evaluated), 4), test_images=evaluated,
+                      eval_s=round(time.time() - t_eval, 2))
     return result
 
 
@@ -346,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         report.data["environment"] = {"error": traceback.format_exc(limit=5)}
     report.save()
-    cuda = bool(report.data["environment"].get("cuda_available"))
+    cuda = bool(report.data["environment"].get("cuda_available")) or args.device == "cpu"
+    report.data["device"] = args.device
     if data is None or not data.exists():
         report.data["data_error"] = f"cifar10.npz not found ({args.data or 'searched the shared data folders'})"
     if args.dry_run:

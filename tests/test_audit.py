@@ -95,8 +95,8 @@ def test_lenet_step_passes_even_the_strict_audit(accumulator_bits: int) -> None:
     """No float tensor and not even a float scalar anywhere in a LeNet training step and prediction."""
     model = niti.build("lenet", seed=0, accumulator_bits=accumulator_bits)
     g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (4, 28, 28, 1), generator=g, dtype=torch.uint8)
-    labels = torch.randint(0, 10, (4,), generator=g)
+    images = torch.randint(0, 256, (8, 28, 28, 1), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (8,), generator=g)
     with StrictAudit() as audit:
         model.train_step(images, labels)
         pred = model.predict(images)

@@ -260,6 +260,13 @@ def test_init_from_env_without_world_size(monkeypatch) -> None:
     assert all_sum_int([4, 5]) == [4, 5]  # no process group: identity
 
 
+def test_attach_refuses_other_models() -> None:
+    from niti.distributed import attach
+
+    with pytest.raises(TypeError, match="IntegerModel"):
+        attach(object(), DistInfo(0, 2, 0))
+
+
 def test_dead_rank_stops_the_job(capfd) -> None:
     """Rank 1 dies mid-run while rank 0 is still busy: the launcher stops rank 0 at once and names rank 1.
 

@@ -51,8 +51,8 @@ def test_one_epoch_run_decays_5_4_3_inside_the_epoch(mnist) -> None:
     """The model places each step on the schedule: a single short run still goes 5 → 4 → 3."""
     total = 8
     model = niti.build("lenet", seed=0, total_steps=total)
-    images = torch.from_numpy(mnist["x_train"][:4 * total]).reshape(-1, 28, 28, 1)
-    labels = torch.from_numpy(mnist["y_train"][:4 * total]).to(torch.int64)
+    images = torch.from_numpy(mnist["x_train"][:8 * total]).reshape(-1, 28, 28, 1)
+    labels = torch.from_numpy(mnist["y_train"][:8 * total]).to(torch.int64)
     used: list[int] = []
     real_apply = niti.models.integer.apply_update
 
@@ -66,7 +66,7 @@ def test_one_epoch_run_decays_5_4_3_inside_the_epoch(mnist) -> None:
         per_step = []
         for i in range(total):
             per_step.append(model.current_gb())
-            model.train_step(images[4 * i:4 * i + 4], labels[4 * i:4 * i + 4])
+            model.train_step(images[8 * i:8 * i + 8], labels[8 * i:8 * i + 8])
     finally:
         mp.undo()
     assert per_step == [5, 5, 5, 5, 4, 4, 3, 3]

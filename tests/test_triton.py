@@ -23,6 +23,7 @@ if _INTERPRET:
 pytest.importorskip("triton", reason="triton is not installed (pip install -e '.[gpu]' -c constraints.txt)")
 
 from niti.kernels import MAX_K_INT32, conv, triton_conv  # noqa: E402
+from niti.kernels import cuda as kernels_cuda  # noqa: E402
 
 if triton_conv.INTERPRETED != _INTERPRET:  # imported earlier in the other mode: rebuild the kernels
     triton_conv = importlib.reload(triton_conv)
@@ -145,3 +146,21 @@ def test_grad_weight_rejects_mismatched_error() -> None:
     with pytest.raises(ValueError, match="error must be int8"):
         triton_conv.conv2d_grad_weight(torch.zeros((1, 3, 3, 2), dtype=torch.int8, device=DEVICE), x, (3, 3),
                                        (1, 1), (1, 1))
+
+
+def test_cuda_hook_serves_triton_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    # conv.conv2d hands CUDA tensors to this hook; its answer must be conv2d's contract, or None.
+    shape = SHAPES[6]
+    x, w = _operands(shape, 8)
+    stride, padding = shape[6], shape[7]
+    ref, cols = conv.conv2d(x, w, stride, padding)
+    monkeypatch.setenv(kernels_cuda.CONV_BACKEND_ENV, "triton")
+    out, implicit = kernels_cuda.triton_conv2d(x.to(DEVICE), w.to(DEVICE), stride, padding)
+    assert torch.equal(out.cpu(), ref)
+    err = _rand(tuple(ref.shape), torch.Generator().manual_seed(9))
+    grad = conv.conv2d_grad_weight(err.to(DEVICE), implicit, shape[5])  # conv.py's dispatch on the stand-in
+    assert torch.equal(grad.cpu(), conv.conv2d_grad_weight(err, cols, shape[5]))
+    big_k = torch.zeros((1, 1, 1, MAX_K_INT32 + 1), dtype=torch.int8, device=DEVICE)
+    assert kernels_cuda.triton_conv2d(big_k, big_k, (1, 1), (0, 0)) is None  # falls back to im2col
+    monkeypatch.setenv(kernels_cuda.CONV_BACKEND_ENV, "im2col")
+    assert kernels_cuda.triton_conv2d(x.to(DEVICE), w.to(DEVICE), stride, padding) is None

@@ -185,6 +185,11 @@ def attach(model, info: DistInfo) -> Collectives:  # noqa: ANN001 - an IntegerMo
     global batch (evaluate with ``shard`` + ``all_sum_int``).  Returns the
     ``Collectives`` so callers can read ``stats``.
     """
+    from ..models.integer import IntegerModel
+
+    if not isinstance(model, IntegerModel):
+        raise TypeError(f"attach() makes an IntegerModel data-parallel, got {type(model).__name__} "
+                        "(data-parallel training of the float baseline is not supported)")
     _check_group(info)
     verify_replicas(model, info)
     coll = Collectives(info.world_size)

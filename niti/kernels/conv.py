@@ -48,7 +48,7 @@ def _pad_nhwc(x: Tensor, top: int, bottom: int, left: int, right: int) -> Tensor
 
 
 def _pad_into(x: Tensor, top: int, bottom: int, left: int, right: int, workspace: Workspace) -> Tensor:
-    """``_pad_nhwc`` into the workspace's "pad" buffer: zero the border strips, copy the interior."""
+    """``_pad_nhwc`` into a workspace buffer kept per padding geometry: only the interior is written."""
     n, h, w, c = x.shape
     ct, cb, cl, cr = (max(0, -v) for v in (top, bottom, left, right))
     x = x[:, ct:h - cb, cl:w - cr]
@@ -56,11 +56,8 @@ def _pad_into(x: Tensor, top: int, bottom: int, left: int, right: int, workspace
     if top == bottom == left == right == 0:
         return x.contiguous()
     h, w = x.shape[1], x.shape[2]
-    out = workspace.take("pad", (n, h + top + bottom, w + left + right, c), x.dtype, x.device)
-    out[:, :top].zero_()
-    out[:, top + h:].zero_()
-    out[:, top:top + h, :left].zero_()
-    out[:, top:top + h, left + w:].zero_()
+    out = workspace.zeroed(f"pad{(top, bottom, left, right)}", (n, h + top + bottom, w + left + right, c),
+                           x.dtype, x.device)
     out[:, top:top + h, left:left + w].copy_(x)
     return out
 
@@ -69,7 +66,7 @@ def im2col(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding:
            workspace: Workspace | None = None) -> Tensor:
     """Columns ``(N·Ho·Wo, kh·kw·C)`` of NHWC ``x``, row order (n, ho, wo), column order (i, j, c).
 
-    With ``workspace`` the padded input and the columns are its "pad" and "cols" buffers.
+    With ``workspace`` the padded input and the columns live in its buffers (columns: "cols").
     """
     kh, kw = kernel
     sh, sw = stride

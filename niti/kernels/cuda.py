@@ -48,8 +48,8 @@ def padded_shape(m: int, k: int, n: int) -> tuple[int, int, int]:
 
 def _row_major(t: Tensor, rows: int, cols: int) -> Tensor:
     """``t`` zero-padded to ``(rows, cols)``, row-major (no copy when nothing changes)."""
-    if t.shape == (rows, cols) and t.is_contiguous():
-        return t
+    if t.shape == (rows, cols):
+        return t.contiguous()
     out = t.new_zeros((rows, cols))
     out[:t.shape[0], :t.shape[1]] = t
     return out

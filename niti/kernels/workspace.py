@@ -32,12 +32,25 @@ class Workspace:
             self._buffers[name] = buf
         return buf[:nbytes].view(dtype).view(shape)
 
+    def zeroed(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+        """A buffer of exactly ``shape`` that was all zeros when first made, kept under ``name``.
+
+        For zero-padded copies: the caller writes only the interior, so the
+        border stays zero from one step to the next without being cleared.
+        """
+        key = f"{name}{tuple(shape)}{dtype}"
+        buf = self._buffers.get(key)
+        if buf is None or buf.device != torch.device(device):
+            buf = torch.zeros(shape, dtype=dtype, device=device)
+            self._buffers[key] = buf
+        return buf
+
     def nbytes(self) -> int:
         """Bytes held."""
-        return sum(b.numel() for b in self._buffers.values())
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
 
     def clear(self) -> None:
         self._buffers.clear()
 
     def __repr__(self) -> str:
-        return f"Workspace({', '.join(f'{k}={v.numel()}B' for k, v in self._buffers.items())})"
+        return f"Workspace({len(self._buffers)} buffers, {self.nbytes()} bytes)"

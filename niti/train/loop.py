@@ -112,6 +112,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
         from .. import distributed
 
         dist = distributed.init_from_env()
+        if config.arith != "int":
+            raise ValueError("distributed training is implemented for the integer model only (--arith int)")
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
@@ -120,7 +122,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     if resume:
         state = load_checkpoint(ckpt_path)
         _check_resume_config(TrainConfig.from_dict(state["config"]), config)
-    elif rank == 0 and ckpt_path.exists():
+    elif ckpt_path.exists():
         raise ValueError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it or choose "
                          "another --out")
 
@@ -178,11 +180,9 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     def accuracy(x: torch.Tensor, y: torch.Tensor) -> float | None:
         if x.shape[0] == 0:
             return None
-        lo, hi = x.shape[0] * rank // world, x.shape[0] * (rank + 1) // world
-        counts = [evaluate(model, x[lo:hi], y[lo:hi]), hi - lo]
-        if dist:
-            counts = distributed.all_sum_int(counts)
-        return 100.0 * counts[0] / counts[1]
+        if dist:  # every rank predicts its share of each batch; the bits equal one process's
+            return 100.0 * distributed.evaluate_sharded(model, x, y, dist) / x.shape[0]
+        return 100.0 * evaluate(model, x, y) / x.shape[0]
 
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +210,13 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                 steps_this_call += 1
                 counts = [correct_count(logits, yb.to(model.device)), int(yb.shape[0])]
                 lsum = loss_sum(logits, yb.to(model.device))
+                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                    flag.signum = signal.SIGTERM
+                stop_now = flag.signum is not None  # decided once per step, so a late signal waits a step
+                if dist:  # display metrics over the whole global batch; every rank stops at the same step
+                    *counts, stop = distributed.all_sum_int(counts + [int(stop_now)])
+                    lsum = distributed.all_sum_float([lsum])[0]
+                    stop_now = stop > 0
                 run_loss, run_correct, run_seen = run_loss + lsum, run_correct + counts[0], run_seen + counts[1]
                 if model.step % config.log_every == 0 or b + 1 == per_epoch:
                     step_log.append({"step": model.step, "epoch": epoch + (b + 1) / per_epoch,
@@ -219,15 +226,13 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                     bar.set_postfix(loss=f"{run_loss / max(run_seen, 1):.3f}",
                                     acc=f"{100.0 * run_correct / max(run_seen, 1):.1f}%",
                                     gb=getattr(model, "current_gb", lambda: None)(), refresh=False)
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                    flag.signum = signal.SIGTERM
                 t0 = time.perf_counter()
-                if flag.signum is not None:
+                if stop_now:
                     running = (run_loss, run_correct, run_seen)
                     checkpoint(epoch, b + 1)
                     if bar is not None:
                         bar.close()
-                    raise TrainingInterrupted(f"interrupted by signal {flag.signum}; checkpoint written to "
+                    raise TrainingInterrupted(f"interrupted by signal {flag.signum or signal.SIGTERM}; checkpoint written to "
                                               f"{ckpt_path} (resume with: niti train --resume {out})")
             if bar is not None:
                 bar.close()
