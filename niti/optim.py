@@ -28,7 +28,7 @@ class GbSchedule:
             raise ValueError("a gb schedule needs exactly one more value than boundaries")
         if any(not 1 <= v <= 7 for v in self.values):
             raise ValueError(f"gradient bit widths must be in 1..7, got {self.values}")
-        if list(self.boundaries) != sorted(self.boundaries) or any(not 0 < b < 1 for b in self.boundaries):
+        if any(a >= b for a, b in zip(self.boundaries, self.boundaries[1:])) or any(not 0 < b < 1 for b in self.boundaries):
             raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {self.boundaries}")
 
     @classmethod

@@ -21,7 +21,8 @@ from niti.kernels import MAX_K_INT32, conv, int_matmul, maxpool2d, maxpool2d_bac
 from niti.kernels.cuda import CONV_BACKEND_ENV, MIN_M, padded_shape
 from niti.numerics import ROUNDING_MODES, RoundingPolicy
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
+                                reason="no CUDA device (torch.cuda.is_available() is False)")
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 BACKENDS = [pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")),
             "im2col"]

@@ -4,11 +4,12 @@ The same product as ``conv.conv2d`` — rows ``(n, ho, wo)``, reduction
 ``(i, j, c)`` against weights ``(C_out, kh, kw, C_in)`` — but each program
 gathers its input tile straight from the NHWC activation (zero outside the
 image), so no im2col buffer is ever written.  ``tl.dot`` multiplies int8 by
-int8 into an int32 accumulator.  Tensor-core int32 accumulators saturate
-rather than wrap, so the host code only launches where every partial sum
-provably fits: ``K · 127² ≤ 2**31 - 1`` for the forward (``supports``), and at
-most ``MAX_ROWS_PER_SPLIT`` reduction rows per program for the weight
-gradient, whose int32 partials are then added in int64.
+int8 into an int32 accumulator.  On tensor cores an out-of-range int32 sum
+saturates rather than wraps (DESIGN §2): silently wrong either way, so the
+host code only launches where every partial sum provably fits:
+``K · 127² ≤ 2**31 - 1`` for the forward (``supports``), and at most
+``MAX_ROWS_PER_SPLIT`` reduction rows per program for the weight gradient,
+whose int32 partials are then added in int64.
 
 The weight gradient ``errᵀ · cols`` is an implicit GEMM too (``ImplicitColumns``
 keeps the input instead of its columns), so the Triton path never
@@ -75,7 +76,8 @@ def _conv_fwd_kernel(x_ptr, w_ptr, out_ptr, M, H, W, HO, WO, COUT, SH, SW, PH, P
             ok = m_ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
             base = ((img * H + h) * W + w) * C
             a = tl.load(x_ptr + base[:, None] + rc[None, :], mask=ok[:, None] & c_ok[None, :], other=0)
-            b = tl.load(w_ptr + rn[None, :] * K + (t * C + rc)[:, None], mask=c_ok[:, None] & n_ok[None, :], other=0)
+            b = tl.load(w_ptr + rn[None, :] * K + (t * C + rc)[:, None], mask=c_ok[:, None] & n_ok[None, :],
+                        other=0)
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
     else:
         # Narrow channels (the first layer): decode the flat reduction index (i, j, c).
@@ -217,9 +219,12 @@ def conv2d_grad_weight(err: Tensor, x: Tensor, kernel: tuple[int, int], stride: 
     kh, kw = kernel
     ho, wo = _out_size(h, kh, stride[0], padding[0]), _out_size(w, kw, stride[1], padding[1])
     c_out = err.shape[-1]
-    if tuple(err.shape) != (n, ho, wo, c_out) or err.dtype != torch.int8:
-        raise ValueError(f"error must be int8 {(n, ho, wo, c_out)} for input {tuple(x.shape)}, "
-                         f"got {err.dtype} {tuple(err.shape)}")
+    if tuple(err.shape) != (n, ho, wo, c_out) or err.dtype != torch.int8 or x.dtype != torch.int8:
+        raise ValueError(f"error must be int8 {(n, ho, wo, c_out)} for int8 input {tuple(x.shape)}, "
+                         f"got {err.dtype} {tuple(err.shape)} and {x.dtype} input")
+    if max(x.numel(), err.numel()) >= _INT32_MAX:
+        raise ValueError(f"tensors too large for int32 element offsets: input {tuple(x.shape)}, error "
+                         f"{tuple(err.shape)}")
     e = err.contiguous()
     k = kh * kw * c
     r = n * ho * wo

@@ -24,7 +24,9 @@ def _exp2_weights(m: Tensor, e: int) -> Tensor:
     """``P``, integers proportional to exp(logit) per row (§1.7 step 1), int64."""
     if e > -7:
         s = _tdiv(m * LOG2E_Q15, 1 << 15)
-        s = s * (1 << e) if e >= 0 else _tdiv(s, 1 << -e)
+        # For e >= 4 any two distinct s differ by >= 16 > 10 after scaling, so only the row maxima survive the
+        # clamp below: capping e at 8 changes no result and keeps s * 2**e far from int64 overflow.
+        s = s * (1 << min(e, 8)) if e >= 0 else _tdiv(s, 1 << -e)
         s = (s - (s.amax(dim=1, keepdim=True) - 10)).clamp_min(0)
         return torch.bitwise_left_shift(torch.ones_like(s), s) - 1
     # Logits far below 1: second-order Taylor of e^x, scaled by 2**(1-2e).
@@ -35,6 +37,8 @@ def softmax_grad_2p11(logits: IntTensor, labels: Tensor) -> Tensor:
     """``G ≈ 2**11 · (softmax(logits) - onehot(labels))`` in int64; each row sums to exactly 0."""
     m = logits.m.to(torch.int64)
     n, k = m.shape
+    if labels.shape != (n,) or (n and (int(labels.min()) < 0 or int(labels.max()) >= k)):
+        raise ValueError(f"labels must be {n} class indices in [0, {k}), got shape {tuple(labels.shape)}")
     e = logits.e
     if e <= -7:
         # Largest P is 2**(1-2e) + 127·2**(1-e) + 127**2 < 2**(2-2e); Z and P·2**11 must fit int64.
