@@ -325,11 +325,21 @@ class FloatModel:
                 f"weight_decay={self.weight_decay})\n{self.net!r}")
 
 
-def build_float(name: str, *, seed: int = 0, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
+#: Learning rates picked by the validation sweep (benchmarks/lr_sweep.py, results/lr_sweep/README.md).
+TUNED_LR = {"lenet": 0.05}
+_FALLBACK_LR = 0.01
+
+
+def build_float(name: str, *, seed: int = 0, lr: float | None = None, momentum: float = 0.9, weight_decay: float = 5e-4,
                 lr_decay: tuple[float, ...] = (0.1, 0.01), lr_boundaries: tuple[float, ...] = (0.5, 0.75),
                 total_steps: int | None = None, mean: tuple[float, ...] | None = None,
                 std: tuple[float, ...] | None = None) -> FloatModel:
-    """A ``FloatModel`` for ``"lenet"``, ``"vgg-small-7"``, ``"vgg-small-8"`` or ``"vgg-small-9"``."""
+    """A ``FloatModel`` for ``"lenet"``, ``"vgg-small-7"``, ``"vgg-small-8"`` or ``"vgg-small-9"``.
+
+    ``lr=None`` takes the model's tuned rate from ``TUNED_LR`` (0.01 where none was tuned).
+    """
+    if lr is None:
+        lr = TUNED_LR.get(name, _FALLBACK_LR)
     schedule = LrSchedule(float(lr), tuple(float(d) for d in lr_decay), tuple(float(b) for b in lr_boundaries))
     return FloatModel(get_architecture(name), seed=seed, schedule=schedule, momentum=momentum,
                       weight_decay=weight_decay, total_steps=total_steps, mean=mean, std=std)
