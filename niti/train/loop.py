@@ -2,7 +2,7 @@
 
 ``fit(config)`` trains an integer model (or its float twin) and writes to
 ``config.out``: ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM),
-``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (running loss) and
+``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (loss over the last ``log_every`` steps) and
 ``summary.json``.  ``fit(config, resume=True)`` continues from the checkpoint
 so that the final weights are bit-identical to an uninterrupted run.
 """
@@ -153,6 +153,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     step_log: list[dict] = []
     epoch, start_batch, seconds, best_val, best_epoch = 0, 0, 0.0, -1.0, -1
     running: tuple = (0.0, 0, 0)  # loss sum, correct, seen of the current epoch (for mid-epoch resume)
+    window: list = [0.0, 0, 0]
     if state:
         model.load_state_dict(state["model"])
         epoch, start_batch = state["epoch"], state["batch"]
@@ -172,7 +173,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
         save_checkpoint(ckpt_path, {
             "config": config.to_dict(), "model": model.state_dict(), "epoch": next_epoch, "batch": next_batch,
             "seconds": seconds, "history": history, "step_log": step_log, "best_val": best_val,
-            "best_epoch": best_epoch, "running": list(running), "mean": list(mean), "total_steps": total_steps, "world_size": world,
+            "best_epoch": best_epoch, "running": list(running), "window": list(window), "mean": list(mean), "total_steps": total_steps, "world_size": world,
         })
         write_jsonl(out / "metrics.jsonl", history)
         write_jsonl(out / "steps.jsonl", step_log)
@@ -198,6 +199,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
             bar_total = min(per_epoch, start_batch + total_steps - model.step)
             bar = _progress(show, bar_total, start_batch, f"epoch {epoch + 1}/{config.epochs}")
             run_loss, run_correct, run_seen = running if start_batch else (0.0, 0, 0)
+            # loss sum, correct, seen since the last steps.jsonl record
+            window = list(state.get("window", (0.0, 0, 0))) if state and start_batch else [0.0, 0, 0]
             t0 = time.perf_counter()
             for b, (xb, yb) in enumerate(batches, start=start_batch):
                 if model.step >= total_steps:
@@ -218,9 +221,12 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                     lsum = distributed.all_sum_float([lsum])[0]
                     stop_now = stop > 0
                 run_loss, run_correct, run_seen = run_loss + lsum, run_correct + counts[0], run_seen + counts[1]
+                window = [w + v for w, v in zip(window, (lsum, counts[0], counts[1]))]
                 if model.step % config.log_every == 0 or b + 1 == per_epoch:
                     step_log.append({"step": model.step, "epoch": epoch + (b + 1) / per_epoch,
-                                     "loss": run_loss / max(run_seen, 1), "accuracy": 100.0 * run_correct / max(run_seen, 1)})
+                                     "loss": window[0] / max(window[2], 1),
+                                     "accuracy": 100.0 * window[1] / max(window[2], 1)})
+                    window = [0.0, 0, 0]
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{run_loss / max(run_seen, 1):.3f}",
