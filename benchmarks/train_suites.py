@@ -41,6 +41,13 @@ def machine() -> str:
 
 def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
     """(run name, niti train arguments) for a suite."""
+    runs = _suite_runs(name, a)
+    if a.gb_schedule:
+        runs = [(run, args + (["--gb-schedule", a.gb_schedule] if "float" not in args else [])) for run, args in runs]
+    return runs
+
+
+def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
     seeds = [int(s) for s in a.seeds.split(",")]
     if name == "mnist-1epoch":
         return [(f"lenet-int-s{s}", ["--model", "lenet", "--epochs", "1", "--batch-size", "64", "--seed", str(s)])
@@ -73,6 +80,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
+    p.add_argument("--gb-schedule", default=None, help="integer runs: gradient bit-width schedule (default: niti's)")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
