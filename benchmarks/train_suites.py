@@ -44,6 +44,10 @@ def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
     runs = _suite_runs(name, a)
     if a.gb_schedule:
         runs = [(run, args + (["--gb-schedule", a.gb_schedule] if "float" not in args else [])) for run, args in runs]
+    if a.lr is not None:
+        runs = [(run, args + (["--lr", str(a.lr)] if "float" in args else [])) for run, args in runs]
+    if a.train_limit:
+        runs = [(run, args + ["--train-limit", str(a.train_limit)]) for run, args in runs]
     return runs
 
 
@@ -80,6 +84,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--lr", type=float, default=None, help="float runs: learning rate (default: niti's tuned value)")
     p.add_argument("--gb-schedule", default=None, help="integer runs: gradient bit-width schedule (default: niti's)")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--threads", type=int, default=2)

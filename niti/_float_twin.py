@@ -1,4 +1,4 @@
-"""Float PyTorch training-step timing for ``niti bench``: run as a script, never imported by niti.
+"""Float PyTorch training-step timing for ``niti bench``, run as a script that imports torch only.
 
 ``niti.bench`` starts this file in a fresh interpreter (``python _float_twin.py
 '<json>'``) so that nothing niti does to its own process (thread settings,
@@ -7,7 +7,7 @@ only, builds the architecture spec it is given the way a user writes it
 (``nn.Conv2d`` without bias, ``nn.ReLU``, ``nn.MaxPool2d``, ``nn.Dropout``,
 ``nn.Linear``; fp32, channels_last, PyTorch's default oneDNN kernels, autograd,
 SGD with momentum) and prints one JSON line with the median step time and
-the peak resident memory of training (see ``_memory``).
+the peak resident memory of training (``niti.bench`` reuses its /proc memory helpers).
 """
 
 from __future__ import annotations
@@ -99,14 +99,17 @@ def run(spec: dict, batch_size: int, threads: int, steps: int, warmup: int, prec
     for _ in range(warmup):
         step()
     reset_ok = reset_peak_rss()
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
     return {"precision": precision, "step_s": statistics.median(times), "step_times_s": times,
+            "step_cpu_s": statistics.median(cpu),
             "peak_bytes": peak_rss_bytes() - rss0, "peak_method": "VmHWM-reset" if reset_ok else "VmHWM",
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "niti_imported": any(m == "niti" or m.startswith("niti.") for m in sys.modules)}
 
 
 def main() -> None:

@@ -308,3 +308,11 @@ def test_maxpool_all_equal_window_routes_to_top_left() -> None:
     _, index = maxpool2d(x, 2)
     back = maxpool2d_backward(torch.tensor([[[[9]]]], dtype=torch.int8), index, 2, x.shape)
     assert back.flatten().tolist() == [0, 9, 0, 0]
+
+
+def test_int_matmul_copies_views_that_int_mm_misreads() -> None:
+    # A (1, K) view with strides (1, 1) counts as contiguous in PyTorch, but _int_mm reads it wrongly.
+    a = torch.ones(1, 40_000, dtype=torch.int8).reshape(-1, 1).t()
+    assert a.stride() == (1, 1)
+    b = torch.ones(40_000, 1, dtype=torch.int8)
+    assert int_matmul(a, b).tolist() == [[40_000]]

@@ -1,16 +1,24 @@
 """Fused integer elementwise chains (DESIGN §2), each run compiled or as its eager twin.
 
 Each chain (rescale's rounding and clip, the weight update, the ReLU
-backward, max pooling) is written once below as plain integer torch ops: that function is
-the *eager twin*, readable next to DESIGN §1.  ``Fused`` runs the very same
-function through ``torch.compile`` (inductor, C++ on the CPU), which turns a
-chain of a dozen full-tensor passes into one loop.  ``tests/test_fused.py``
+backward, max pooling, col2im) is written once below as plain integer torch
+ops: that function is the *eager twin*, readable next to DESIGN §1.
+``Fused`` runs the very same function through ``torch.compile`` (inductor,
+C++ on the CPU), which turns a chain of a dozen full-tensor passes into one
+loop (measured on one thread: rounding and clipping LeNet's first 2.9 M-element
+int32 product took 90 ms as eager ops, 2.5 ms compiled).  ``tests/test_fused.py``
 checks compiled == eager == the reference in ``niti.numerics`` bit for bit.
+
+Compiling: shapes are symbolic (``dynamic=True``), so one compilation serves
+every batch size; shifts and clip limits enter as 0-d integer tensors, so
+they never recompile either.  Inductor caches compiled code on disk; the
+first process on a machine spends seconds per chain compiling.
 
 The eager twin runs instead when
 - ``NITI_COMPILE=0`` is set in the environment;
 - ``torch.compile`` is missing or fails (one warning, then eager for that
-  chain for the rest of the process);
+  chain for the rest of the process), or a chain meets more shapes than
+  dynamo recompiles for (new shapes then run eagerly);
 - a ``TorchDispatchMode`` is active, as under ``niti.audit.integer_only()``:
   dynamo cannot trace under a Python dispatch mode, so the audit sees, and
   checks op by op, the eager twin of every chain;
@@ -26,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import os
+import types
 import warnings
 from typing import Any, Callable
 
@@ -33,13 +42,14 @@ import torch
 from torch import Tensor
 
 __all__ = ["COMPILE_ENV", "Fused", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
-           "maxpool", "maxpool_backward"]
+           "maxpool", "maxpool_backward", "col2im"]
 
 #: Set to "0" to run every chain eagerly.
 COMPILE_ENV = "NITI_COMPILE"
 
-#: Dynamo recompiles a chain once per static variant (mode, dtypes); allow all of them.
-_RECOMPILE_LIMIT = 64
+#: Tensors smaller than this run a single-threaded compilation of the chain: a parallel region costs more
+#: than the work, and far more when the other core is busy (a thread may wait a scheduler time slice).
+_SMALL = 1 << 16
 
 
 def compile_enabled() -> bool:
@@ -58,12 +68,17 @@ class Fused:
 
     Tensors go in as positional arguments; static choices (a rounding mode, a
     dtype, a window size) as keyword arguments, one compiled variant each.
+    ``dynamic=False`` compiles once per input shape instead of once for all
+    shapes: for multi-dimensional gathers whose loops are much faster when
+    their sizes are known (a model has only a few such shapes).
     """
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], *, dynamic: bool = True) -> None:
         self.eager = fn
-        self._compiled: Callable[..., Any] | None = None
+        self.dynamic = dynamic
+        self._compiled: dict[tuple, Callable[..., Any]] = {}
         self.broken: str | None = None  # why compiling was given up, if it was
+        self._limit_warned = False
         functools.update_wrapper(self, fn)
 
     def use_compiled(self, *tensors: Tensor) -> bool:
@@ -71,32 +86,69 @@ class Fused:
             return False
         if torch.compiler.is_compiling():
             return False  # already inside a traced region: inline the eager twin
-        return all(t.device.type == "cpu" for t in tensors)
+        return all(t.device.type == "cpu" for t in tensors if isinstance(t, Tensor))
 
-    def compiled(self) -> Callable[..., Any]:
-        if self._compiled is None:
-            # dynamic_threads: parallelise whatever size the first call had (shapes are symbolic).
-            self._compiled = torch.compile(self.eager, dynamic=True, fullgraph=True,
-                                           options={"cpp.dynamic_threads": True})
-        return self._compiled
+    def compiled(self, small: bool = False, **static: Any) -> Callable[..., Any]:
+        """The chain compiled for one static variant: OpenMP-parallel over any size, or single-threaded.
+
+        Each variant compiles a private copy of the eager twin's code object:
+        dynamo caches per code object and stops compiling one after a few
+        variants (``recompile_limit``), which several modes and dtypes of one
+        chain would otherwise reach.
+        """
+        key = (small, tuple(sorted(static.items())))
+        fn = self._compiled.get(key)
+        if fn is None:
+            e = self.eager
+            variant = types.FunctionType(e.__code__.replace(), e.__globals__, e.__name__, e.__defaults__,
+                                         e.__closure__)
+            variant.__kwdefaults__ = e.__kwdefaults__
+            # dynamic_threads: parallel whatever size the first call had (the sizes are symbolic);
+            # threads=1: no parallel region at all.
+            options = {"cpp.threads": 1} if small else {"cpp.dynamic_threads": True}
+            fn = functools.partial(torch.compile(variant, dynamic=self.dynamic, fullgraph=True, options=options),
+                                   **static)
+            self._compiled[key] = fn
+        return fn
 
     def __call__(self, *tensors: Tensor, **static: Any) -> Any:
         if self.use_compiled(*tensors):
             try:
-                with torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT):
-                    return self.compiled()(*tensors, **static)
+                small = max((t.numel() for t in tensors if isinstance(t, Tensor)), default=0) < _SMALL
+                return self.compiled(small, **static)(*(_plain(t) for t in tensors))
             except Exception as exc:  # noqa: BLE001 - decided below by re-running eagerly
                 out = self.eager(*tensors, **static)  # bad input raises here, with the eager message
-                self.broken = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-                warnings.warn(f"niti: compiling {self.__name__} failed ({self.broken}); running it eagerly",
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+                if type(exc).__name__ == "FailOnRecompileLimitHit":  # too many shapes: these run eagerly
+                    if not self._limit_warned:
+                        self._limit_warned = True
+                        warnings.warn(f"niti: {self.__name__} met too many shapes ({reason}); new ones run eagerly",
+                                      RuntimeWarning, stacklevel=2)
+                    return out
+                self.broken = reason
+                warnings.warn(f"niti: compiling {self.__name__} failed ({reason}); running it eagerly",
                               RuntimeWarning, stacklevel=2)
                 return out
         return self.eager(*tensors, **static)
 
 
-def _scalar(value: int, dtype: torch.dtype) -> Tensor:
-    """A 0-d integer tensor: dynamic values enter compiled graphs as data, so they never recompile."""
-    return torch.tensor(value, dtype=dtype)
+def _plain(t: Any) -> Any:
+    """``t`` itself, or for a view an alias without view metadata.
+
+    Dynamo guards a view on its base's layout as well; a workspace buffer that
+    grew, or a base of another rank, would then recompile the chain for nothing.
+    """
+    if not isinstance(t, Tensor) or not t._is_view():
+        return t
+    return t.new_empty(0).set_(t.untyped_storage(), t.storage_offset(), t.shape, t.stride())
+
+
+@functools.lru_cache(maxsize=512)
+def _scalar(value: int, dtype: torch.dtype, role: str = "", device: torch.device | None = None) -> Tensor:
+    """A 0-d integer tensor, cached per role and never written: dynamic values enter compiled graphs as
+    data, so a new shift or clip limit never recompiles (and two roles never share one tensor, which
+    dynamo would guard on)."""
+    return torch.tensor(value, dtype=dtype, device=device)
 
 
 # --------------------------------------------------------------- bit width
@@ -166,7 +218,7 @@ def round_clip(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: to
     stochastic draws in ``[0, 2**shift)`` (same shape as ``t``).
     """
     work = _work_dtype(t, shift)
-    limit = _scalar((1 << target_bits) - 1, work)
+    limit = _scalar((1 << target_bits) - 1, work, "limit", t.device)
     flat = t.reshape(-1)
     if shift == 0:
         r = _clip(flat, limit, work=work, out=out_dtype)
@@ -175,10 +227,10 @@ def round_clip(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: to
             if noise is None or noise.shape != t.shape:
                 raise ValueError(f"stochastic rounding needs noise of shape {tuple(t.shape)}, got "
                                  f"{None if noise is None else tuple(noise.shape)}")
-            r = _round_clip(flat, _scalar(shift, work), limit, noise.reshape(-1), mode=mode, work=work,
+            r = _round_clip(flat, _scalar(shift, work, "shift", t.device), limit, noise.reshape(-1), mode=mode, work=work,
                             out=out_dtype)
         else:
-            r = _round_clip(flat, _scalar(shift, work), limit, mode=mode, work=work, out=out_dtype)
+            r = _round_clip(flat, _scalar(shift, work, "shift", t.device), limit, mode=mode, work=work, out=out_dtype)
     return r.view(t.shape)
 
 
@@ -206,8 +258,9 @@ def update(w: Tensor, grad: Tensor, shift: int, mode: str, grad_bits: int, weigh
     if w.shape != grad.shape:
         raise ValueError(f"gradient shape {tuple(grad.shape)} != weight shape {tuple(w.shape)}")
     work = _work_dtype(grad, shift)
-    args = [w.reshape(-1), grad.reshape(-1), _scalar(shift, work), _scalar((1 << grad_bits) - 1, work),
-            _scalar(weight_limit, work)]
+    dev = grad.device
+    args = [w.reshape(-1), grad.reshape(-1), _scalar(shift, work, "shift", dev),
+            _scalar((1 << grad_bits) - 1, work, "g_limit", dev), _scalar(weight_limit, work, "w_limit", dev)]
     if shift > 0 and mode == "stochastic":
         if noise is None or noise.shape != grad.shape:
             raise ValueError(f"stochastic rounding needs noise of shape {tuple(grad.shape)}")
@@ -216,20 +269,26 @@ def update(w: Tensor, grad: Tensor, shift: int, mode: str, grad_bits: int, weigh
 
 
 # ------------------------------------------------------------------ ReLU
+# Multi-dimensional chains take their tensors flattened to few dimensions: dynamo's symbolic sizes
+# would otherwise tie equal sizes together (N == C == 128 in VGG) and recompile when they part.
 
 
 @Fused
+def _relu_backward(err: Tensor, y: Tensor) -> Tensor:
+    return torch.where(y > 0, err, torch.zeros((), dtype=err.dtype, device=err.device))
+
+
 def relu_backward(err: Tensor, y: Tensor) -> Tensor:
     """The error where the ReLU output ``y`` is positive (exactly where its input was), else 0."""
-    return torch.where(y > 0, err, torch.zeros((), dtype=err.dtype, device=err.device))
+    return _relu_backward(err.reshape(-1), y.reshape(-1)).view(err.shape)
 
 
 # ----------------------------------------------------------- max pooling
 
 
 def _maxpool_chain(x: Tensor, *, k: int) -> tuple[Tensor, Tensor]:
-    # The k*k strided window slices of NHWC x, row-major in the window.
-    parts = [x[:, i::k, j::k] for i in range(k) for j in range(k)]
+    # x is (N·Ho, k, Wo, k, C): window (a, b) holds x[a, i, b, j, :] at row-major position i·k + j.
+    parts = [x[:, i, :, j] for i in range(k) for j in range(k)]
     out = parts[0]
     for p in parts[1:]:
         out = torch.maximum(out, p)
@@ -240,19 +299,52 @@ def _maxpool_chain(x: Tensor, *, k: int) -> tuple[Tensor, Tensor]:
     return out, index
 
 
-maxpool = Fused(_maxpool_chain)
-maxpool.__doc__ = "Non-overlapping k×k max pool of NHWC ``x`` (H, W multiples of k): (out, first-max index)."
+_maxpool = Fused(_maxpool_chain)
+
+
+def maxpool(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Non-overlapping k×k max pool of NHWC ``x`` (H, W multiples of k): (out, first-max index), NHWC."""
+    n, h, w, c = x.shape
+    out, index = _maxpool(x.contiguous().view(n * (h // k), k, w // k, k, c), k=k)
+    return out.view(n, h // k, w // k, c), index.view(n, h // k, w // k, c)
 
 
 def _maxpool_backward_chain(err: Tensor, index: Tensor, *, k: int) -> Tensor:
-    n, ho, wo, c = err.shape
-    e = err.reshape(n, ho, 1, wo, 1, c).expand(n, ho, k, wo, k, c)
-    idx = index.reshape(n, ho, 1, wo, 1, c).expand(n, ho, k, wo, k, c)
+    a, b, c = err.shape  # (N·Ho, Wo, C)
+    e = err.view(a, 1, b, 1, c).expand(a, k, b, k, c)
+    idx = index.view(a, 1, b, 1, c).expand(a, k, b, k, c)
     ar = torch.arange(k, dtype=index.dtype, device=index.device)
-    pos = (ar.view(1, 1, k, 1, 1, 1) * k + ar.view(1, 1, 1, 1, k, 1))  # i*k + j at window cell (i, j)
-    routed = torch.where(idx == pos, e, torch.zeros((), dtype=err.dtype, device=err.device))
-    return routed.reshape(n, ho * k, wo * k, c)
+    pos = ar.view(1, k, 1, 1, 1) * k + ar.view(1, 1, 1, k, 1)  # i·k + j at window cell (i, j)
+    return torch.where(idx == pos, e, torch.zeros((), dtype=err.dtype, device=err.device))
 
 
-maxpool_backward = Fused(_maxpool_backward_chain)
-maxpool_backward.__doc__ = "Each error to its window's first maximum, zero elsewhere: NHWC (n, ho·k, wo·k, c)."
+_maxpool_backward = Fused(_maxpool_backward_chain)
+
+
+def maxpool_backward(err: Tensor, index: Tensor, k: int) -> Tensor:
+    """Each error to its window's first maximum, zero elsewhere: NHWC (n, ho·k, wo·k, c)."""
+    n, ho, wo, c = err.shape
+    routed = _maxpool_backward(err.contiguous().view(n * ho, wo, c), index.contiguous().view(n * ho, wo, c), k=k)
+    return routed.view(n, ho * k, wo * k, c)
+
+
+# ---------------------------------------------------------------- col2im
+
+
+def _col2im_chain(cols: Tensor, *, kernel: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+    # cols (n, ho, wo, kh, kw, c): the contribution of output (ho, wo) to input (ho + i - ph, wo + j - pw).
+    kh, kw = kernel
+    ph, pw = padding
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            # Shift the (i, j) slice into place; negative padding crops what falls outside the input.
+            # (constant_pad_nd, not F.pad: F.pad hands the op a float 0.0 as its fill value.)
+            part = torch.constant_pad_nd(cols[:, :, :, i, j], (0, 0, j - pw, kw - 1 - j - pw, i - ph, kh - 1 - i - ph))
+            out = part if out is None else out + part
+    return out
+
+
+col2im = Fused(_col2im_chain, dynamic=False)  # 2-3x faster with known sizes (c = 20 in LeNet)
+col2im.__doc__ = ("Stride-1 col2im: sum each kernel tap's slice of ``cols`` (n, ho, wo, kh, kw, c) into the NHWC "
+                  "input it came from (n, ho + kh - 1 - 2ph, wo + kw - 1 - 2pw, c), in ``cols``' dtype.")

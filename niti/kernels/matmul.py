@@ -18,15 +18,29 @@ INT32_MAX = 2**31 - 1
 MAX_K_INT32 = INT32_MAX // (127 * 127)  # 133,144
 
 
+def _plain_layout(t: Tensor) -> bool:
+    # Strict: even a size-1 dimension must carry the canonical stride.  A (1, K) view with strides (1, 1)
+    # counts as "contiguous" in PyTorch, yet _int_mm reads it with the wrong leading dimension.
+    r, c = t.shape
+    sr, sc = t.stride()
+    return (sc == 1 and sr >= max(c, 1)) or (sr == 1 and sc >= r > 1)
+
+
+def canonical_layout(t: Tensor) -> Tensor:
+    """``t``, or a fresh row-major copy of a single row/column whose strides ``_int_mm`` would misread.
+
+    Other bad layouts (overlap, stride 0) are left for ``check_int_mm_layout`` to reject.
+    """
+    if t.dim() != 2 or min(t.shape) != 1 or _plain_layout(t):
+        return t
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)  # fresh row-major strides
+
+
 def check_int_mm_layout(t: Tensor, name: str) -> None:
     """Raise unless ``t`` is a row-major or column-major 2-D view without overlap."""
     if t.dim() != 2 or t.dtype != torch.int8:
         raise ValueError(f"{name}: expected a 2-D int8 tensor, got {t.dim()}-D {t.dtype}")
-    r, c = t.shape
-    sr, sc = t.stride()
-    row_major = sc == 1 and (sr >= c or r == 1)
-    col_major = sr == 1 and (sc >= r or c == 1)
-    if not (row_major or col_major) or (r > 1 and sr == 0) or (c > 1 and sc == 0):
+    if not _plain_layout(t):
         raise ValueError(f"{name}: _int_mm needs a plain row- or column-major layout, got shape {tuple(t.shape)} "
                          f"strides {t.stride()}")
 
@@ -48,6 +62,7 @@ def int_matmul(a: Tensor, b: Tensor, *, out: Tensor | None = None) -> Tensor:
     ``out`` (contiguous int32 (M, N), CPU) receives the unsplit product to reuse its memory;
     it is ignored when K is split.
     """
+    a, b = canonical_layout(a), canonical_layout(b)
     check_int_mm_layout(a, "a")
     check_int_mm_layout(b, "b")
     m, k = a.shape

@@ -22,14 +22,14 @@ def maxpool2d(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     n, h, w, c = x.shape
     ho, wo = h // k, w // k
-    return fused.maxpool(x[:, :ho * k, :wo * k], k=k)
+    return fused.maxpool(x[:, :ho * k, :wo * k], k)
 
 
 def maxpool2d_backward(err: Tensor, index: Tensor, k: int, input_shape: torch.Size) -> Tensor:
     """Route each error to its window's first maximum; zero elsewhere (and in cropped rows/cols)."""
     n, h, w, c = input_shape
     ho, wo = err.shape[1], err.shape[2]
-    routed = fused.maxpool_backward(err, index, k=k)
+    routed = fused.maxpool_backward(err, index, k)
     if ho * k == h and wo * k == w:
         return routed
     out = err.new_zeros((n, h, w, c))

@@ -33,17 +33,18 @@ class Workspace:
         return buf[:nbytes].view(dtype).view(shape)
 
     def zeroed(self, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """A buffer of exactly ``shape`` that was all zeros when first made, kept under ``name``.
+        """A ``shape`` tensor, the leading rows of a buffer that was all zeros when made, per ``name`` and
+        ``shape[1:]``.
 
-        For zero-padded copies: the caller writes only the interior, so the
-        border stays zero from one step to the next without being cleared.
+        For zero-padded copies: callers write only the interior of each row, so
+        the borders stay zero from one step to the next without being cleared.
         """
-        key = f"{name}{tuple(shape)}{dtype}"
+        key = f"{name}{tuple(shape[1:])}{dtype}"
         buf = self._buffers.get(key)
-        if buf is None or buf.device != torch.device(device):
+        if buf is None or buf.shape[0] < shape[0] or buf.device != torch.device(device):
             buf = torch.zeros(shape, dtype=dtype, device=device)
             self._buffers[key] = buf
-        return buf
+        return buf[:shape[0]]
 
     def nbytes(self) -> int:
         """Bytes held."""

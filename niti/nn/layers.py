@@ -186,17 +186,16 @@ class Dropout(Module):
     def forward(self, x: IntTensor) -> IntTensor:
         if not self.training:
             return x
+        # 0/1 int8: multiplying by it is exactly where(keep, x, 0), and a vectorised eager op.
         keep = torch.randint(0, 2, tuple(x.m.shape[1:]), generator=self.runtime.dropout_generator,
-                             dtype=torch.int8).to(x.m.device).bool()
+                             dtype=torch.int8).to(x.m.device)
         self._saved_mask = keep
-        zero = torch.zeros((), dtype=x.m.dtype, device=x.m.device)
-        return IntTensor(torch.where(keep, x.m, zero), x.e + 1)
+        return IntTensor(x.m * keep, x.e + 1)
 
     def backward(self, err: IntTensor) -> IntTensor:
         _need_saved(self._saved_mask, self)
         keep, self._saved_mask = self._saved_mask, None
-        zero = torch.zeros((), dtype=err.m.dtype, device=err.m.device)
-        return IntTensor(torch.where(keep, err.m, zero), err.e + 1)
+        return IntTensor(err.m * keep, err.e + 1)
 
 
 class Sequential(Module):

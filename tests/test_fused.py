@@ -1,0 +1,341 @@
+"""Fused chains: compiled == eager twin == the reference, bit for bit; fallbacks; the audit sees the twins.
+
+The first run compiles each chain variant (seconds each on a busy 2-core
+machine); later runs load them from inductor's on-disk cache.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import pytest
+import torch
+
+from niti import integer_only, numerics
+from niti.kernels import conv, fused, pool
+from niti.kernels.matmul import MAX_K_INT32
+from niti.kernels.workspace import Workspace
+from niti.models import build
+from niti.numerics import RoundingPolicy
+
+CHAINS = {name: f for name, f in vars(fused).items() if isinstance(f, fused.Fused)}
+
+
+@pytest.fixture(autouse=True)
+def _compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(fused.COMPILE_ENV, raising=False)
+
+
+def _assert_compiled(chain: fused.Fused) -> None:
+    assert chain.broken is None, f"{chain.__name__} fell back to eager: {chain.broken}"
+
+
+def _wide_values(dtype: torch.dtype, n: int, seed: int) -> torch.Tensor:
+    """Random magnitudes of every bit width, plus 0, ±1, powers of two and rounding ties."""
+    g = torch.Generator().manual_seed(seed)
+    top = {torch.int16: 15, torch.int32: 31, torch.int64: 40}[dtype]
+    widths = torch.randint(0, top + 1, (n,), generator=g)
+    mags = torch.randint(0, 2**62, (n,), generator=g) % (torch.ones(n, dtype=torch.int64) << widths)
+    signs = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+    special = [0, 1, -1, 2, -2, 3, 8, -8, 24, -24, 2**(top - 1), -(2**(top - 1)), 2**top - 1, -(2**top - 1)]
+    return torch.cat([torch.tensor(special), mags * signs]).to(dtype)
+
+
+# ---------------------------------------------------------------- rounding
+
+
+@pytest.mark.parametrize("mode", numerics.ROUNDING_MODES)
+@pytest.mark.parametrize("dtype,target_bits", [(torch.int32, 7), (torch.int64, 7), (torch.int16, 7),
+                                               (torch.int32, 13)])
+def test_round_clip_matches_numerics_rescale(mode: str, dtype: torch.dtype, target_bits: int) -> None:
+    g = torch.Generator().manual_seed(7)
+    for seed in range(3):
+        t = _wide_values(dtype, 3000, seed)
+        for width in {numerics.bits(t), target_bits, target_bits + 1, target_bits + 9}:
+            shift = max(0, width - target_bits)
+            noise = (torch.randint(0, 1 << shift, t.shape, generator=g)
+                     if mode == "stochastic" and shift else None)
+            want, want_shift = numerics.rescale(t, target_bits, mode, bit_width=width, noise=noise)
+            out_dtype = numerics.int_dtype_for_bits(target_bits)
+            got = fused.round_clip(t, shift, mode, target_bits, out_dtype, noise)
+            work = torch.int64 if dtype == torch.int64 else torch.int32
+            limit = fused._scalar((1 << target_bits) - 1, work)
+            if shift:
+                args = [t, fused._scalar(shift, work), limit] + ([noise] if noise is not None else [])
+                eager = fused._round_clip.eager(*args, mode=mode, work=work, out=out_dtype)
+            else:
+                eager = fused._clip.eager(t, limit, work=work, out=out_dtype)
+            assert want_shift == shift
+            assert got.dtype == want.dtype == eager.dtype
+            assert torch.equal(got, want) and torch.equal(eager, want), (mode, dtype, width)
+    _assert_compiled(fused._round_clip)
+    _assert_compiled(fused._clip)
+
+
+def test_round_clip_keeps_shape_and_checks_noise() -> None:
+    t = torch.arange(-60, 60, dtype=torch.int32).view(3, 4, 10) * 1000
+    out = fused.round_clip(t, 10, "nearest", 7, torch.int8)
+    assert out.shape == t.shape and torch.equal(out, numerics.rescale(t, 7, "nearest", bit_width=17)[0])
+    with pytest.raises(ValueError, match="noise"):
+        fused.round_clip(t, 3, "stochastic", 7, torch.int8)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "pseudo_stochastic", "stochastic", "truncate"])
+@pytest.mark.parametrize("accumulator_bits", [8, 16])
+def test_update_matches_rescale_subtract_clip(mode: str, accumulator_bits: int) -> None:
+    g = torch.Generator().manual_seed(3)
+    w_dtype, w_limit = (torch.int8, 127) if accumulator_bits == 8 else (torch.int16, 32767)
+    w = torch.randint(-w_limit, w_limit + 1, (37, 11), dtype=w_dtype, generator=g)
+    w.view(-1)[:4] = torch.tensor([w_limit, -w_limit, 0, 1], dtype=w_dtype)
+    for gb in (3, 5):
+        bits = gb if accumulator_bits == 8 else gb + 8
+        for grad in (torch.randint(-2**24, 2**24, w.shape, generator=g, dtype=torch.int32),
+                     torch.randint(-2**36, 2**36, w.shape, generator=g, dtype=torch.int64),
+                     torch.randint(-3, 4, w.shape, generator=g, dtype=torch.int32)):
+            shift = max(0, numerics.bits(grad) - bits)
+            noise = torch.randint(0, 1 << shift, grad.shape, generator=g) if mode == "stochastic" and shift else None
+            step, _ = numerics.rescale(grad, bits, mode, noise=noise)
+            want = (w.to(torch.int64) - step.to(torch.int64)).clamp(-w_limit, w_limit).to(w_dtype)
+            got = fused.update(w, grad, shift, mode, bits, w_limit, noise)
+            assert got.dtype == w_dtype and torch.equal(got, want)
+    _assert_compiled(fused._update)
+
+
+# ------------------------------------------------------ ReLU, pool, col2im
+
+
+def _ref_maxpool(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first formulation: window view, amax, smallest position holding the max."""
+    n, h, w, c = x.shape
+    ho, wo = h // k, w // k
+    win = x[:, :ho * k, :wo * k].reshape(n, ho, k, wo, k, c).permute(0, 1, 3, 5, 2, 4).reshape(n, ho, wo, c, k * k)
+    out = win.amax(dim=-1)
+    positions = torch.arange(k * k, dtype=torch.int8)
+    index = torch.where(win == out.unsqueeze(-1), positions, torch.tensor(k * k, dtype=torch.int8)).amin(dim=-1)
+    return out, index
+
+
+def _ref_maxpool_backward(err: torch.Tensor, index: torch.Tensor, k: int, shape: tuple) -> torch.Tensor:
+    n, h, w, c = shape
+    ho, wo = err.shape[1], err.shape[2]
+    mask = index.unsqueeze(-1) == torch.arange(k * k, dtype=index.dtype)
+    routed = torch.where(mask, err.unsqueeze(-1), torch.zeros((), dtype=err.dtype))
+    routed = routed.reshape(n, ho, wo, c, k, k).permute(0, 1, 4, 2, 5, 3).reshape(n, ho * k, wo * k, c)
+    out = err.new_zeros((n, h, w, c))
+    out[:, :ho * k, :wo * k] = routed
+    return out
+
+
+@pytest.mark.parametrize("shape,k,hi", [((4, 8, 8, 20), 2, 3), ((2, 9, 7, 16), 2, 127), ((3, 6, 6, 5), 3, 1),
+                                        ((1, 4, 4, 33), 2, 0)])
+def test_maxpool_forward_backward_match_reference(shape: tuple, k: int, hi: int) -> None:
+    g = torch.Generator().manual_seed(sum(shape) + k)
+    x = torch.randint(-hi, hi + 1, shape, dtype=torch.int8, generator=g)  # small ranges: many ties
+    want_out, want_idx = _ref_maxpool(x, k)
+    out, idx = pool.maxpool2d(x, k)
+    assert torch.equal(out, want_out) and torch.equal(idx, want_idx) and idx.dtype == torch.int8
+    ho, wo = out.shape[1], out.shape[2]
+    e_out, e_idx = fused._maxpool.eager(x[:, :ho * k, :wo * k].contiguous().view(-1, k, wo, k, shape[3]), k=k)
+    assert torch.equal(e_out.view(out.shape), want_out) and torch.equal(e_idx.view(out.shape), want_idx)
+    err = torch.randint(-127, 128, out.shape, dtype=torch.int8, generator=g)
+    want = _ref_maxpool_backward(err, want_idx, k, shape)
+    assert torch.equal(pool.maxpool2d_backward(err, idx, k, x.shape), want)
+    eager = fused._maxpool_backward.eager(err.view(-1, wo, shape[3]), idx.view(-1, wo, shape[3]), k=k)
+    assert torch.equal(eager.reshape(shape[0], ho * k, wo * k, shape[3]), want[:, :ho * k, :wo * k])
+    _assert_compiled(fused._maxpool)
+    _assert_compiled(fused._maxpool_backward)
+
+
+def test_relu_backward_passes_error_where_output_positive() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(-127, 128, (3, 5, 5, 17), dtype=torch.int8, generator=g)
+    y = x.clamp_min(0)
+    err = torch.randint(-127, 128, x.shape, dtype=torch.int8, generator=g)
+    want = torch.where(x > 0, err, torch.zeros((), dtype=torch.int8))
+    assert torch.equal(fused.relu_backward(err, y), want)
+    assert torch.equal(fused._relu_backward.eager(err.view(-1), y.view(-1)).view(x.shape), want)
+    _assert_compiled(fused._relu_backward)
+
+
+@pytest.mark.parametrize("n,h,c_in,c_out,k,p", [(3, 12, 20, 50, 5, 0), (2, 9, 4, 40, 3, 1), (2, 8, 3, 30, 5, 2)])
+def test_col2im_grad_input_matches_im2col_path(n: int, h: int, c_in: int, c_out: int, k: int, p: int) -> None:
+    g = torch.Generator().manual_seed(n + h + c_in)
+    wt = torch.randint(-127, 128, (c_out, k, k, c_in), dtype=torch.int8, generator=g)
+    ho = h + 2 * p - k + 1
+    err = torch.randint(-127, 128, (n, ho, ho, c_out), dtype=torch.int8, generator=g)
+    assert conv._col2im_pays(err.shape, wt.shape, (h, h), (1, 1))
+    want = conv.conv2d_grad_input(err, wt, (h, h), (1, 1), (p, p))
+    got = conv.conv2d_grad_input(err, wt, (h, h), (1, 1), (p, p), workspace=Workspace())
+    assert got.dtype == torch.int32 and torch.equal(got, want)
+    contrib = (err.reshape(-1, c_out).to(torch.int64) @ wt.reshape(c_out, -1).to(torch.int64)).to(torch.int32)
+    eager = fused.col2im.eager(contrib.view(n, ho, ho, k, k, c_in), kernel=(k, k), padding=(p, p))
+    assert torch.equal(eager, want)
+    _assert_compiled(fused.col2im)
+
+
+# ------------------------------------------------ convolution with a workspace
+
+
+@pytest.mark.parametrize("shape,c_out,k,s,p", [((5, 9, 7, 24), 6, 3, 1, 1), ((4, 8, 8, 32), 5, 3, 2, 1),
+                                               ((3, 10, 10, 40), 7, 5, 1, 2), ((3, 6, 6, 70), 4, 1, 1, 0),
+                                               ((2, 12, 11, 3), 8, 3, 1, 1), ((3, 9, 9, 1), 4, 5, 1, 0)])
+def test_workspace_conv_matches_plain_path_across_chunks(monkeypatch: pytest.MonkeyPatch, shape: tuple,
+                                                          c_out: int, k: int, s: int, p: int) -> None:
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 5000)  # several chunks of images even for tiny inputs
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randint(-127, 128, shape, dtype=torch.int8, generator=g)
+    wt = torch.randint(-127, 128, (c_out, k, k, shape[3]), dtype=torch.int8, generator=g)
+    ws = Workspace()
+    want, cols = conv.conv2d(x, wt, (s, s), (p, p))
+    got, stand_in = conv.conv2d(x, wt, (s, s), (p, p), workspace=ws)
+    assert torch.equal(got, want)
+    assert isinstance(stand_in, conv.TransposedColumns if k * shape[3] < conv._SHORT_ROW else conv.Im2colColumns)
+    err = torch.randint(-127, 128, want.shape, dtype=torch.int8, generator=g)
+    assert torch.equal(conv.conv2d_grad_weight(err, stand_in, (k, k)), conv.conv2d_grad_weight(err, cols, (k, k)))
+    for _ in range(2):  # the second time reuses zero-bordered buffers that already hold data
+        gi = conv.conv2d_grad_input(err, wt, shape[1:3], (s, s), (p, p), workspace=ws)
+        assert torch.equal(gi, conv.conv2d_grad_input(err, wt, shape[1:3], (s, s), (p, p)))
+
+
+def test_chunked_grad_weight_widens_to_int64_like_int_matmul() -> None:
+    # 2·260·260 = 135,200 output positions > MAX_K_INT32: the worst case must not wrap.
+    x = torch.full((2, 260, 260, 32), 127, dtype=torch.int8)
+    wt = torch.ones((3, 3, 3, 32), dtype=torch.int8)
+    err = torch.full((2, 260, 260, 3), -127, dtype=torch.int8)
+    _, stand_in = conv.conv2d(x, wt, (1, 1), (1, 1), workspace=Workspace())
+    _, cols = conv.conv2d(x, wt, (1, 1), (1, 1))
+    got = conv.conv2d_grad_weight(err, stand_in, (3, 3))
+    assert 2 * 260 * 260 > MAX_K_INT32 and got.dtype == torch.int64
+    assert torch.equal(got, conv.conv2d_grad_weight(err, cols, (3, 3)))
+    assert int(got[0, 1, 1, 0]) == -127 * 127 * 2 * 260 * 260
+
+
+# ------------------------------------------------- whole steps and the audit
+
+
+def _run(name: str, batch: int, steps: int, **kw: object) -> tuple[str, list]:
+    model = build(name, total_steps=steps, **kw)
+    h, w, c = model.arch.input_shape
+    g = torch.Generator().manual_seed(5)
+    logits = []
+    for _ in range(steps):
+        x = torch.randint(0, 256, (batch, h, w, c), dtype=torch.uint8, generator=g)
+        y = torch.randint(0, model.arch.num_classes, (batch,), generator=g)
+        out = model.train_step(x, y)
+        logits.append((out.e, out.m.tolist()))
+    return model.weights_sha256(), logits
+
+
+@pytest.mark.parametrize("name,batch,kw", [
+    ("lenet", 16, {}),
+    ("lenet", 8, {"policy": RoundingPolicy.all("stochastic"), "accumulator_bits": 16}),
+    ("vgg-small-7", 4, {"policy": RoundingPolicy.all("pseudo_stochastic")}),
+])
+def test_train_steps_compiled_equal_eager(monkeypatch: pytest.MonkeyPatch, name: str, batch: int, kw: dict) -> None:
+    compiled = _run(name, batch, 3, **kw)
+    monkeypatch.setenv(fused.COMPILE_ENV, "0")
+    assert not fused._round_clip.use_compiled(torch.zeros(1))
+    assert compiled == _run(name, batch, 3, **kw)
+    for chain in CHAINS.values():
+        _assert_compiled(chain)
+
+
+def test_audit_runs_the_eager_twins(monkeypatch: pytest.MonkeyPatch) -> None:
+    want, _ = _run("lenet", 8, 1)  # compiled
+    calls = {name: 0 for name in CHAINS}
+    for name, chain in CHAINS.items():
+        def counting(*args, _eager=chain.eager, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            calls[_name] += 1
+            return _eager(*args, **kwargs)
+
+        def no_compiled(*_a, _name=name, **_k):  # noqa: ANN002, ANN003, ANN202
+            raise AssertionError(f"{_name} compiled inside integer_only()")
+        monkeypatch.setattr(chain, "eager", counting)
+        monkeypatch.setattr(chain, "compiled", no_compiled)
+    model = build("lenet", total_steps=1)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (8, 28, 28, 1), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 10, (8,), generator=g)
+    with integer_only() as audit:
+        model.train_step(x, y)
+    assert audit.ops > 100
+    assert all(calls[n] > 0 for n in ("_round_clip", "_update", "_relu_backward", "_maxpool", "_maxpool_backward"))
+    assert model.weights_sha256() == want
+
+
+def test_compile_failure_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def chain(x: torch.Tensor) -> torch.Tensor:
+        return x.abs() + 1
+
+    f = fused.Fused(chain)
+    monkeypatch.setattr(f, "compiled", lambda small, **kw: (_ for _ in ()).throw(RuntimeError("no C++ compiler")))
+    x = torch.tensor([-3, 4], dtype=torch.int32)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert f(x).tolist() == [4, 5]
+    assert f.broken and "no C++ compiler" in f.broken
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert f(x).tolist() == [4, 5]  # eager from now on, silently
+
+
+def test_bad_input_raises_the_eager_error_and_keeps_compiling() -> None:
+    f = fused.Fused(lambda a, b: a + b)
+    with pytest.raises(RuntimeError, match="size"):
+        f(torch.zeros(3, dtype=torch.int32), torch.zeros(4, dtype=torch.int32))
+    assert f.broken is None
+
+
+def test_no_compile_env_and_non_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.zeros(2, dtype=torch.int32)
+    assert fused._round_clip.use_compiled(x)
+    assert not fused._round_clip.use_compiled(x.to("meta"))
+    monkeypatch.setenv(fused.COMPILE_ENV, "0")
+    assert not fused.compile_enabled() and not fused._round_clip.use_compiled(x)
+
+
+_FLOAT_WORDS = re.compile(r"\b(float|double|half|bfloat16|float16|float32|float64|Half|BFloat16|complex)\b")
+#: Inductor types the lane masks of masked vector loads as ``VecMask<float, n>`` (32-bit lanes of all-ones or
+#: zeros, turned into an integer bitmask for _mm512_mask_loadu_epi32); the loaded and computed values stay
+#: int32.  That tag is the only "float" allowed.
+_LANE_MASK = re.compile(r"VecMask<float,\s*\d+>")
+
+
+@pytest.mark.slow
+def test_generated_code_has_no_floating_point_types() -> None:
+    """Compile every chain afresh and scan inductor's output (C++ kernels and wrapper) for float types."""
+    import functools
+
+    from torch._inductor.utils import fresh_cache, run_and_get_code
+
+    i32, g = torch.int32, torch.Generator().manual_seed(0)
+    acc = torch.randint(-2**20, 2**20, (4096,), dtype=i32, generator=g)
+    x8 = torch.randint(-127, 128, (2, 8, 8, 16), dtype=torch.int8, generator=g)
+    out, idx = fused._maxpool.eager(x8.view(8, 2, 4, 2, 16), k=2)
+    s, lim = fused._scalar(9, i32), fused._scalar(127, i32)
+    cases = [
+        (fused._round_clip, (acc, s, lim), {"mode": "nearest", "work": i32, "out": torch.int8}),
+        (fused._round_clip, (acc, s, lim), {"mode": "pseudo_stochastic", "work": i32, "out": torch.int8}),
+        (fused._round_clip, (acc, s, lim, torch.randint(0, 512, acc.shape, generator=g)),
+         {"mode": "stochastic", "work": i32, "out": torch.int8}),
+        (fused._clip, (acc, lim), {"work": i32, "out": torch.int8}),
+        (fused._update, (acc.to(torch.int8), acc, s, fused._scalar(31, i32), lim), {"mode": "pseudo_stochastic",
+                                                                                  "work": i32}),
+        (fused._relu_backward, (x8.view(-1), x8.view(-1).flip(0)), {}),
+        (fused._maxpool, (x8.view(8, 2, 4, 2, 16),), {"k": 2}),
+        (fused._maxpool_backward, (out, idx), {"k": 2}),
+        (fused.col2im, (acc[:2 * 4 * 4 * 3 * 3 * 8].view(2, 4, 4, 3, 3, 8),), {"kernel": (3, 3), "padding": (1, 1)}),
+    ]
+    with fresh_cache():
+        for chain, args, static in cases:
+            compiled = torch.compile(chain.eager, dynamic=chain.dynamic, fullgraph=True,
+                                     options={"cpp.dynamic_threads": True})
+            result, codes = run_and_get_code(functools.partial(compiled, **static), *args)
+            assert codes, f"{chain.__name__}: nothing was compiled"
+            for code in codes:
+                bad = [line.strip() for line in code.splitlines() if _FLOAT_WORDS.search(_LANE_MASK.sub("", line))]
+                assert not bad, f"{chain.__name__} compiled to floating-point code: {bad[:3]}"
+            want = chain.eager(*args, **static)
+            for r, w in zip(result if isinstance(result, tuple) else (result,), want if isinstance(want, tuple)
+                            else (want,)):
+                assert torch.equal(r, w)
