@@ -71,7 +71,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         from .distributed import launch
 
-        argv = [a for a in sys.argv[1:]]
+        argv = list(args.argv)
         i = argv.index("--nproc") if "--nproc" in argv else None
         if i is not None:
             del argv[i:i + 2]
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``niti`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)  # `train --nproc` re-launches with these
     try:
         return int(args.func(args) or 0)
     except (ValueError, OSError) as exc:
