@@ -22,10 +22,11 @@ def read_run(run: Path) -> dict:
     if not epochs and not steps:
         raise ValueError(f"{run} has no metrics.jsonl or steps.jsonl to plot")
     label = run.name
-    summary = run / "summary.json"
-    if summary.exists():
-        s = json.loads(summary.read_text())
-        label = f"{run.name} ({s.get('arith', '?')}, {s.get('model', '?')})"
+    for meta in (run / "summary.json", run / "config.json"):  # an interrupted run has only its config
+        if meta.exists():
+            s = json.loads(meta.read_text())
+            label = f"{run.name} ({s.get('arith', '?')}, {s.get('model', '?')})"
+            break
     return {"label": label, "epochs": epochs, "steps": steps}
 
 
@@ -43,6 +44,9 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
         if run["steps"]:
             ax_loss.plot([s["epoch"] for s in run["steps"]], [s["loss"] for s in run["steps"]], color=color,
                          label=run["label"])
+        elif any("train_loss" in e for e in run["epochs"]):  # no step log: the per-epoch mean loss instead
+            ax_loss.plot([e["epoch"] for e in run["epochs"]], [e.get("train_loss") for e in run["epochs"]],
+                         color=color, marker=".", label=f"{run['label']} (epoch mean)")
         ep = run["epochs"]
         if ep:
             xs = [e["epoch"] for e in ep]

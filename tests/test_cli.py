@@ -83,3 +83,19 @@ def test_bad_arguments_exit_with_a_message(tmp_path: Path, capsys: pytest.Captur
     assert "invalid choice" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "no-such-run")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_plot_an_interrupted_run_without_step_log(tmp_path: Path) -> None:
+    """A run killed before summary.json, with no steps.jsonl: label from config.json, loss from metrics.jsonl."""
+    from niti.plot import read_run
+
+    run = tmp_path / "int-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"arith": "int", "model": "lenet"}))
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"epoch": e, "train_loss": 2.0 / e, "val_accuracy": 50 + e, "test_accuracy": 49 + e}) + "\n"
+        for e in (1, 2, 3)))
+    assert read_run(run)["label"] == "int-run (int, lenet)"
+    png = tmp_path / "curves.png"
+    assert main(["plot", str(run), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
