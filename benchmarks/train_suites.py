@@ -14,6 +14,7 @@ import argparse
 import datetime as _dt
 import json
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -64,9 +65,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                                                      "--batch-size", "64", "--seed", str(s)]))
         return runs
     if name == "mnist-ablation":
-        return [(f"lenet-grad-{mode}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", "64",
-                                        "--seed", str(seeds[0]), "--grad-round", mode])
-                for mode in ("pseudo_stochastic", "stochastic", "nearest", "truncate")]
+        tag = (lambda s: "") if len(seeds) == 1 else (lambda s: f"-s{s}")  # one seed: the original run names
+        return [(f"lenet-grad-{mode}{tag(s)}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", "64",
+                                               "--seed", str(s), "--grad-round", mode])
+                for mode in ("pseudo_stochastic", "stochastic", "nearest", "truncate") for s in seeds]
     if name == "cifar-vgg7":
         runs = []
         for arith in ("int", "float"):
@@ -137,13 +139,13 @@ def write_report(suite: str, results: Path, rows: dict) -> None:
         lines.append(f"| {run} | {r['arith']} | {r['epochs']} | {r['final_test_accuracy']:.2f} | "
                      f"{r['best_val_accuracy']:.2f} | {r['seconds']:.0f} | {r['images_per_second']:.0f} | "
                      f"{r['wall_seconds']:.0f} | {r['date']} | `{r['command']}` |")
-    by_arith: dict[str, list[float]] = {}
-    for r in rows.values():
-        by_arith.setdefault(r["arith"], []).append(r["final_test_accuracy"])
+    by_group: dict[str, list[float]] = {}  # runs that differ only in their seed
+    for run, r in rows.items():
+        by_group.setdefault(re.sub(r"-s\d+$", "", run), []).append(r["final_test_accuracy"])
     lines.append("")
-    for arith, accs in sorted(by_arith.items()):
+    for group, accs in sorted(by_group.items()):
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        lines.append(f"- {arith}: mean final test accuracy {statistics.mean(accs):.2f} % "
+        lines.append(f"- {group}: mean final test accuracy {statistics.mean(accs):.2f} % "
                      f"(sd {sd:.2f}, n = {len(accs)})")
     machines = sorted({r["machine"] for r in rows.values()})
     lines += ["", "Machine: " + "; ".join(machines), ""]
