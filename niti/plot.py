@@ -54,7 +54,7 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
                 ax_acc.plot(xs, [e.get("val_accuracy") for e in ep], color=color, marker="o", label=f"{run['label']} val")
             ax_acc.plot(xs, [e["test_accuracy"] for e in ep], color=color, marker="s", linestyle="--",
                         label=f"{run['label']} test")
-    ax_loss.set(xlabel="epoch", ylabel="training loss (mean over log window)", title="loss")
+    ax_loss.set(xlabel="epoch", ylabel="training loss (mean over log window)", title="loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
