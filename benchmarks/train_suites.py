@@ -20,7 +20,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +47,9 @@ def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
     runs = _suite_runs(name, a)
     if a.gb_schedule:
         runs = [(run, args + (["--gb-schedule", a.gb_schedule] if "float" not in args else [])) for run, args in runs]
+    if a.accumulator_bits:
+        runs = [(run, args + (["--accumulator-bits", str(a.accumulator_bits)] if "float" not in args else []))
+                for run, args in runs]
     if a.lr is not None:
         runs = [(run, args + (["--lr", str(a.lr)] if "float" in args else [])) for run, args in runs]
     if a.train_limit:
@@ -77,22 +82,34 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                                                     str(a.epochs), "--batch-size", str(a.batch_size or 128),
                                                     "--seed", str(s)]))
         return runs
+    if name == "cifar-select":  # choose the int gb schedule / accumulator and the float lr on validation
+        common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
+                  "--seed", str(seeds[0])]
+        ints = [("gb543", "5,4,3@0.5,0.75", 8), ("gb432", "4,3,2@0.5,0.75", 8), ("gb5432", "5,4,3,2@0.25,0.5,0.75", 8),
+                ("gb543-acc16", "5,4,3@0.5,0.75", 16), ("gb432-acc16", "4,3,2@0.5,0.75", 16)]
+        runs = [(f"vgg7-int-{tag}", common + ["--gb-schedule", gb, "--accumulator-bits", str(acc)])
+                for tag, gb, acc in ints]
+        runs += [(f"vgg7-float-lr{lr}", common + ["--arith", "float", "--lr", lr]) for lr in ("0.02", "0.05")]
+        return runs
     raise SystemExit(f"unknown suite {name!r}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7"])
+    p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--lr", type=float, default=None, help="float runs: learning rate (default: niti's tuned value)")
     p.add_argument("--gb-schedule", default=None, help="integer runs: gradient bit-width schedule (default: niti's)")
+    p.add_argument("--accumulator-bits", type=int, choices=[8, 16], default=None,
+                   help="integer runs: weight accumulator width (default: niti's)")
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--results", default=None, help="default results/<suite>")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
     p.add_argument("--only", default=None, help="comma-separated run names to (re)run; others are kept")
     a = p.parse_args()
     results = Path(a.results or ROOT / "results" / a.suite)
@@ -100,9 +117,10 @@ def main() -> int:
     rows_path = results / "runs.json"
     rows = json.loads(rows_path.read_text()) if rows_path.exists() else {}
     only = set(a.only.split(",")) if a.only else None
-    for run, args in suite_runs(a.suite, a):
-        if only is not None and run not in only:
-            continue
+    todo = [(run, args) for run, args in suite_runs(a.suite, a) if only is None or run in only]
+    lock = threading.Lock()
+
+    def one(run: str, args: list[str]) -> int:
         out = Path(a.runs_dir) / a.suite / run
         if out.exists():
             shutil.rmtree(out)
@@ -120,21 +138,35 @@ def main() -> int:
         for f in ("summary.json", "metrics.jsonl", "steps.jsonl"):
             shutil.copy(out / f, dest / f)
         summary = json.loads((out / "summary.json").read_text())
-        rows[run] = {"command": "python -m niti train " + shlex.join(args + ["--threads", str(a.threads)]),
-                     "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-                     "wall_seconds": round(wall, 1),
-                     **{k: summary[k] for k in ("arith", "final_test_accuracy", "best_val_accuracy", "epochs",
-                                                "seconds", "images_per_second", "weights_sha256")}}
-        rows_path.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        row = {"command": "python -m niti train " + shlex.join(args + ["--threads", str(a.threads)]),
+               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+               "wall_seconds": round(wall, 1), "parallel_jobs": a.jobs,
+               **{k: summary[k] for k in ("arith", "final_test_accuracy", "best_val_accuracy", "epochs",
+                                          "seconds", "images_per_second", "weights_sha256")}}
+        with lock:  # re-read: another invocation may have added rows meanwhile
+            if rows_path.exists():
+                rows.update({k: v for k, v in json.loads(rows_path.read_text()).items() if k != run})
+            rows[run] = row
+            rows_path.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+        return 0
+
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        codes = list(pool.map(lambda ra: one(*ra), todo))
+    if any(codes):
+        return next(c for c in codes if c)
     write_report(a.suite, results, rows)
     return 0
 
 
 def write_report(suite: str, results: Path, rows: dict) -> None:
     lines = [f"# {suite}", "", "Generated by `benchmarks/train_suites.py`; every number below comes from the "
-             "summary.json beside it.", "",
-             "| run | arith | epochs | final test acc (%) | best val acc (%) | train s | images/s | wall s | date | command |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "summary.json beside it.", ""]
+    intro = results / "intro.md"  # hand-written context (what was chosen and why) kept across re-runs
+    if intro.exists():
+        lines += [intro.read_text().strip(), ""]
+    lines += ["| run | arith | epochs | final test acc (%) | best val acc (%) | train s | images/s | wall s | date "
+              "| command |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for run, r in sorted(rows.items()):
         lines.append(f"| {run} | {r['arith']} | {r['epochs']} | {r['final_test_accuracy']:.2f} | "
                      f"{r['best_val_accuracy']:.2f} | {r['seconds']:.0f} | {r['images_per_second']:.0f} | "

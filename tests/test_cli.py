@@ -99,3 +99,22 @@ def test_plot_an_interrupted_run_without_step_log(tmp_path: Path) -> None:
     png = tmp_path / "curves.png"
     assert main(["plot", str(run), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_single_epoch_runs_as_bars(tmp_path: Path) -> None:
+    """Runs of one epoch each get accuracy bars (a curve of single points says nothing); longer runs get curves."""
+    from niti.plot import accuracy_style, read_run
+
+    runs = []
+    for name, epochs in (("a", 1), ("b", 1), ("c", 3)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e, "train_loss": 1.0 / e, "val_accuracy": 40 + e, "test_accuracy": 39 + e}) + "\n"
+            for e in range(1, epochs + 1)))
+        runs.append(run)
+    assert accuracy_style([read_run(r) for r in runs[:2]]) == "bars"
+    assert accuracy_style([read_run(r) for r in runs]) == "curves"
+    png = tmp_path / "bars.png"
+    assert main(["plot", str(runs[0]), str(runs[1]), "-o", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
