@@ -26,6 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from niti.train.checkpoint import atomic_write_bytes  # noqa: E402  (a half-written runs.json would lose rows)
 
 
 def machine() -> str:
@@ -147,7 +150,7 @@ def main() -> int:
             if rows_path.exists():
                 rows.update({k: v for k, v in json.loads(rows_path.read_text()).items() if k != run})
             rows[run] = row
-            rows_path.write_text(json.dumps(rows, indent=2, sort_keys=True) + "\n")
+            atomic_write_bytes(rows_path, (json.dumps(rows, indent=2, sort_keys=True) + "\n").encode())
         return 0
 
     with ThreadPoolExecutor(max_workers=a.jobs) as pool:
@@ -176,13 +179,11 @@ def write_report(suite: str, results: Path, rows: dict) -> None:
         by_group.setdefault(re.sub(r"-s\d+$", "", run), []).append(r["final_test_accuracy"])
     lines.append("")
     for group, accs in sorted(by_group.items()):
-        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        lines.append(f"- {group}: mean final test accuracy {statistics.mean(accs):.2f} % "
-                     f"(sd {sd:.2f}, n = {len(accs)})")
+        spread = f"sd {statistics.stdev(accs):.2f}, " if len(accs) > 1 else ""
+        lines.append(f"- {group}: mean final test accuracy {statistics.mean(accs):.2f} % ({spread}n = {len(accs)})")
     machines = sorted({r["machine"] for r in rows.values()})
     lines += ["", "Machine: " + "; ".join(machines), ""]
     try:
-        sys.path.insert(0, str(ROOT))
         from niti.plot import plot_runs
 
         plot_runs([results / run for run in sorted(rows)], results / "curves.png", title=suite)

@@ -86,14 +86,15 @@ def plot_runs(runs: list[Path], output: Path, title: str | None = None) -> Path:
             ax_loss.plot([e["epoch"] for e in run["epochs"]], [e.get("train_loss") for e in run["epochs"]],
                          color=color, marker=".", label=f"{run['label']} (epoch mean)")
     ax_loss.set(xlabel="epoch", ylabel="training loss (mean over log window)", title="loss", yscale="log")
-    if accuracy_style(data) == "bars":
+    style = accuracy_style(data)
+    if style == "bars":
         _accuracy_bars(ax_acc, data)
     else:
         _accuracy_curves(ax_acc, data)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
     ax_loss.legend(fontsize=7)
-    if accuracy_style(data) == "curves":
+    if style == "curves":
         ax_acc.legend(fontsize=7)
     if title:
         fig.suptitle(title)
