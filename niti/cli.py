@@ -41,7 +41,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                        help=f"rounding of {role} rescales (default {default})")
     p.add_argument("--round-all", default=None, choices=ROUNDING_MODES, help="one rounding mode for every role")
     p.add_argument("--gb-schedule", default="5,4,3@0.5,0.75",
-                   help="gradient bit widths and the fractions of training where they change")
+                   help="gradient bit widths and the fractions of training where they change (default 5,4,3@0.5,0.75;"
+                        " values below 1, down to -7, need --accumulator-bits 16)")
     p.add_argument("--accumulator-bits", type=int, default=8, choices=[8, 16], help="weight accumulator width")
     p.add_argument("--lr", type=float, default=None, help="float baseline learning rate (default: tuned value)")
     p.add_argument("--momentum", type=float, default=0.9)

@@ -3,6 +3,12 @@
 There is no multiplicative learning rate: the gradient is rescaled to ``gb``
 bits and subtracted, so ``gb`` is the step size.  The schedule is expressed
 as fractions of all training steps and applied per step.
+
+With 16-bit weight accumulators the gradient is rescaled to ``gb + 8`` bits
+of the int16 master weight, so ``gb`` may go down to -7: ``gb <= 0`` is a
+step smaller than one int8 weight LSB, which only the accumulator can hold.
+That lets a schedule decay by more than a factor of two per phase (e.g.
+``3,0,-3``: steps 8x and 64x smaller, close to a float lr decayed x0.1, x0.01).
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from .kernels import fused
 from .nn.module import IntParameter
 from .runtime import Runtime
 
-__all__ = ["GbSchedule", "apply_update"]
+__all__ = ["GB_RANGE", "GbSchedule", "apply_update"]
+
+#: The gb values a schedule may hold; values below 1 need 16-bit weight accumulators.
+GB_RANGE = range(-7, 8)
 
 
 @dataclass(frozen=True)
@@ -26,10 +35,17 @@ class GbSchedule:
     def __post_init__(self) -> None:
         if len(self.values) != len(self.boundaries) + 1:
             raise ValueError("a gb schedule needs exactly one more value than boundaries")
-        if any(not 1 <= v <= 7 for v in self.values):
-            raise ValueError(f"gradient bit widths must be in 1..7, got {self.values}")
+        if any(v not in GB_RANGE for v in self.values):
+            raise ValueError(f"gradient bit widths must be in -7..7 (below 1 only with 16-bit weight accumulators), "
+                             f"got {self.values}")
         if any(a >= b for a, b in zip(self.boundaries, self.boundaries[1:])) or any(not 0 < b < 1 for b in self.boundaries):
             raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {self.boundaries}")
+
+    def check_accumulator_bits(self, accumulator_bits: int) -> None:
+        """Raise unless every gb fits ``accumulator_bits``: int8 weights cannot take a step below one LSB."""
+        if accumulator_bits == 8 and min(self.values) < 1:
+            raise ValueError(f"gb schedule {self} has gb <= 0 (a step below one int8 weight LSB), which needs "
+                             f"16-bit weight accumulators (--accumulator-bits 16)")
 
     @classmethod
     def constant(cls, gb: int) -> "GbSchedule":
@@ -64,10 +80,14 @@ def apply_update(param: IntParameter, gb: int, runtime: Runtime) -> None:
     if param.grad is None:
         raise RuntimeError(f"{param!r} has no gradient to apply")
     if param.accumulator_bits == 8:
+        if gb < 1:
+            raise ValueError(f"gb {gb} < 1 needs a 16-bit weight accumulator; {param!r} has 8 bits")
         mode, shift, noise = runtime.rounding(param.grad, gb, "gradient", batched=False)
         param.m = fused.update(param.m, param.grad, shift, mode, gb, 127, noise)
     else:
         assert param.master is not None
+        if gb + 8 < 1:
+            raise ValueError(f"gb must be >= -7 with 16-bit weight accumulators, got {gb}")
         mode, shift, noise = runtime.rounding(param.grad, gb + 8, "gradient", batched=False)
         param.master = fused.update(param.master, param.grad, shift, mode, gb + 8, 32767, noise)
         param.refresh_datapath()

@@ -74,7 +74,7 @@ def test_one_epoch_run_decays_5_4_3_inside_the_epoch(mnist) -> None:
     assert used == [gb for gb in per_step for _ in range(n_params)]
 
 
-@pytest.mark.parametrize("text", ["5,4,3@0.5,0.75", "5", "6,2@0.125", "7,5,3,1@0.1,0.25,0.9"])
+@pytest.mark.parametrize("text", ["5,4,3@0.5,0.75", "5", "6,2@0.125", "7,5,3,1@0.1,0.25,0.9", "3,0,-3@0.5,0.75"])
 def test_parse_str_round_trip(text: str) -> None:
     s = GbSchedule.parse(text)
     assert str(s) == text
@@ -91,7 +91,7 @@ def test_parse_values() -> None:
 @given(st.lists(st.integers(1, 999), min_size=0, max_size=4, unique=True), st.data())
 def test_round_trip_any_schedule(bounds: list[int], data) -> None:
     boundaries = tuple(b / 1000 for b in sorted(bounds))
-    values = tuple(data.draw(st.lists(st.integers(1, 7), min_size=len(bounds) + 1, max_size=len(bounds) + 1)))
+    values = tuple(data.draw(st.lists(st.integers(-7, 7), min_size=len(bounds) + 1, max_size=len(bounds) + 1)))
     s = GbSchedule(values, boundaries)
     assert GbSchedule.parse(str(s)) == s
 
@@ -99,8 +99,8 @@ def test_round_trip_any_schedule(bounds: list[int], data) -> None:
 @pytest.mark.parametrize("values,boundaries,match", [
     ((5, 4), (0.5, 0.75), "one more value"),
     ((5, 4, 3), (0.5,), "one more value"),
-    ((8,), (), "1..7"),
-    ((0, 3), (0.5,), "1..7"),
+    ((8,), (), "-7..7"),
+    ((-8, 3), (0.5,), "-7..7"),
     ((5, 4, 3), (0.75, 0.5), "increasing"),
     ((5, 4), (0.0,), r"\(0, 1\)"),
     ((5, 4), (1.0,), r"\(0, 1\)"),
@@ -111,7 +111,18 @@ def test_schedule_validation(values, boundaries, match: str) -> None:
         GbSchedule(values, boundaries)
 
 
-@pytest.mark.parametrize("text", ["", "a,b", "5,4@x", "5,4,3@0.5", "9"])
+def test_gb_below_1_needs_16bit_accumulators() -> None:
+    s = GbSchedule.parse("3,0,-3@0.5,0.75")
+    s.check_accumulator_bits(16)
+    with pytest.raises(ValueError, match="16-bit weight accumulators"):
+        s.check_accumulator_bits(8)
+    GbSchedule.parse("5,4,3@0.5,0.75").check_accumulator_bits(8)
+    with pytest.raises(ValueError, match="16-bit weight accumulators"):
+        niti.build("lenet", schedule=s)  # rejected before any weight exists
+    assert niti.build("lenet", schedule=s, accumulator_bits=16).schedule == s
+
+
+@pytest.mark.parametrize("text", ["", "a,b", "5,4@x", "5,4,3@0.5", "9", "-8"])
 def test_parse_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError):
         GbSchedule.parse(text)
@@ -151,6 +162,14 @@ def test_apply_update_handles_int64_gradients() -> None:
     p.grad = torch.tensor([3 * 2**40, -(2**39)], dtype=torch.int64)  # a split (int64) weight gradient
     apply_update(p, 5, _nearest_runtime())
     assert p.m.tolist() == [-24, 4]  # 3·2**40 has 42 bits: shift 37 gives g = [24, -4]
+
+
+def test_apply_update_8bit_rejects_gb_below_1_and_changes_nothing() -> None:
+    p = IntParameter(torch.tensor([5, -5], dtype=torch.int8), 0)
+    p.grad = torch.tensor([100, -100], dtype=torch.int32)
+    with pytest.raises(ValueError, match="16-bit"):
+        apply_update(p, 0, _nearest_runtime())
+    assert p.m.tolist() == [5, -5] and p.grad is not None
 
 
 def test_apply_update_without_gradient_raises() -> None:
@@ -210,6 +229,29 @@ def test_16bit_small_updates_accumulate_where_8bit_loses_them() -> None:
     value = lambda m, e: m * 2.0**e  # noqa: E731  (test-side float, for reading the result)
     assert value(w16.master[1].item(), w16.master_e) == value(49, -7)
     assert value(w16.m[1].item(), w16.e) < value(50, -7)  # and the datapath weight followed
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(-7, 7), st.sampled_from(["nearest", "pseudo_stochastic", "truncate"]),
+       st.lists(st.integers(-2**24, 2**24), min_size=1, max_size=40), st.data())
+def test_16bit_update_any_gb_matches_python_reference(gb: int, mode: str, grads: list[int], data) -> None:
+    """gb in -7..7 rescales against gb + 8 bits (1..15) of the int16 master: small gb, sub-LSB steps."""
+    masters = data.draw(st.lists(st.integers(-127, 127), min_size=len(grads), max_size=len(grads)))
+    p = IntParameter(torch.tensor(masters, dtype=torch.int8), -7, accumulator_bits=16)
+    before = [v * 256 for v in masters]
+    p.grad = torch.tensor(grads, dtype=torch.int32)
+    apply_update(p, gb, Runtime(RoundingPolicy(gradient=mode)))
+    g, _ = rescale(torch.tensor(grads, dtype=torch.int32), gb + 8, mode)
+    assert max(abs(v) for v in g.tolist()) <= 2 ** (gb + 8) - 1
+    want = [max(-32767, min(32767, b - gi)) for b, gi in zip(before, g.tolist())]
+    assert p.master.tolist() == want
+
+
+def test_16bit_apply_update_rejects_gb_below_minus_7() -> None:
+    p = IntParameter(torch.tensor([5], dtype=torch.int8), 0, accumulator_bits=16)
+    p.grad = torch.tensor([100], dtype=torch.int32)
+    with pytest.raises(ValueError, match="-7"):
+        apply_update(p, -8, _nearest_runtime())
 
 
 def test_16bit_model_masters_are_int16() -> None:

@@ -101,3 +101,7 @@ def test_bad_config_is_rejected() -> None:
         TrainConfig(grad_round="banker")
     with pytest.raises(ValueError, match="gradient bit widths"):
         TrainConfig(gb_schedule="9")
+    with pytest.raises(ValueError, match="--accumulator-bits 16"):
+        TrainConfig(gb_schedule="3,0,-3@0.5,0.75")
+    TrainConfig(gb_schedule="3,0,-3@0.5,0.75", accumulator_bits=16)
+    TrainConfig(arith="float", gb_schedule="3,0,-3@0.5,0.75")  # the float twin has no gb

@@ -53,6 +53,7 @@ class IntegerModel:
         self.arch = arch
         self.seed = seed
         self.schedule = schedule or GbSchedule()
+        self.schedule.check_accumulator_bits(accumulator_bits)
         self.accumulator_bits = accumulator_bits
         self.total_steps = total_steps
         self.step = 0

@@ -60,7 +60,9 @@ class TrainConfig:
         for name in ("act_round", "err_round", "grad_round", "loss_round"):
             if getattr(self, name) not in ROUNDING_MODES:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
-        GbSchedule.parse(self.gb_schedule)  # validates
+        schedule = GbSchedule.parse(self.gb_schedule)  # validates
+        if self.arith == "int":
+            schedule.check_accumulator_bits(self.accumulator_bits)
 
     @property
     def policy(self) -> RoundingPolicy:
