@@ -42,7 +42,8 @@ def machine() -> str:
         pass
     import os
 
-    return f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (f"{model}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}")
 
 
 def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -94,18 +95,20 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 for tag, gb, acc in ints]
         runs += [(f"vgg7-float-lr{lr}", common + ["--arith", "float", "--lr", lr]) for lr in ("0.02", "0.05")]
         return runs
-    if name == "cifar-decay":  # int gb schedules that decay by several bits per phase (16-bit accumulators only)
+    if name == "cifar-gb":  # int gb schedules with 16-bit accumulators (some decay several bits per phase)
         common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
                   "--seed", str(seeds[0]), "--accumulator-bits", "16"]
-        return [(f"vgg7-int-gb{gb.split('@')[0].replace(',', '_')}", common + ["--gb-schedule", gb])
-                for gb in ("4,3,2@0.5,0.75", "4,1,-2@0.5,0.75", "3,0,-3@0.5,0.75")]
+        runs = [(f"vgg7-int-gb{gb.split('@')[0].replace(',', '_')}", common + ["--gb-schedule", gb])
+                for gb in ("4,3,2@0.5,0.75", "4,1,-2@0.5,0.75", "3,0,-3@0.5,0.75", "3,2,1@0.5,0.75",
+                           "3,3,2@0.5,0.75")]
+        return runs + [("vgg7-float-lr0.05", common[:-2] + ["--arith", "float", "--lr", "0.05"])]
     raise SystemExit(f"unknown suite {name!r}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
-                                      "cifar-decay"])
+                                      "cifar-gb"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

@@ -43,6 +43,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gb-schedule", default="5,4,3@0.5,0.75",
                    help="gradient bit widths and the fractions of training where they change (default 5,4,3@0.5,0.75;"
                         " values below 1, down to -7, need --accumulator-bits 16)")
+    p.add_argument("--gb-offsets", default="", metavar="O1,O2,...",
+                   help="one gb offset per weight layer, input to output, added to the scheduled gb "
+                        "(e.g. 0,0,0,0,0,0,2: larger steps for VGG-small-7's classifier; write "
+                        "--gb-offsets=-1,0,... when the first is negative)")
     p.add_argument("--accumulator-bits", type=int, default=8, choices=[8, 16], help="weight accumulator width")
     p.add_argument("--lr", type=float, default=None, help="float baseline learning rate (default: tuned value)")
     p.add_argument("--momentum", type=float, default=0.9)
@@ -62,8 +66,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
                        augment=args.augment, max_steps=args.max_steps, train_limit=args.train_limit,
                        threads=args.threads, device=args.device, gb_schedule=args.gb_schedule,
-                       accumulator_bits=args.accumulator_bits, lr=args.lr, momentum=args.momentum,
-                       weight_decay=args.weight_decay, progress=not args.no_progress, **rounds)
+                       gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, lr=args.lr,
+                       momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress, **rounds)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -41,11 +41,31 @@ class GbSchedule:
         if any(a >= b for a, b in zip(self.boundaries, self.boundaries[1:])) or any(not 0 < b < 1 for b in self.boundaries):
             raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {self.boundaries}")
 
-    def check_accumulator_bits(self, accumulator_bits: int) -> None:
-        """Raise unless every gb fits ``accumulator_bits``: int8 weights cannot take a step below one LSB."""
-        if accumulator_bits == 8 and min(self.values) < 1:
-            raise ValueError(f"gb schedule {self} has gb <= 0 (a step below one int8 weight LSB), which needs "
-                             f"16-bit weight accumulators (--accumulator-bits 16)")
+    def check_accumulator_bits(self, accumulator_bits: int, offsets: tuple[int, ...] = ()) -> None:
+        """Raise unless every gb (plus each per-layer offset) fits ``accumulator_bits``.
+
+        int8 weights cannot take a step below one LSB (gb >= 1); the int16
+        accumulator takes gb down to -7; nothing takes more than 7.
+        """
+        for offset in set(offsets) or {0}:
+            values = [v + offset for v in self.values]
+            where = f"gb schedule {self}" + (f" with layer offset {offset:+d}" if offset else "")
+            if any(v not in GB_RANGE for v in values):
+                raise ValueError(f"{where} gives gb {values}, outside -7..7")
+            if accumulator_bits == 8 and min(values) < 1:
+                raise ValueError(f"{where} has gb <= 0 (a step below one int8 weight LSB), which needs "
+                                 f"16-bit weight accumulators (--accumulator-bits 16)")
+
+    @staticmethod
+    def parse_offsets(text: str) -> tuple[int, ...]:
+        """``"0,0,0,0,0,0,2"``: one gb offset per weight layer, input to output (``""``: none)."""
+        text = text.strip()
+        if not text:
+            return ()
+        try:
+            return tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"gb offsets must be comma-separated integers, one per weight layer, got {text!r}") from None
 
     @classmethod
     def constant(cls, gb: int) -> "GbSchedule":

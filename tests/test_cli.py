@@ -118,3 +118,18 @@ def test_plot_single_epoch_runs_as_bars(tmp_path: Path) -> None:
     png = tmp_path / "bars.png"
     assert main(["plot", str(runs[0]), str(runs[1]), "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gb_offsets_reach_the_model_and_bad_ones_are_refused(tmp_path: Path, mnist_small_npz: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["train", "--model", "lenet", "--dataset", str(mnist_small_npz), "--epochs", "1", "--batch-size", "32",
+              "--max-steps", "2", "--val-size", "300", "--accumulator-bits", "16", "--no-progress"]
+    assert main([*common, "--gb-offsets", "0,0,0", "--out", str(tmp_path / "bad")]) == 2
+    assert "one value per weight layer: lenet has 4" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "checkpoint.pt").exists()
+    out = tmp_path / "ok"
+    assert main([*common, "--gb-schedule", "3", "--gb-offsets=-2,0,0,2", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["gb_offsets"] == "-2,0,0,2"
+    from niti.train import load_model
+
+    assert load_model(out)[0].gb_offsets == (-2, 0, 0, 2)

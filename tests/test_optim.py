@@ -122,6 +122,52 @@ def test_gb_below_1_needs_16bit_accumulators() -> None:
     assert niti.build("lenet", schedule=s, accumulator_bits=16).schedule == s
 
 
+def test_per_layer_gb_offsets_are_added_to_the_scheduled_gb() -> None:
+    """gb_offsets[i] moves weight layer i's gb: its update is the one apply_update makes at gb + offset."""
+    offsets = (-1, 0, 0, 2)
+    model = niti.build("lenet", seed=0, schedule=GbSchedule.constant(3), accumulator_bits=16, gb_offsets=offsets)
+    twin = niti.build("lenet", seed=0, schedule=GbSchedule.constant(3), accumulator_bits=16)
+    assert model.gb_offsets == offsets and twin.gb_offsets == (0, 0, 0, 0)
+    used: list[int] = []
+    real_apply = niti.models.integer.apply_update
+
+    def spy(param, gb, runtime):
+        used.append(gb)
+        return real_apply(param, gb, runtime)
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 28, 28, 1), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (8,), generator=g)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(niti.models.integer, "apply_update", spy)
+    try:
+        model.train_step(images, labels)
+    finally:
+        mp.undo()
+    assert used == [2, 3, 3, 5]
+    twin.train_step(images, labels)
+    # Same gradients, different steps: the layers with offset 0 match the twin, the others do not.
+    same = [torch.equal(a.master, b.master) for a, b in zip(model.parameters(), twin.parameters())]
+    assert same == [False, True, True, False]
+
+
+@pytest.mark.parametrize("offsets,bits,match", [
+    ((0, 0, 1), 16, "one value per weight layer"),
+    ((0, 0, 0, 3), 16, "outside -7..7"),  # 5 + 3 = 8
+    ((-5, 0, 0, 0), 8, "16-bit weight accumulators"),  # 3 - 5 < 1 with int8 weights
+])
+def test_bad_gb_offsets_are_rejected(offsets, bits: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        niti.build("lenet", gb_offsets=offsets, accumulator_bits=bits)
+
+
+def test_parse_offsets() -> None:
+    assert GbSchedule.parse_offsets("") == ()
+    assert GbSchedule.parse_offsets("0,0,-1, 2") == (0, 0, -1, 2)
+    with pytest.raises(ValueError, match="comma-separated integers"):
+        GbSchedule.parse_offsets("0,x")
+
+
 @pytest.mark.parametrize("text", ["", "a,b", "5,4@x", "5,4,3@0.5", "9", "-8"])
 def test_parse_rejects_garbage(text: str) -> None:
     with pytest.raises(ValueError):

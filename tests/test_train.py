@@ -105,3 +105,6 @@ def test_bad_config_is_rejected() -> None:
         TrainConfig(gb_schedule="3,0,-3@0.5,0.75")
     TrainConfig(gb_schedule="3,0,-3@0.5,0.75", accumulator_bits=16)
     TrainConfig(arith="float", gb_schedule="3,0,-3@0.5,0.75")  # the float twin has no gb
+    with pytest.raises(ValueError, match="outside -7..7"):
+        TrainConfig(gb_offsets="0,0,0,3")  # 5 + 3
+    assert TrainConfig(gb_offsets="0,0,0,2").layer_gb_offsets == (0, 0, 0, 2)

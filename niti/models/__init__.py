@@ -12,7 +12,7 @@ __all__ = ["ARCHITECTURES", "Architecture", "DEFAULT_MEANS", "IntegerModel", "bu
 
 def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, schedule: GbSchedule | None = None,
           accumulator_bits: int = 8, total_steps: int | None = None,
-          mean: tuple[int, ...] | None = None) -> IntegerModel:
+          mean: tuple[int, ...] | None = None, gb_offsets: tuple[int, ...] | None = None) -> IntegerModel:
     """An ``IntegerModel`` for ``"lenet"``, ``"vgg-small-7"``, ``"vgg-small-8"`` or ``"vgg-small-9"``."""
     return IntegerModel(get_architecture(name), seed=seed, policy=policy, schedule=schedule,
-                        accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean)
+                        accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean, gb_offsets=gb_offsets)

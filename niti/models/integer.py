@@ -49,17 +49,24 @@ class IntegerModel:
 
     def __init__(self, arch: Architecture, *, seed: int = 0, policy: RoundingPolicy | None = None,
                  schedule: GbSchedule | None = None, accumulator_bits: int = 8,
-                 total_steps: int | None = None, mean: tuple[int, ...] | None = None) -> None:
+                 total_steps: int | None = None, mean: tuple[int, ...] | None = None,
+                 gb_offsets: tuple[int, ...] | None = None) -> None:
         self.arch = arch
         self.seed = seed
         self.schedule = schedule or GbSchedule()
-        self.schedule.check_accumulator_bits(accumulator_bits)
+        self.schedule.check_accumulator_bits(accumulator_bits, tuple(gb_offsets or ()))
         self.accumulator_bits = accumulator_bits
         self.total_steps = total_steps
         self.step = 0
         self.device = torch.device("cpu")
         init_generator = torch.Generator().manual_seed(seed)
         self.net = _build_layers(arch, init_generator, accumulator_bits)
+        n_weights = len(self.net.parameters())
+        if gb_offsets is not None and len(gb_offsets) not in (0, n_weights):
+            raise ValueError(f"gb offsets {tuple(gb_offsets)} must have one value per weight layer: "
+                             f"{arch.name} has {n_weights}")
+        # Added to the scheduled gb per weight layer (input to output): e.g. a larger step for the classifier.
+        self.gb_offsets = tuple(gb_offsets) if gb_offsets else (0,) * n_weights
         self.runtime = Runtime(policy or RoundingPolicy(), seed)
         self.net.set_runtime(self.runtime)
         mean = mean if mean is not None else DEFAULT_MEANS.get(arch.dataset, (0,) * arch.input_shape[2])
@@ -152,8 +159,8 @@ class IntegerModel:
             raise
         # Every gradient exists: the update below cannot fail half-way on bad input.
         gb = self.current_gb()
-        for p in params:
-            apply_update(p, gb, self.runtime)
+        for p, offset in zip(params, self.gb_offsets):
+            apply_update(p, gb + offset, self.runtime)
         self.step += 1
         return logits
 
@@ -217,5 +224,6 @@ class IntegerModel:
         return h.hexdigest()
 
     def __repr__(self) -> str:
-        return (f"IntegerModel({self.arch.name}, policy={self.policy}, schedule={self.schedule}, "
+        offsets = f", gb_offsets={self.gb_offsets}" if any(self.gb_offsets) else ""
+        return (f"IntegerModel({self.arch.name}, policy={self.policy}, schedule={self.schedule}{offsets}, "
                 f"accumulator_bits={self.accumulator_bits})\n{self.net!r}")

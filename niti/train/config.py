@@ -39,6 +39,7 @@ class TrainConfig:
     loss_round: str = "stochastic"
     gb_schedule: str = "5,4,3@0.5,0.75"
     accumulator_bits: int = 8
+    gb_offsets: str = ""  # one gb offset per weight layer, e.g. "0,0,0,0,0,0,2"; "" for none
     # float baseline
     lr: float | None = None  # None: the tuned default for the model (results/lr_sweep)
     momentum: float = 0.9
@@ -61,8 +62,9 @@ class TrainConfig:
             if getattr(self, name) not in ROUNDING_MODES:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
         schedule = GbSchedule.parse(self.gb_schedule)  # validates
+        offsets = GbSchedule.parse_offsets(self.gb_offsets)
         if self.arith == "int":
-            schedule.check_accumulator_bits(self.accumulator_bits)
+            schedule.check_accumulator_bits(self.accumulator_bits, offsets)
 
     @property
     def policy(self) -> RoundingPolicy:
@@ -71,6 +73,10 @@ class TrainConfig:
     @property
     def schedule(self) -> GbSchedule:
         return GbSchedule.parse(self.gb_schedule)
+
+    @property
+    def layer_gb_offsets(self) -> tuple[int, ...]:
+        return GbSchedule.parse_offsets(self.gb_offsets)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -44,7 +44,8 @@ def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...]):  
     """The integer model or its float twin for ``config``."""
     if config.arith == "int":
         model = build(config.model, seed=config.seed, policy=config.policy, schedule=config.schedule,
-                      accumulator_bits=config.accumulator_bits, total_steps=total_steps, mean=mean)
+                      accumulator_bits=config.accumulator_bits, total_steps=total_steps, mean=mean,
+                      gb_offsets=config.layer_gb_offsets)
     else:
         from ..baseline import build_float
 
