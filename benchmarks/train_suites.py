@@ -101,6 +101,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         runs = [(f"vgg7-int-gb{gb.split('@')[0].replace(',', '_')}", common + ["--gb-schedule", gb])
                 for gb in ("4,3,2@0.5,0.75", "4,1,-2@0.5,0.75", "3,0,-3@0.5,0.75", "3,2,1@0.5,0.75",
                            "3,3,2@0.5,0.75")]
+        for offsets in ("0,0,0,0,0,0,2", "-1,0,0,0,0,0,2"):  # per-layer offsets from results/update-scale
+            tag = "".join(f"L{i}{int(o):+d}" for i, o in enumerate(offsets.split(",")) if int(o))
+            runs.append((f"vgg7-int-gb4_3_2-{tag}", common + ["--gb-schedule", "4,3,2@0.5,0.75",
+                                                            f"--gb-offsets={offsets}"]))
         return runs + [("vgg7-float-lr0.05", common[:-2] + ["--arith", "float", "--lr", "0.05"])]
     raise SystemExit(f"unknown suite {name!r}")
 
