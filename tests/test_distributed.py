@@ -324,3 +324,13 @@ def test_job_timeout_and_signal_death(capfd) -> None:
 
 if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == WORKER:
     _worker(Path(sys.argv[2]), Path(sys.argv[3]))
+
+
+def test_fingerprint_covers_per_layer_gb_offsets() -> None:
+    """Ranks whose layers step by different gb would drift apart: the pre-flight check must see the offsets."""
+    from niti.distributed import replica_fingerprint
+
+    a = build("lenet", seed=0, accumulator_bits=16)
+    b = build("lenet", seed=0, accumulator_bits=16, gb_offsets=(0, 0, 0, 1))
+    fa, fb = replica_fingerprint(a), replica_fingerprint(b)
+    assert {k for k in fa if fa[k] != fb[k]} == {"gb_offsets"}

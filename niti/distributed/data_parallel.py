@@ -134,6 +134,7 @@ def replica_fingerprint(model) -> dict[str, str]:  # noqa: ANN001 - an IntegerMo
         "total_steps": str(model.total_steps),
         "policy": repr(model.policy),
         "schedule": str(model.schedule),
+        "gb_offsets": str(model.gb_offsets),
         "accumulator_bits": str(model.accumulator_bits),
         "mean": str(model.mean.tolist()),
     }
