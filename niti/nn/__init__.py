@@ -2,7 +2,7 @@
 
 from .input import images_to_int8
 from .layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from .loss import cross_entropy_backward, softmax_grad_2p11
+from .loss import cross_entropy_backward, softmax_grad
 from .module import IntParameter, Module
 
 __all__ = [
@@ -17,5 +17,5 @@ __all__ = [
     "Sequential",
     "cross_entropy_backward",
     "images_to_int8",
-    "softmax_grad_2p11",
+    "softmax_grad",
 ]
