@@ -14,6 +14,9 @@ __all__ = ["main", "build_parser"]
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from .models import ARCHITECTURES
+    from .train import TrainConfig
+
+    defaults = TrainConfig()
 
     p = sub.add_parser("train", help="train an integer model (or its float twin)",
                        description="Train a model; writes checkpoint.pt, metrics.jsonl, steps.jsonl and summary.json "
@@ -40,14 +43,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{role}-round", default=default, choices=ROUNDING_MODES,
                        help=f"rounding of {role} rescales (default {default})")
     p.add_argument("--round-all", default=None, choices=ROUNDING_MODES, help="one rounding mode for every role")
-    p.add_argument("--gb-schedule", default="5,4,3@0.5,0.75",
-                   help="gradient bit widths and the fractions of training where they change (default 5,4,3@0.5,0.75;"
-                        " values below 1, down to -7, need --accumulator-bits 16)")
+    p.add_argument("--gb-schedule", default=defaults.gb_schedule,
+                   help=f"gradient bit widths (the step size) and the fractions of training where they change "
+                        f"(default {defaults.gb_schedule}; fractional values such as 4.5 decay by less than x2; "
+                        f"values below 1, down to -7, need 16-bit accumulators)")
     p.add_argument("--gb-offsets", default="", metavar="O1,O2,...",
                    help="one gb offset per weight layer, input to output, added to the scheduled gb "
                         "(e.g. 0,0,0,0,0,0,2: larger steps for VGG-small-7's classifier; write "
                         "--gb-offsets=-1,0,... when the first is negative)")
-    p.add_argument("--accumulator-bits", type=int, default=8, choices=[8, 16], help="weight accumulator width")
+    p.add_argument("--accumulator-bits", type=int, default=defaults.accumulator_bits, choices=[8, 16],
+                   help=f"weight accumulator width (default {defaults.accumulator_bits})")
+    p.add_argument("--batch-ref", type=int, default=defaults.batch_ref,
+                   help=f"integer step scales with batch/BATCH_REF, so a gb means the same progress per epoch at any "
+                        f"batch size (default {defaults.batch_ref}; 0: the paper's batch-independent step)")
+    p.add_argument("--momentum-shift", type=int, default=defaults.momentum_shift,
+                   help=f"integer momentum: velocity decay 1 - 2**-K (default {defaults.momentum_shift}; 0: none)")
+    p.add_argument("--decay-shift", type=int, default=defaults.decay_shift,
+                   help=f"integer weight decay 2**(gb - D) per step (default {defaults.decay_shift}: none)")
+    p.add_argument("--softmax", default=defaults.softmax, choices=["precise", "coarse"],
+                   help="integer softmax of the loss gradient (coarse: the first version's, for ablations)")
+    p.add_argument("--full-range-init", action=argparse.BooleanOptionalAction, default=defaults.full_range_init,
+                   help="initial int8 mantissas fill ±127 (default on)")
+    p.add_argument("--input-std", action=argparse.BooleanOptionalAction, default=defaults.input_std,
+                   help="divide the integer input by the per-channel std (default on)")
     p.add_argument("--lr", type=float, default=None, help="float baseline learning rate (default: tuned value)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -66,7 +84,9 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
                        augment=args.augment, max_steps=args.max_steps, train_limit=args.train_limit,
                        threads=args.threads, device=args.device, gb_schedule=args.gb_schedule,
-                       gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, lr=args.lr,
+                       gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
+                       momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, softmax=args.softmax,
+                       full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
                        momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress, **rounds)
 
 

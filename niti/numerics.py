@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "INPUT_SCALE_BITS",
     "IntTensor",
     "RoundingPolicy",
     "ROUNDING_MODES",
@@ -22,6 +23,9 @@ __all__ = [
     "rescale",
     "int_dtype_for_bits",
 ]
+
+#: The input's per-channel scale is an integer ``round(2**INPUT_SCALE_BITS / std)`` (docs/numerics.md §8).
+INPUT_SCALE_BITS = 12
 
 ROUNDING_MODES = ("nearest", "stochastic", "pseudo_stochastic", "truncate")
 

@@ -1,45 +1,145 @@
-"""The integer weight update and the gradient-bit-width schedule (DESIGN §1.5–1.6).
+"""The integer weight update and the gradient-bit-width schedule (docs/numerics.md §5–6).
 
-There is no multiplicative learning rate: the gradient is rescaled to ``gb``
-bits and subtracted, so ``gb`` is the step size.  The schedule is expressed
-as fractions of all training steps and applied per step.
+There is no multiplicative learning rate: each step the weight gradient is
+rescaled to ``gb`` bits (its largest element then moves ``2**gb`` int8 LSB),
+so ``gb`` is the step size.  On top of the paper's rule (all integer):
 
-With 16-bit weight accumulators the gradient is rescaled to ``gb + 8`` bits
-of the int16 master weight, so ``gb`` may go down to -7: ``gb <= 0`` is a
-step smaller than one int8 weight LSB, which only the accumulator can hold.
-That lets a schedule decay by more than a factor of two per phase (e.g.
-``3,0,-3``: steps 8x and 64x smaller, close to a float lr decayed x0.1, x0.01).
+- the step is multiplied by ``batch / batch_ref`` (``UpdateRule.batch_ref``,
+  default 256, the reference's batch), so one gb makes the same progress per
+  epoch at any batch size;
+- ``gb`` may have a fractional part (``4.5``): the step is multiplied by the
+  integer ``round(2**(8 + frac))`` and shifted right by 8, so a schedule can
+  decay by less than x2;
+- momentum: an int32 velocity per weight, an exponential average with decay
+  ``1 - 2**-momentum_shift`` of the scaled gradient (with 8 fractional bits);
+  the step is the velocity, so in steady state a gb means the same step with
+  or without momentum;
+- weight decay: ``2**(gb - decay_shift)`` of the weight joins the gradient
+  before the multipliers, so it scales with the step as float's ``lr · wd``.
+
+With 16-bit weight accumulators the step is in units of the int16 master
+weight (``2**-8`` int8 LSB), so ``gb`` may go down to -7.
+The schedule is expressed as exact fractions of all training steps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
+
+import torch
 
 from .kernels import fused
 from .nn.module import IntParameter
+from .numerics import round_shift
 from .runtime import Runtime
 
-__all__ = ["GB_RANGE", "GbSchedule", "apply_update"]
+__all__ = ["GB_RANGE", "GbSchedule", "UpdateRule", "VELOCITY_FRAC_BITS", "apply_update", "pow2_fraction_q8"]
 
 #: The gb values a schedule may hold; values below 1 need 16-bit weight accumulators.
 GB_RANGE = range(-7, 8)
+#: Fractional bits of the velocity (and of the scaled gradient before the step is rounded).
+VELOCITY_FRAC_BITS = 8
+#: Largest denominator of a fractional gb (``4.5``, ``13/4``; the step multiplier is exact to 2**-8 anyway).
+_MAX_GB_DENOMINATOR = 64
+
+
+def pow2_fraction_q8(frac: Fraction) -> int:
+    """``round(2**(8 + frac))`` for ``0 <= frac < 1``, computed with integers (an integer ``b``-th root)."""
+    if not 0 <= frac < 1:
+        raise ValueError(f"frac must be in [0, 1), got {frac}")
+    a, b = frac.numerator, frac.denominator
+    guard = 32
+    target = 1 << ((8 + guard) * b + a)  # r**b <= target: r = floor(2**(8 + guard + a/b))
+    lo, hi = 1 << (8 + guard), 1 << (9 + guard)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if mid**b <= target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + (1 << (guard - 1))) >> guard
+
+
+def _parse_fraction(text: str, what: str) -> Fraction:
+    try:
+        return Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"{what} must be a number such as 4, 4.5 or 9/2, got {text!r}") from None
+
+
+def _format_fraction(v: Fraction) -> str:
+    """``5``, ``4.5``, ``0.75``; ``a/b`` when no short decimal is exact."""
+    if v.denominator == 1:
+        return str(v.numerator)
+    for digits in range(1, 12):
+        scaled = v * 10**digits
+        if scaled.denominator == 1:
+            sign = "-" if v < 0 else ""
+            whole, rest = divmod(abs(scaled.numerator), 10**digits)
+            return f"{sign}{whole}.{rest:0{digits}d}"
+    return f"{v.numerator}/{v.denominator}"
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """How a weight gradient becomes a step, beyond ``gb`` (docs/numerics.md §5).
+
+    ``batch_ref``: the step is multiplied by ``batch / batch_ref`` (a power of
+    two; 0: batch-independent, the paper's rule).  ``momentum_shift`` k: the
+    velocity decays by ``2**-k`` per step (0: no momentum).  ``decay_shift`` D:
+    weight decay ``2**(gb - D)`` per step at ``batch_ref`` (0: none).
+    """
+
+    batch_ref: int = 256
+    momentum_shift: int = 3
+    decay_shift: int = 0
+
+    def __post_init__(self) -> None:
+        if self.batch_ref < 0 or (self.batch_ref and self.batch_ref & (self.batch_ref - 1)):
+            raise ValueError(f"batch_ref must be 0 or a power of two, got {self.batch_ref}")
+        if not 0 <= self.momentum_shift <= 16:
+            raise ValueError(f"momentum_shift must be in 0..16 (0: no momentum), got {self.momentum_shift}")
+        if self.decay_shift != 0 and not 8 <= self.decay_shift <= 40:
+            raise ValueError(f"decay_shift must be 0 (off) or in 8..40, got {self.decay_shift}")
+
+    @classmethod
+    def paper(cls) -> "UpdateRule":
+        """The NITI paper's update: batch-independent, no momentum, no weight decay."""
+        return cls(batch_ref=0, momentum_shift=0, decay_shift=0)
 
 
 @dataclass(frozen=True)
 class GbSchedule:
-    """``gb = values[i]`` from fraction ``boundaries[i-1]`` of all steps on (reference: 5, 4, 3 at 50 %, 75 %)."""
+    """``gb = values[i]`` from fraction ``boundaries[i-1]`` of all steps on (reference: 5, 4, 3 at 50 %, 75 %).
 
-    values: tuple[int, ...] = (5, 4, 3)
-    boundaries: tuple[float, ...] = (0.5, 0.75)
+    Values and boundaries are exact ``Fraction``s (ints and decimal strings
+    are converted), so placing a step on the schedule never involves a float.
+    """
+
+    values: tuple[Fraction, ...] = (Fraction(5), Fraction(4), Fraction(3))
+    boundaries: tuple[Fraction, ...] = (Fraction(1, 2), Fraction(3, 4))
 
     def __post_init__(self) -> None:
+        try:
+            values = tuple(v if isinstance(v, Fraction) else Fraction(str(v)) for v in self.values)
+            boundaries = tuple(b if isinstance(b, Fraction) else Fraction(str(b)) for b in self.boundaries)
+        except (ValueError, ZeroDivisionError):
+            raise ValueError(f"gb schedule values and boundaries must be numbers, got {self.values} "
+                             f"@ {self.boundaries}") from None
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "boundaries", boundaries)
         if len(self.values) != len(self.boundaries) + 1:
             raise ValueError("a gb schedule needs exactly one more value than boundaries")
-        if any(v not in GB_RANGE for v in self.values):
+        if any(v.denominator > _MAX_GB_DENOMINATOR for v in self.values):
+            raise ValueError(f"fractional gb values need a denominator <= {_MAX_GB_DENOMINATOR}, "
+                             f"got {[str(v) for v in self.values]}")
+        if any(not GB_RANGE.start <= v <= GB_RANGE.stop - 1 for v in self.values):
             raise ValueError(f"gradient bit widths must be in -7..7 (below 1 only with 16-bit weight accumulators), "
-                             f"got {self.values}")
+                             f"got {[_format_fraction(v) for v in self.values]}")
         if any(a >= b for a, b in zip(self.boundaries, self.boundaries[1:])) or any(not 0 < b < 1 for b in self.boundaries):
-            raise ValueError(f"boundaries must be increasing fractions in (0, 1), got {self.boundaries}")
+            raise ValueError(f"boundaries must be increasing fractions in (0, 1), "
+                             f"got {[_format_fraction(b) for b in self.boundaries]}")
 
     def check_accumulator_bits(self, accumulator_bits: int, offsets: tuple[int, ...] = ()) -> None:
         """Raise unless every gb (plus each per-layer offset) fits ``accumulator_bits``.
@@ -50,8 +150,8 @@ class GbSchedule:
         for offset in set(offsets) or {0}:
             values = [v + offset for v in self.values]
             where = f"gb schedule {self}" + (f" with layer offset {offset:+d}" if offset else "")
-            if any(v not in GB_RANGE for v in values):
-                raise ValueError(f"{where} gives gb {values}, outside -7..7")
+            if any(not GB_RANGE.start <= v <= GB_RANGE.stop - 1 for v in values):
+                raise ValueError(f"{where} gives gb {[_format_fraction(v) for v in values]}, outside -7..7")
             if accumulator_bits == 8 and min(values) < 1:
                 raise ValueError(f"{where} has gb <= 0 (a step below one int8 weight LSB), which needs "
                                  f"16-bit weight accumulators (--accumulator-bits 16)")
@@ -68,47 +168,115 @@ class GbSchedule:
             raise ValueError(f"gb offsets must be comma-separated integers, one per weight layer, got {text!r}") from None
 
     @classmethod
-    def constant(cls, gb: int) -> "GbSchedule":
-        return cls((gb,), ())
+    def constant(cls, gb: int | Fraction) -> "GbSchedule":
+        return cls((Fraction(gb),), ())
 
     @classmethod
     def parse(cls, text: str) -> "GbSchedule":
-        """``"5,4,3@0.5,0.75"`` or a single ``"5"``."""
+        """``"5,4,3@0.5,0.75"``, ``"5,4.5,4@1/3,2/3"`` or a single ``"5"`` (parsed exactly, no floats)."""
         values, _, bounds = text.partition("@")
-        return cls(tuple(int(v) for v in values.split(",")),
-                   tuple(float(b) for b in bounds.split(",")) if bounds else ())
+        return cls(tuple(_parse_fraction(v, "a gb value") for v in values.split(",")),
+                   tuple(_parse_fraction(b, "a gb boundary") for b in bounds.split(",")) if bounds else ())
 
-    def gb_at(self, step: int, total_steps: int | None) -> int:
+    def gb_at(self, step: int, total_steps: int | None) -> Fraction:
         """The gradient bit width for 0-based ``step`` of ``total_steps`` (first value if unknown)."""
         if not total_steps:
             return self.values[0]
-        # step / total >= b, in integers: boundaries are compared as step * 10**6 >= b * 10**6 * total.
-        index = sum(step * 1_000_000 >= round(b * 1_000_000) * total_steps for b in self.boundaries)
+        # step / total >= b  <=>  step · den(b) >= num(b) · total: exact integers.
+        index = sum(step * b.denominator >= b.numerator * total_steps for b in self.boundaries)
         return self.values[index]
 
     def __str__(self) -> str:
         if not self.boundaries:
-            return str(self.values[0])
-        return ",".join(map(str, self.values)) + "@" + ",".join(f"{b:g}" for b in self.boundaries)
+            return _format_fraction(self.values[0])
+        return (",".join(map(_format_fraction, self.values)) + "@"
+                + ",".join(map(_format_fraction, self.boundaries)))
 
 
-def apply_update(param: IntParameter, gb: int, runtime: Runtime) -> None:
-    """``W = clip(W - rescale(G, gb))`` (8-bit) or the int16 accumulate-and-refresh of §1.6.
-
-    Rescale, subtraction and clip run as one fused pass (``kernels.fused.update``).
-    """
-    if param.grad is None:
-        raise RuntimeError(f"{param!r} has no gradient to apply")
+def _apply_paper_update(param: IntParameter, gb: int, runtime: Runtime) -> None:
+    """The paper's rule as one fused pass: ``W = clip(W - clip(rescale(G, gb)))`` (+8 bits for int16 masters)."""
     if param.accumulator_bits == 8:
-        if gb < 1:
-            raise ValueError(f"gb {gb} < 1 needs a 16-bit weight accumulator; {param!r} has 8 bits")
         mode, shift, noise = runtime.rounding(param.grad, gb, "gradient", batched=False)
         param.m = fused.update(param.m, param.grad, shift, mode, gb, 127, noise)
     else:
-        assert param.master is not None
-        if gb + 8 < 1:
-            raise ValueError(f"gb must be >= -7 with 16-bit weight accumulators, got {gb}")
         mode, shift, noise = runtime.rounding(param.grad, gb + 8, "gradient", batched=False)
         param.master = fused.update(param.master, param.grad, shift, mode, gb + 8, 32767, noise)
         param.refresh_datapath()
+    param.grad = None
+
+
+def _velocity_bound(target: int, decay: int, mult: int, mult_shift: int) -> int:
+    """An upper bound of |scaled gradient| (and so of |velocity|) in Python ints."""
+    return (((1 << target) + decay) * mult >> mult_shift) + 2
+
+
+def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule: UpdateRule | None = None,
+                 batch: int | None = None) -> None:
+    """One integer step of ``param`` (docs/numerics.md §5): rescale, scale, momentum, subtract, clip.
+
+    ``rule`` defaults to the paper's (``UpdateRule.paper()``; models pass
+    their own).  ``batch`` is the global batch size (images summed into
+    ``param.grad``); it matters only when ``rule.batch_ref`` is set.
+    """
+    if param.grad is None:
+        raise RuntimeError(f"{param!r} has no gradient to apply")
+    rule = rule or UpdateRule.paper()
+    gb = Fraction(gb)
+    if rule.batch_ref and (batch is None or batch < 1):
+        raise ValueError(f"a batch-size-aware update needs the batch size (>= 1), got {batch}")
+    wide = param.accumulator_bits == 16
+    if wide and gb < -7:
+        raise ValueError(f"gb must be >= -7 with 16-bit weight accumulators, got {gb}")
+    if not wide and gb < 1:
+        raise ValueError(f"gb {gb} < 1 needs a 16-bit weight accumulator; {param!r} has 8 bits")
+    if rule == UpdateRule.paper() and gb.denominator == 1:
+        _apply_paper_update(param, int(gb), runtime)
+        return
+    w, limit = (param.master, 32767) if wide else (param.m, 127)
+    assert w is not None
+    fv = VELOCITY_FRAC_BITS
+    gb_int = gb.numerator // gb.denominator  # floor
+    target = gb_int + (8 if wide else 0) + fv  # bits of the rescaled gradient, in step units · 2**fv
+    mult, mult_shift = pow2_fraction_q8(gb - gb_int), 8
+    if rule.batch_ref:
+        mult, mult_shift = mult * batch, mult_shift + rule.batch_ref.bit_length() - 1
+
+    # The paper's shift (never amplifies a gradient already below gb bits), keeping fv more fractional bits.
+    mode, shift, _ = runtime.rounding(param.grad, target - fv, "gradient", batched=False)
+    if shift > fv:
+        noise = None
+        if mode == "stochastic":
+            noise = runtime.uniform(1 << (shift - fv), tuple(param.grad.shape), batched=False,
+                                    device=param.grad.device)
+        x = fused.round_clip(param.grad, shift - fv, mode, target, torch.int64, noise)  # |x| < 2**target
+    else:
+        x = param.grad.to(torch.int64) << (fv - shift)  # exact; |x| < 2**target
+    decay_bound = 0
+    if rule.decay_shift:
+        # 2**(gb - D) of the weight, in the same units as x: w · 2**(gb_int + fv - D) (+ the fraction via mult).
+        s = rule.decay_shift - gb_int - fv
+        decay = round_shift(w.to(torch.int64), s, "nearest") if s > 0 else w.to(torch.int64) << -s
+        x = x + decay
+        decay_bound = limit >> s if s > 0 else limit << -s
+    if _velocity_bound(target, decay_bound, mult, mult_shift) >= 1 << 31:
+        raise ValueError(f"batch {batch} with gb {gb} could overflow the int32 velocity; use a smaller batch "
+                         f"or gb")
+    x = round_shift(x * mult, mult_shift, "nearest")
+    if rule.momentum_shift:
+        v = param.velocity
+        if v is None or v.shape != w.shape:
+            v = torch.zeros(w.shape, dtype=torch.int32, device=w.device)
+        v64 = v.to(torch.int64)
+        x = v64 + round_shift(x - v64, rule.momentum_shift, "nearest")  # an EMA stays within the bound above
+        param.velocity = x.to(torch.int32)
+    step_noise = None
+    if mode == "stochastic":
+        step_noise = runtime.uniform(1 << fv, tuple(x.shape), batched=False, device=x.device)
+    step = round_shift(x, fv, mode, noise=step_noise)
+    new = (w.to(torch.int64) - step).clamp(-limit, limit).to(w.dtype)
+    if wide:
+        param.master = new
+        param.refresh_datapath()
+    else:
+        param.m = new
     param.grad = None

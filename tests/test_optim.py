@@ -1,4 +1,4 @@
-"""The integer update and the gb schedule (DESIGN §1.5–1.6)."""
+"""The integer update and the gb schedule (docs/numerics.md §5–6)."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def test_one_epoch_run_decays_5_4_3_inside_the_epoch(mnist) -> None:
     used: list[int] = []
     real_apply = niti.models.integer.apply_update
 
-    def spy(param, gb, runtime):
+    def spy(param, gb, *args):
         used.append(gb)
-        return real_apply(param, gb, runtime)
+        return real_apply(param, gb, *args)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(niti.models.integer, "apply_update", spy)
@@ -118,7 +118,7 @@ def test_gb_below_1_needs_16bit_accumulators() -> None:
         s.check_accumulator_bits(8)
     GbSchedule.parse("5,4,3@0.5,0.75").check_accumulator_bits(8)
     with pytest.raises(ValueError, match="16-bit weight accumulators"):
-        niti.build("lenet", schedule=s)  # rejected before any weight exists
+        niti.build("lenet", schedule=s, accumulator_bits=8)  # rejected before any weight exists
     assert niti.build("lenet", schedule=s, accumulator_bits=16).schedule == s
 
 
@@ -131,9 +131,9 @@ def test_per_layer_gb_offsets_are_added_to_the_scheduled_gb() -> None:
     used: list[int] = []
     real_apply = niti.models.integer.apply_update
 
-    def spy(param, gb, runtime):
+    def spy(param, gb, *args):
         used.append(gb)
-        return real_apply(param, gb, runtime)
+        return real_apply(param, gb, *args)
 
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (8, 28, 28, 1), generator=g, dtype=torch.uint8)
@@ -304,3 +304,134 @@ def test_16bit_model_masters_are_int16() -> None:
     model = niti.build("lenet", accumulator_bits=16)
     for p in model.parameters():
         assert p.accumulator_bits == 16 and p.master.dtype == torch.int16 and p.master_e == p.e - 8
+
+
+# --------------------------------------------------------------------------- numerics 2: scaled steps, momentum, decay
+def _py_round(x: int, s: int, mode: str) -> int:
+    """Sign-magnitude rounding of x / 2**s (docs/numerics.md §3), pure Python."""
+    if s <= 0:
+        return x << -s
+    a = abs(x)
+    q, low = a >> s, a & ((1 << s) - 1)
+    if mode == "nearest":
+        q += low >= 1 << (s - 1)
+    elif mode == "pseudo_stochastic":
+        h = s // 2
+        hi, lo = low >> h, (low & ((1 << h) - 1)) << (s & 1)
+        q += hi > lo
+    return q if x >= 0 else -q
+
+
+def _py_pow2_q8(frac: Fraction) -> int:
+    """round(2**(8 + frac)) by brute force over candidates (pure Python, exact comparisons)."""
+    a, b = frac.numerator, frac.denominator
+    # p = round(x) with x**b = 2**(8b + a): the p with (p - 1/2)**b <= x**b < (p + 1/2)**b.
+    return next(p for p in range(256, 513) if (2 * p + 1) ** b > 2 ** (b * 9 + a))
+
+
+def ref_update(w: list[int], grads: list[int], vel: list[int] | None, gb: Fraction, mode: str, wide: bool,
+               batch_ref: int, k: int, d: int, batch: int) -> tuple[list[int], list[int] | None]:
+    """numerics.md §5 for one tensor with unbounded Python ints."""
+    fv, limit = 8, (32767 if wide else 127)
+    gi = gb.numerator // gb.denominator
+    target = gi + (8 if wide else 0) + fv
+    shift = max(0, max(abs(g) for g in grads).bit_length() - (target - fv)) - fv  # < 0: a left shift
+    x = [max(-(2**target - 1), min(2**target - 1, _py_round(g, shift, mode))) for g in grads]
+    if d:
+        x = [xi + _py_round(wi, d - gi - fv, "nearest") for xi, wi in zip(x, w)]
+    mult, ms = _py_pow2_q8(gb - gi), 8
+    if batch_ref:
+        mult, ms = mult * batch, ms + batch_ref.bit_length() - 1
+    x = [_py_round(xi * mult, ms, "nearest") for xi in x]
+    if k:
+        vel = [v + _py_round(xi - v, k, "nearest") for v, xi in zip(vel or [0] * len(x), x)]
+        x = vel
+    step = [_py_round(xi, fv, mode) for xi in x]
+    return [max(-limit, min(limit, wi - si)) for wi, si in zip(w, step)], vel
+
+
+def test_pow2_fraction_q8_matches_brute_force() -> None:
+    from niti.optim import pow2_fraction_q8
+
+    for frac in (Fraction(0), Fraction(1, 2), Fraction(1, 4), Fraction(3, 4), Fraction(1, 3), Fraction(63, 64)):
+        assert pow2_fraction_q8(frac) == _py_pow2_q8(frac)
+    assert pow2_fraction_q8(Fraction(1, 2)) == 362  # 256 · sqrt(2) = 362.04
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([Fraction(v) for v in (1, 3, 5, 7)] + [Fraction(9, 2), Fraction(13, 4), Fraction(-3, 2)]),
+       st.sampled_from(["nearest", "pseudo_stochastic", "truncate"]), st.booleans(),
+       st.sampled_from([0, 64, 256]), st.integers(0, 5), st.sampled_from([0, 12, 20]),
+       st.integers(1, 1024), st.lists(st.integers(-2**26, 2**26), min_size=1, max_size=24), st.data())
+def test_update_rule_matches_python_reference(gb, mode, wide, batch_ref, k, d, batch, grads, data) -> None:
+    """Batch scaling, fractional gb, momentum and weight decay: three consecutive steps, bit for bit."""
+    from niti.optim import UpdateRule
+
+    if not wide and gb < 1:
+        gb = Fraction(3)
+    rule = UpdateRule(batch_ref, k, d)
+    ms = data.draw(st.lists(st.integers(-127, 127), min_size=len(grads), max_size=len(grads)))
+    p = IntParameter(torch.tensor(ms, dtype=torch.int8), -7, accumulator_bits=16 if wide else 8)
+    w = [v * 256 for v in ms] if wide else list(ms)
+    vel = None
+    for step in range(3):
+        g = [v * (step + 1) // 2 - step for v in grads]  # vary the gradient between steps
+        p.grad = torch.tensor(g, dtype=torch.int32)
+        apply_update(p, gb, Runtime(RoundingPolicy(gradient=mode)), rule, batch)
+        w, vel = ref_update(w, g, vel, gb, mode, wide, batch_ref, k, d, batch)
+        assert (p.master if wide else p.m).tolist() == w
+        assert (p.velocity is None) == (k == 0)
+        if k:
+            assert p.velocity.dtype == torch.int32 and p.velocity.tolist() == vel
+
+
+def test_batch_scaled_step_is_proportional_to_batch() -> None:
+    """At batch_ref the step is the paper's; at half the batch it is half (same gb, same gradient)."""
+    from niti.optim import UpdateRule
+
+    grad = torch.tensor([2**20, -2**19, 3 * 2**18, 0], dtype=torch.int32)
+    steps = {}
+    for batch in (256, 128, 64):
+        p = IntParameter(torch.zeros(4, dtype=torch.int8), 0, accumulator_bits=16)
+        p.grad = grad.clone()
+        apply_update(p, 5, _nearest_runtime(), UpdateRule(256, 0, 0), batch)
+        steps[batch] = (-p.master).tolist()
+    assert steps[256] == [4096, -2048, 3072, 0]  # 21 bits rescaled to gb 5 + 8 = 13: the paper's step
+    assert steps[128] == [2048, -1024, 1536, 0] and steps[64] == [1024, -512, 768, 0]
+
+
+def test_momentum_velocity_is_checkpointed_and_restored() -> None:
+    model = niti.build("lenet", seed=0, total_steps=10)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (16, 28, 28, 1), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (16,), generator=g)
+    model.train_step(images, labels)
+    state = model.state_dict()
+    assert all(p["velocity"] is not None and p["velocity"].dtype == torch.int32 for p in state["params"])
+    twin = niti.build("lenet", seed=5, total_steps=10)
+    twin.load_state_dict(state)
+    model.train_step(images, labels)
+    twin.train_step(images, labels)
+    assert model.weights_sha256() == twin.weights_sha256()
+
+
+def test_fractional_gb_schedule_parses_exactly() -> None:
+    s = GbSchedule.parse("5,4.5,4@1/3,0.75")
+    assert s.values == (Fraction(5), Fraction(9, 2), Fraction(4)) and s.boundaries == (Fraction(1, 3), Fraction(3, 4))
+    assert str(s) == "5,4.5,4@1/3,0.75" and GbSchedule.parse(str(s)) == s
+    assert [s.gb_at(i, 12) for i in range(12)] == [5] * 4 + [Fraction(9, 2)] * 5 + [4] * 3
+    with pytest.raises(ValueError, match="denominator"):
+        GbSchedule.parse("5,4.001@0.5")
+
+
+def test_update_rule_validation() -> None:
+    from niti.optim import UpdateRule
+
+    for kwargs, match in (({"batch_ref": 100}, "power of two"), ({"momentum_shift": 17}, "0..16"),
+                          ({"decay_shift": 3}, "8..40")):
+        with pytest.raises(ValueError, match=match):
+            UpdateRule(**kwargs)
+    p = IntParameter(torch.zeros(2, dtype=torch.int8), 0)
+    p.grad = torch.tensor([5, 6], dtype=torch.int32)
+    with pytest.raises(ValueError, match="batch size"):
+        apply_update(p, 5, _nearest_runtime(), UpdateRule())

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from math import isqrt
+
 import numpy as np
 import torch
+
+from ..numerics import INPUT_SCALE_BITS
 
 __all__ = ["DataNotFoundError", "Dataset", "channel_means", "split_validation"]
 
@@ -93,3 +97,27 @@ def channel_means(x: np.ndarray | torch.Tensor) -> tuple[int, ...]:
     # uint64 holds 255 * count exactly for any data set that fits in memory.
     sums = [int(x[..., c].sum(dtype=np.uint64)) for c in range(x.shape[3])]
     return tuple((2 * s + count) // (2 * count) for s in sums)  # floor(s / count + 1/2), integers only
+
+
+def channel_scales(x: np.ndarray | torch.Tensor, mean: tuple[int, ...]) -> tuple[int, ...]:
+    """Per-channel ``round(2**INPUT_SCALE_BITS / std)`` of uint8 images about the integer ``mean``.
+
+    ``std`` is the root mean square of ``pixel - mean`` in pixel units, from exact
+    integer sums and an integer square root (no floats).  It is floored at one
+    pixel unit, so a constant channel gets the identity scale ``2**INPUT_SCALE_BITS``.
+    """
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != len(mean):
+        raise ValueError(f"channel_scales needs uint8 images (N, H, W, {len(mean)}), got {x.dtype} {x.shape}")
+    count = x.shape[0] * x.shape[1] * x.shape[2]
+    if count == 0:
+        raise ValueError(f"channel_scales needs at least one pixel, got images of shape {x.shape}")
+    scales = []
+    for c, mu in enumerate(mean):
+        counts = np.bincount(x[..., c].reshape(-1), minlength=256)  # exact: how many pixels take each value
+        ss = sum(int(n) * (v - mu) ** 2 for v, n in enumerate(counts.tolist()))  # sum of (pixel - mean)**2
+        ss = max(ss, count)  # std >= 1 pixel unit
+        # round(2**B · sqrt(count / ss)) = round(sqrt(2**2B · count / ss)), via isqrt with one extra bit.
+        scales.append((isqrt((count << (2 * INPUT_SCALE_BITS + 2)) // ss) + 1) // 2)
+    return tuple(scales)

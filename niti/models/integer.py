@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from .. import nn
-from ..numerics import IntTensor, RoundingPolicy
-from ..optim import GbSchedule, apply_update
+from ..numerics import INPUT_SCALE_BITS, IntTensor, RoundingPolicy
+from ..optim import GbSchedule, UpdateRule, apply_update
 from ..runtime import Runtime
 from .architectures import Architecture, trace_shapes
 
-__all__ = ["IntegerModel", "DEFAULT_MEANS"]
+__all__ = ["IntegerModel", "DEFAULT_MEANS", "DEFAULT_SCALES"]
 
-#: Integer per-channel means of the training sets (MNIST 33.3; CIFAR-10 125.3, 122.9, 113.9).
+#: Integer per-channel means of the training splits (MNIST 33.3; CIFAR-10 125.3, 122.9, 113.9).
 DEFAULT_MEANS = {"mnist": (33,), "cifar10": (125, 123, 114)}
+#: Per-channel ``round(2**12 / std)`` of the training splits (``niti.data.channel_scales``; std 78.6 / 63–67).
+DEFAULT_SCALES = {"mnist": (52,), "cifar10": (65, 66, 61)}
 
 
-def _build_layers(arch: Architecture, generator: torch.Generator, accumulator_bits: int) -> nn.Sequential:
+def _build_layers(arch: Architecture, generator: torch.Generator, accumulator_bits: int,
+                  full_range_init: bool = True) -> nn.Sequential:
     layers: list[nn.Module] = []
     for spec, shape in trace_shapes(arch):
         kind = spec[0]
         if kind == "conv":
             _, oc, k, p = spec
-            layers.append(nn.Conv2d(shape[2], oc, k, 1, p, generator=generator, accumulator_bits=accumulator_bits))
+            layers.append(nn.Conv2d(shape[2], oc, k, 1, p, generator=generator, accumulator_bits=accumulator_bits,
+                                    full_range_init=full_range_init))
         elif kind == "linear":
-            layers.append(nn.Linear(shape[0], spec[1], generator=generator, accumulator_bits=accumulator_bits))
+            layers.append(nn.Linear(shape[0], spec[1], generator=generator, accumulator_bits=accumulator_bits,
+                                    full_range_init=full_range_init))
         elif kind == "relu":
             layers.append(nn.ReLU())
         elif kind == "pool":
@@ -48,10 +55,15 @@ class IntegerModel:
     """
 
     def __init__(self, arch: Architecture, *, seed: int = 0, policy: RoundingPolicy | None = None,
-                 schedule: GbSchedule | None = None, accumulator_bits: int = 8,
+                 schedule: GbSchedule | None = None, accumulator_bits: int = 16,
                  total_steps: int | None = None, mean: tuple[int, ...] | None = None,
-                 gb_offsets: tuple[int, ...] | None = None) -> None:
+                 gb_offsets: tuple[int, ...] | None = None, scale: tuple[int, ...] | None = None,
+                 rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True) -> None:
+        if softmax not in nn.SOFTMAXES:
+            raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
         self.arch = arch
+        self.rule = rule or UpdateRule()
+        self.softmax = softmax
         self.seed = seed
         self.schedule = schedule or GbSchedule()
         self.schedule.check_accumulator_bits(accumulator_bits, tuple(gb_offsets or ()))
@@ -60,7 +72,7 @@ class IntegerModel:
         self.step = 0
         self.device = torch.device("cpu")
         init_generator = torch.Generator().manual_seed(seed)
-        self.net = _build_layers(arch, init_generator, accumulator_bits)
+        self.net = _build_layers(arch, init_generator, accumulator_bits, full_range_init)
         n_weights = len(self.net.parameters())
         if gb_offsets is not None and len(gb_offsets) not in (0, n_weights):
             raise ValueError(f"gb offsets {tuple(gb_offsets)} must have one value per weight layer: "
@@ -73,6 +85,11 @@ class IntegerModel:
         if len(mean) != arch.input_shape[2]:
             raise ValueError(f"mean has {len(mean)} channels, the model expects {arch.input_shape[2]}")
         self.mean = torch.tensor(mean, dtype=torch.int16)
+        scale = scale if scale is not None else DEFAULT_SCALES.get(arch.dataset, (1 << INPUT_SCALE_BITS,) * len(mean))
+        if len(scale) != len(mean) or any(not 1 <= c <= 1 << INPUT_SCALE_BITS for c in scale):
+            raise ValueError(f"scale must be {len(mean)} integers in [1, {1 << INPUT_SCALE_BITS}] "
+                             f"(round(2**{INPUT_SCALE_BITS} / std) per channel), got {tuple(scale)}")
+        self.scale = torch.tensor(scale, dtype=torch.int32)
 
     # ----------------------------------------------------------------- config
     @property
@@ -94,9 +111,10 @@ class IntegerModel:
         for p in self.parameters():
             p.to(self.device)
         self.mean = self.mean.to(self.device)
+        self.scale = self.scale.to(self.device)
         return self
 
-    def current_gb(self) -> int:
+    def current_gb(self) -> Fraction:
         return self.schedule.gb_at(self.step, self.total_steps)
 
     # ------------------------------------------------------------- validation
@@ -131,7 +149,7 @@ class IntegerModel:
     # ---------------------------------------------------------------- compute
     def forward(self, images: Tensor) -> IntTensor:
         """Int8 logits and their exponent for uint8 NHWC ``images`` (uses the current mode)."""
-        x = nn.images_to_int8(images, self.mean, self.runtime)
+        x = nn.images_to_int8(images, self.mean, self.runtime, self.scale)
         return self.net.forward(x)
 
     def train_step(self, images: Tensor, labels: Tensor) -> IntTensor:
@@ -146,7 +164,7 @@ class IntegerModel:
         try:
             self.net.train(True)
             logits = self.forward(images)
-            err = nn.cross_entropy_backward(logits, labels, self.runtime)
+            err = nn.cross_entropy_backward(logits, labels, self.runtime, self.softmax)
             self.net.backward(err)
             params = self.parameters()
             for p in params:
@@ -159,8 +177,9 @@ class IntegerModel:
             raise
         # Every gradient exists: the update below cannot fail half-way on bad input.
         gb = self.current_gb()
+        batch = images.shape[0] * self.runtime.world_size
         for p, offset in zip(params, self.gb_offsets):
-            apply_update(p, gb + offset, self.runtime)
+            apply_update(p, gb + offset, self.runtime, self.rule, batch)
         self.step += 1
         return logits
 
@@ -183,9 +202,10 @@ class IntegerModel:
         params = []
         for p in self.parameters():
             params.append({"m": p.m.cpu(), "e": p.e, "master": None if p.master is None else p.master.cpu(),
-                           "master_e": p.master_e})
+                           "master_e": p.master_e, "velocity": None if p.velocity is None else p.velocity.cpu()})
         return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps,
-                "params": params, "runtime": self.runtime.state_dict(), "mean": self.mean.cpu()}
+                "params": params, "runtime": self.runtime.state_dict(), "mean": self.mean.cpu(),
+                "scale": self.scale.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         params = self.parameters()
@@ -204,11 +224,20 @@ class IntegerModel:
             p.m, p.e = s["m"].to(self.device), int(s["e"])
             if s["master"] is not None:
                 p.master, p.master_e = s["master"].to(self.device), int(s["master_e"])
+            velocity = s.get("velocity")
+            if velocity is not None and (velocity.dtype != torch.int32 or velocity.shape != p.m.shape):
+                raise ValueError(f"velocity must be int32 {tuple(p.m.shape)}, got {velocity.dtype} "
+                                 f"{tuple(velocity.shape)}")
+            p.velocity = None if velocity is None else velocity.to(self.device)
             p.grad = None
         self.step = int(state["step"])
         self.total_steps = state["total_steps"]
         self.runtime.load_state_dict(state["runtime"])
         self.mean = state["mean"].to(self.device)
+        # Checkpoints written before the input scale existed used raw pixel units, i.e. scale 2**12.
+        scale = state.get("scale")
+        self.scale = (scale if scale is not None else
+                      torch.full_like(state["mean"], 1 << INPUT_SCALE_BITS, dtype=torch.int32)).to(self.device)
 
     def weights_sha256(self) -> str:
         """SHA-256 over every integer weight (and master) and exponent in a fixed order."""
@@ -226,4 +255,4 @@ class IntegerModel:
     def __repr__(self) -> str:
         offsets = f", gb_offsets={self.gb_offsets}" if any(self.gb_offsets) else ""
         return (f"IntegerModel({self.arch.name}, policy={self.policy}, schedule={self.schedule}{offsets}, "
-                f"accumulator_bits={self.accumulator_bits})\n{self.net!r}")
+                f"rule={self.rule}, softmax={self.softmax!r}, accumulator_bits={self.accumulator_bits})\n{self.net!r}")

@@ -2,10 +2,11 @@
 
 from .input import images_to_int8
 from .layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
-from .loss import cross_entropy_backward, softmax_grad
+from .loss import SOFTMAXES, cross_entropy_backward, softmax_grad
 from .module import IntParameter, Module
 
 __all__ = [
+    "SOFTMAXES",
     "Conv2d",
     "Dropout",
     "Flatten",

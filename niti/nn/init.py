@@ -1,4 +1,4 @@
-"""Integer weight initialisation (DESIGN §1.8): Xavier-like bound, integer draws."""
+"""Integer weight initialisation (docs/numerics.md §8): Xavier-scaled exponent, full int8 range draws."""
 
 from __future__ import annotations
 
@@ -28,8 +28,16 @@ def xavier_exponent(fan_in: int, fan_out: int) -> tuple[int, int]:
 
 
 def xavier_int8(shape: tuple[int, ...], fan_in: int, fan_out: int,
-                generator: torch.Generator) -> tuple[torch.Tensor, int]:
-    """Int8 mantissas uniform in [-bound_m, bound_m] and their exponent."""
+                generator: torch.Generator, full_range: bool = True) -> tuple[torch.Tensor, int]:
+    """Int8 mantissas uniform in [-127, 127] and the exponent ``e`` of the Xavier bound.
+
+    As the reference's initialisation, the Xavier range is mapped onto the
+    whole int8 range: the real bound ``127 · 2**e`` is 1–2x Xavier's, and one
+    LSB step is as small relative to the weights as int8 allows.  With
+    ``full_range=False`` the draws stay within ``bound_m`` (64..127, the real
+    bound equals Xavier's): the earlier initialisation, kept for ablations.
+    """
     bound_m, e = xavier_exponent(fan_in, fan_out)
-    m = torch.randint(-bound_m, bound_m + 1, shape, generator=generator, dtype=torch.int8)
+    bound = 127 if full_range else bound_m
+    m = torch.randint(-bound, bound + 1, shape, generator=generator, dtype=torch.int8)
     return m, e

@@ -1,18 +1,27 @@
-"""uint8 images to the int8 datapath (DESIGN §1.8): integer mean subtraction, then rescale."""
+"""uint8 images to the int8 datapath (docs/numerics.md §8): integer mean and std normalisation, then rescale."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from ..numerics import IntTensor
+from ..numerics import INPUT_SCALE_BITS, IntTensor
 from ..runtime import Runtime
 
 __all__ = ["images_to_int8"]
 
 
-def images_to_int8(images: Tensor, mean: Tensor, runtime: Runtime) -> IntTensor:
-    """``rescale(images - mean, 7)`` with the activation rounding mode; exponent 0 = pixel units."""
-    centred = images.to(torch.int16) - mean.to(device=images.device, dtype=torch.int16)
+def images_to_int8(images: Tensor, mean: Tensor, runtime: Runtime, scale: Tensor | None = None) -> IntTensor:
+    """``rescale((images - mean) · scale, 7)`` with the activation rounding mode, exponent ``shift - 12``.
+
+    The real value is ``(pixel - mean) / std``, as the float twin's normalised
+    input.  ``scale=None`` means ``2**12`` (std 1: raw pixel units, the form
+    of checkpoints written before the scale existed); it rounds identically.
+    """
+    centred = images.to(torch.int32) - mean.to(device=images.device, dtype=torch.int32)
+    if scale is not None:
+        centred = centred * scale.to(device=images.device, dtype=torch.int32)  # |.| <= 255 · 2**12
+    else:
+        centred = centred << INPUT_SCALE_BITS
     m, shift = runtime.rescale(centred, 7, "activation")
-    return IntTensor(m, shift)
+    return IntTensor(m, shift - INPUT_SCALE_BITS)

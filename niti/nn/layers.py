@@ -29,7 +29,7 @@ class Conv2d(Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, *,
-                 generator: torch.Generator, accumulator_bits: int = 8) -> None:
+                 generator: torch.Generator, accumulator_bits: int = 8, full_range_init: bool = True) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = kernels.pair(kernel_size)
@@ -37,7 +37,7 @@ class Conv2d(Module):
         self.padding = kernels.pair(padding)
         kh, kw = self.kernel_size
         m, e = xavier_int8((out_channels, kh, kw, in_channels), in_channels * kh * kw,
-                           out_channels * kh * kw, generator)
+                           out_channels * kh * kw, generator, full_range_init)
         self.weight = IntParameter(m, e, accumulator_bits)
         self._saved_cols: object | None = None  # the columns, or a stand-in that rebuilds them
         self._saved_hw: tuple[int, int] | None = None
@@ -75,10 +75,10 @@ class Linear(Module):
     """Int8 fully connected layer ``x · Wᵀ``, weights ``(out, in)``, no bias."""
 
     def __init__(self, in_features: int, out_features: int, *, generator: torch.Generator,
-                 accumulator_bits: int = 8) -> None:
+                 accumulator_bits: int = 8, full_range_init: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        m, e = xavier_int8((out_features, in_features), in_features, out_features, generator)
+        m, e = xavier_int8((out_features, in_features), in_features, out_features, generator, full_range_init)
         self.weight = IntParameter(m, e, accumulator_bits)
         self._saved_x: Tensor | None = None
 

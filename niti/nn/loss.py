@@ -22,8 +22,11 @@ from torch import Tensor
 from ..numerics import IntTensor, round_shift
 from ..runtime import Runtime
 
-__all__ = ["LOG2E_Q30", "EXP_FRAC_BITS", "GRAD_BITS", "LOSS_SHIFT", "exp2_table", "softmax_grad",
-           "cross_entropy_backward"]
+__all__ = ["LOG2E_Q30", "EXP_FRAC_BITS", "GRAD_BITS", "LOSS_SHIFT", "SOFTMAXES", "exp2_table", "softmax_grad",
+           "softmax_grad_coarse", "cross_entropy_backward"]
+
+#: ``precise``: this module's softmax; ``coarse``: the first version's whole-power-of-two one (ablations only).
+SOFTMAXES = ("precise", "coarse")
 
 #: log2(e) in Q30: round(2**30 / ln 2) = 1549082005 (relative error 2e-10).
 LOG2E_Q30 = 1549082005
@@ -112,9 +115,38 @@ def softmax_grad(logits: IntTensor, labels: Tensor) -> Tensor:
     return g
 
 
-def cross_entropy_backward(logits: IntTensor, labels: Tensor, runtime: Runtime) -> IntTensor:
+def softmax_grad_coarse(logits: IntTensor, labels: Tensor) -> Tensor:
+    """The first version's gradient (log-probabilities rounded to whole powers of two), on the 2**20 scale.
+
+    Kept only to measure what the precise softmax buys (the ablation in
+    results/); it raises ``OverflowError`` at absurdly small exponents.
+    """
+    m = logits.m.to(torch.int64)
+    n, k = m.shape
+    if labels.shape != (n,) or (n and (int(labels.min()) < 0 or int(labels.max()) >= k)):
+        raise ValueError(f"labels must be {n} class indices in [0, {k}), got shape {tuple(labels.shape)}")
+    e = logits.e
+    if e > -7:
+        s = torch.div(m * 47274, 1 << 15, rounding_mode="trunc")  # log2(e) in Q15
+        s = s * (1 << min(e, 8)) if e >= 0 else torch.div(s, 1 << -e, rounding_mode="trunc")
+        s = (s - (s.amax(dim=1, keepdim=True) - 10)).clamp_min(0)
+        p = torch.bitwise_left_shift(torch.ones_like(s), s) - 1
+    else:  # second-order Taylor of e^x, scaled by 2**(1-2e)
+        if k * (1 << (2 - 2 * e)) * (1 << 11) > 2**63 - 1:
+            raise OverflowError(f"logit exponent {e} too small for the coarse softmax's Taylor branch")
+        p = (1 << (1 - 2 * e)) + m * (1 << (1 - e)) + m * m
+    z = p.sum(dim=1, keepdim=True)
+    g = torch.div(p << 11, z, rounding_mode="trunc")
+    g[torch.arange(n, device=m.device), labels] -= g.sum(dim=1)
+    return g << (GRAD_BITS - 11)
+
+
+def cross_entropy_backward(logits: IntTensor, labels: Tensor, runtime: Runtime,
+                           softmax: str = "precise") -> IntTensor:
     """The int8 error (exponent 0, i.e. 127 ≈ a probability of 1) of the cross-entropy loss w.r.t. ``logits``."""
-    g = softmax_grad(logits, labels)
+    if softmax not in SOFTMAXES:
+        raise ValueError(f"softmax must be one of {SOFTMAXES}, got {softmax!r}")
+    g = softmax_grad(logits, labels) if softmax == "precise" else softmax_grad_coarse(logits, labels)
     noise = None
     if runtime.mode("loss") == "stochastic":
         noise = runtime.uniform(1 << LOSS_SHIFT, tuple(g.shape), batched=True, device=g.device)

@@ -34,6 +34,8 @@ class IntParameter:
             self.master = m.to(torch.int16) << 8
             self.master_e = e - 8
         self.grad: Tensor | None = None
+        #: int32 momentum velocity (docs/numerics.md §5), created by the first update that uses momentum.
+        self.velocity: Tensor | None = None
 
     def refresh_datapath(self) -> None:
         """Re-derive the int8 datapath weight from the int16 master (nearest rounding)."""
@@ -50,6 +52,8 @@ class IntParameter:
         out = {"m": self.m}
         if self.master is not None:
             out["master"] = self.master
+        if self.velocity is not None:
+            out["velocity"] = self.velocity
         return out
 
     def to(self, device: torch.device | str) -> "IntParameter":
@@ -58,6 +62,8 @@ class IntParameter:
             self.master = self.master.to(device)
         if self.grad is not None:
             self.grad = self.grad.to(device)
+        if self.velocity is not None:
+            self.velocity = self.velocity.to(device)
         return self
 
     def __repr__(self) -> str:

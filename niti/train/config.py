@@ -5,12 +5,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..nn.loss import SOFTMAXES
 from ..numerics import ROUNDING_MODES, RoundingPolicy
-from ..optim import GbSchedule
+from ..optim import GbSchedule, UpdateRule
 
 __all__ = ["TrainConfig"]
 
 ARITHMETICS = ("int", "float")
+
+
+#: What a config written before the ``numerics`` key meant (the first version's defaults).
+_NUMERICS_1 = {"numerics": 1, "batch_ref": 0, "momentum_shift": 0, "decay_shift": 0, "softmax": "coarse",
+               "full_range_init": False, "input_std": False, "accumulator_bits": 8}
 
 
 @dataclass(frozen=True)
@@ -38,8 +44,16 @@ class TrainConfig:
     grad_round: str = "pseudo_stochastic"
     loss_round: str = "stochastic"
     gb_schedule: str = "5,4,3@0.5,0.75"
-    accumulator_bits: int = 8
+    accumulator_bits: int = 16
     gb_offsets: str = ""  # one gb offset per weight layer, e.g. "0,0,0,0,0,0,2"; "" for none
+    batch_ref: int = 256  # the step scales with batch / batch_ref; 0: batch-independent (the paper's)
+    momentum_shift: int = 3  # integer momentum, velocity decay 1 - 2**-k; 0: none
+    decay_shift: int = 0  # weight decay 2**(gb - D) per step; 0: none
+    softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
+    full_range_init: bool = True  # initial mantissas fill ±127 (False: ±bound_m, the first version)
+    input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
+    #: 2: this numerics; configs without the key are version 1 (the paper's update, coarse softmax, ...).
+    numerics: int = 2
     # float baseline
     lr: float | None = None  # None: the tuned default for the model (results/lr_sweep)
     momentum: float = 0.9
@@ -61,6 +75,11 @@ class TrainConfig:
         for name in ("act_round", "err_round", "grad_round", "loss_round"):
             if getattr(self, name) not in ROUNDING_MODES:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
+        if self.softmax not in SOFTMAXES:
+            raise ValueError(f"softmax must be one of {SOFTMAXES}, got {self.softmax!r}")
+        if self.numerics not in (1, 2):
+            raise ValueError(f"numerics must be 1 or 2, got {self.numerics}")
+        self.rule  # validates batch_ref, momentum_shift, decay_shift
         schedule = GbSchedule.parse(self.gb_schedule)  # validates
         offsets = GbSchedule.parse_offsets(self.gb_offsets)
         if self.arith == "int":
@@ -69,6 +88,10 @@ class TrainConfig:
     @property
     def policy(self) -> RoundingPolicy:
         return RoundingPolicy(self.act_round, self.err_round, self.grad_round, self.loss_round)
+
+    @property
+    def rule(self) -> UpdateRule:
+        return UpdateRule(self.batch_ref, self.momentum_shift, self.decay_shift)
 
     @property
     def schedule(self) -> GbSchedule:
@@ -87,6 +110,8 @@ class TrainConfig:
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
+        if "numerics" not in d:  # written before numerics 2: keep that run's arithmetic on resume
+            d = {**_NUMERICS_1, **d}
         return cls(**d)
 
     def replace(self, **changes: object) -> "TrainConfig":

@@ -22,6 +22,7 @@ import torch
 
 from .. import data as niti_data
 from ..models import build, get_architecture
+from ..numerics import INPUT_SCALE_BITS
 from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .metrics import correct_count, evaluate, loss_sum, write_jsonl
@@ -40,12 +41,21 @@ def _default_dataset(config: TrainConfig) -> str:
     return config.dataset or get_architecture(config.model).dataset
 
 
-def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...]):  # noqa: ANN201
-    """The integer model or its float twin for ``config``."""
+def _gb_text(model) -> str | None:  # noqa: ANN001
+    """The integer model's current gb for logs ("5", "4.5"); None for the float twin."""
+    return str(model.schedule.constant(model.current_gb())) if hasattr(model, "current_gb") else None
+
+
+def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...],
+                scale: tuple[int, ...] | None = None):  # noqa: ANN201
+    """The integer model or its float twin for ``config`` (``scale``: the input's, else the data set default)."""
     if config.arith == "int":
+        if not config.input_std:
+            scale = (1 << INPUT_SCALE_BITS,) * len(mean)
         model = build(config.model, seed=config.seed, policy=config.policy, schedule=config.schedule,
                       accumulator_bits=config.accumulator_bits, total_steps=total_steps, mean=mean,
-                      gb_offsets=config.layer_gb_offsets)
+                      gb_offsets=config.layer_gb_offsets, scale=scale, rule=config.rule, softmax=config.softmax,
+                      full_range_init=config.full_range_init)
     else:
         from ..baseline import build_float
 
@@ -147,7 +157,9 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
         total_steps = min(total_steps, config.max_steps)
 
     mean = tuple(state["mean"]) if state else niti_data.channel_means(x_train)
-    model = build_model(config, total_steps, mean)
+    # On resume the checkpoint's own scale replaces this one (model.load_state_dict).
+    scale = niti_data.channel_scales(x_train, mean) if config.arith == "int" and not state else None
+    model = build_model(config, total_steps, mean, scale)
     if dist:
         distributed.attach(model, dist)
     history: list[dict] = []
@@ -232,7 +244,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                     bar.update(1)
                     bar.set_postfix(loss=f"{run_loss / max(run_seen, 1):.3f}",
                                     acc=f"{100.0 * run_correct / max(run_seen, 1):.1f}%",
-                                    gb=getattr(model, "current_gb", lambda: None)(), refresh=False)
+                                    gb=_gb_text(model), refresh=False)
                 t0 = time.perf_counter()
                 if stop_now:
                     running = (run_loss, run_correct, run_seen)
@@ -249,7 +261,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                       "train_accuracy": 100.0 * run_correct / max(run_seen, 1), "val_accuracy": val_acc,
                       "test_accuracy": test_acc, "seconds": seconds}
             if hasattr(model, "current_gb"):
-                record["gb"] = model.current_gb()
+                record["gb"] = _gb_text(model)
             history.append(record)
             if val_acc is not None and val_acc > best_val:
                 best_val, best_epoch = val_acc, epoch + 1
