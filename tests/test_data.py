@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from niti.audit import integer_only
-from niti.data import (BatchIterator, DataNotFoundError, Dataset, DownloadError, channel_means, crop_flip,
-                       load_dataset, random_crop_flip, read_cifar10, read_idx, read_mnist, read_npz,
+from niti.data import (BatchIterator, DataNotFoundError, Dataset, DownloadError, channel_means, channel_scales,
+                       crop_flip, load_dataset, random_crop_flip, read_cifar10, read_idx, read_mnist, read_npz,
                        split_validation)
 from niti.data import download as download_mod
 from niti.data import load as load_mod
@@ -463,6 +463,28 @@ def test_channel_means_round_half_up():
     assert channel_means(y) == ref == channel_means(torch.from_numpy(y))
     with pytest.raises(ValueError, match="uint8"):
         channel_means(y.astype(np.int16))
+
+
+def test_channel_scales_are_rounded_inverse_std():
+    y = RNG.integers(0, 256, (6, 5, 7, 3), dtype=np.uint8)
+    mean = channel_means(y)
+    got = channel_scales(y, mean)
+    for c in range(3):
+        rms = float(np.sqrt(((y[..., c].astype(np.float64) - mean[c]) ** 2).mean()))  # test-side float reference
+        assert abs(got[c] - 4096 / rms) <= 0.5 + 1e-9
+    assert channel_scales(torch.from_numpy(y), mean) == got
+    flat = np.full((2, 3, 3, 1), 7, np.uint8)
+    assert channel_scales(flat, (7,)) == (4096,)  # std floored at one pixel unit: the identity scale
+    with pytest.raises(ValueError, match="uint8"):
+        channel_scales(y.astype(np.int16), mean)
+
+
+def test_default_scales_match_the_real_training_splits(real_cifar):
+    from niti.models import DEFAULT_MEANS, DEFAULT_SCALES
+
+    x = split_validation(real_cifar)[0]
+    assert channel_means(x) == DEFAULT_MEANS["cifar10"]
+    assert channel_scales(x, DEFAULT_MEANS["cifar10"]) == DEFAULT_SCALES["cifar10"]
 
 
 def test_channel_means_real_cifar(real_cifar):

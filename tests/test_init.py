@@ -42,9 +42,17 @@ def test_xavier_exponent_rejects_empty_fans() -> None:
         xavier_exponent(0, 0)
 
 
+def test_draws_fill_the_int8_range() -> None:
+    """The Xavier range mapped onto ±127 (the reference's init): every value in [-127, 127] occurs."""
+    m, e = xavier_int8((500, 800), 800, 500, torch.Generator().manual_seed(0))
+    assert m.dtype == torch.int8 and e == xavier_exponent(800, 500)[1]
+    assert int(m.min()) == -127 and int(m.max()) == 127 and m.unique().numel() == 255
+    assert abs(int(m.to(torch.int64).sum())) < 400_000 * 3
+
+
 def test_draws_within_bound_and_cover_it() -> None:
     g = torch.Generator().manual_seed(0)
-    m, e = xavier_int8((500, 800), 800, 500, g)
+    m, e = xavier_int8((500, 800), 800, 500, g, full_range=False)
     bound_m, e_want = xavier_exponent(800, 500)
     assert m.dtype == torch.int8 and m.shape == (500, 800) and e == e_want
     assert int(m.min()) == -bound_m and int(m.max()) == bound_m  # 400k uniform draws reach both ends
@@ -68,12 +76,15 @@ def test_conv_layer_uses_xavier_fans(c_in: int, c_out: int, k) -> None:
     kh, kw = (k, k) if isinstance(k, int) else k
     bound_m, e = xavier_exponent(c_in * kh * kw, c_out * kh * kw)
     assert layer.weight.shape == (c_out, kh, kw, c_in)
-    assert layer.weight.e == e and int(layer.weight.m.abs().max()) <= bound_m
+    assert layer.weight.e == e and int(layer.weight.m.abs().max()) <= 127
     assert layer.weight.m.dtype == torch.int8
+    narrow = Conv2d(c_in, c_out, k, generator=torch.Generator().manual_seed(3), full_range_init=False)
+    assert narrow.weight.e == e and int(narrow.weight.m.abs().max()) <= bound_m
 
 
 def test_linear_layer_uses_xavier_fans() -> None:
-    layer = Linear(800, 500, generator=torch.Generator().manual_seed(3))
+    layer = Linear(800, 500, generator=torch.Generator().manual_seed(3), full_range_init=False)
     bound_m, e = xavier_exponent(800, 500)
     assert layer.weight.shape == (500, 800) and layer.weight.e == e
     assert int(layer.weight.m.abs().max()) == bound_m
+    assert int(Linear(800, 500, generator=torch.Generator().manual_seed(3)).weight.m.abs().max()) == 127

@@ -90,8 +90,33 @@ def ref_conv_grad_weight(err: torch.Tensor, x: torch.Tensor, kernel: tuple[int, 
 
 
 # --------------------------------------------------------------------------- matmul
+@pytest.fixture(params=["int_mm", "int32"])
+def cpu_path(request, monkeypatch) -> str:
+    """Both exact CPU products: int8 ``_int_mm`` (VNNI) and the widened int32 ``torch.mm`` (no VNNI)."""
+    import niti.kernels.matmul as matmul
+
+    monkeypatch.setattr(matmul, "cpu_matmul_path", lambda: request.param)
+    return request.param
+
+
+def test_cpu_matmul_path_env_override(monkeypatch) -> None:
+    import niti.kernels.matmul as matmul
+
+    for value in ("int_mm", "int32"):
+        monkeypatch.setenv(matmul.CPU_MATMUL_ENV, value)
+        matmul.cpu_matmul_path.cache_clear()
+        assert matmul.cpu_matmul_path() == value
+    monkeypatch.setenv(matmul.CPU_MATMUL_ENV, "float")
+    matmul.cpu_matmul_path.cache_clear()
+    with pytest.raises(ValueError, match="int_mm or int32"):
+        matmul.cpu_matmul_path()
+    monkeypatch.delenv(matmul.CPU_MATMUL_ENV)
+    matmul.cpu_matmul_path.cache_clear()
+    assert matmul.cpu_matmul_path() in ("int_mm", "int32")
+
+
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5), (64, 300, 48), (17, 1000, 129)])
-def test_int_matmul_exact_random(m: int, k: int, n: int) -> None:
+def test_int_matmul_exact_random(m: int, k: int, n: int, cpu_path: str) -> None:
     a, b = _int8((m, k), 1), _int8((k, n), 2)
     got = int_matmul(a, b)
     assert got.dtype == torch.int32
@@ -105,7 +130,7 @@ def test_int_matmul_accepts_transposed_and_sliced_views() -> None:
     assert torch.equal(int_matmul(a_t, b).to(torch.int64), ref_matmul(a_t, b))
 
 
-def test_int_matmul_worst_case_below_split_stays_int32_and_exact() -> None:
+def test_int_matmul_worst_case_below_split_stays_int32_and_exact(cpu_path: str) -> None:
     k = MAX_K_INT32  # 133,144 · 127² = 2,147,468,176 ≤ 2**31 - 1: no split needed
     assert k * 127 * 127 <= INT32_MAX < (k + 1) * 127 * 127
     s = _signs((k,), 5)
@@ -116,7 +141,7 @@ def test_int_matmul_worst_case_below_split_stays_int32_and_exact() -> None:
 
 
 @pytest.mark.parametrize("k", [MAX_K_INT32 + 1, 140_000, 2 * MAX_K_INT32 + 7])
-def test_int_matmul_splits_k_into_int64_where_int_mm_alone_wraps(k: int) -> None:
+def test_int_matmul_splits_k_into_int64_where_int_mm_alone_wraps(k: int, cpu_path: str) -> None:
     # Rows: aligned signs (sum +k·127²), opposite signs (-k·127²), and random signs.
     s = _signs((k,), 6)
     a = torch.stack([s, -s, _signs((k,), 7)])

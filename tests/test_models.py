@@ -147,7 +147,8 @@ def test_16bit_accumulator_model_trains_under_the_audit(name: str) -> None:
 
 
 def test_train_step_returns_the_logits_from_before_the_update() -> None:
-    model = niti.build("lenet", seed=4)  # no dropout and nearest activations: train forward == eval forward
+    # No dropout and nearest activations: train forward == eval forward; the paper's update moves int8 weights at once.
+    model = niti.build("lenet", seed=4, rule=niti.optim.UpdateRule.paper())
     images, labels = _batch(model, 8, 3)
     before = model.predict_logits(images)
     logits = model.train_step(images, labels)
@@ -325,11 +326,13 @@ def test_state_dict_round_trip_continues_identically(name: str, n: int, bits: in
 
 
 def test_load_state_dict_rejects_mismatches() -> None:
-    lenet8 = niti.build("lenet").state_dict()
+    lenet8 = niti.build("lenet", accumulator_bits=8).state_dict()
     with pytest.raises(ValueError, match="vgg-small-7"):
         niti.build("vgg-small-7").load_state_dict(lenet8)
     with pytest.raises(ValueError, match="accumulator"):
         niti.build("lenet", accumulator_bits=16).load_state_dict(lenet8)
+    with pytest.raises(ValueError, match="accumulator"):
+        niti.build("lenet", accumulator_bits=8).load_state_dict(_round_trip(niti.build("lenet").state_dict()))
     target = niti.build("lenet", seed=3)
     sha = target.weights_sha256()
     broken = _round_trip(lenet8)
@@ -359,3 +362,28 @@ def test_lenet_learns_mnist(mnist) -> None:
     assert gbs[0] == 5 and gbs[-1] == 3 and 4 in gbs
     accuracy = int((model.predict(x_test) == y_test).sum()) / len(y_test)
     assert accuracy >= 0.80, f"LeNet reached only {accuracy:.1%} on 1000 MNIST test images"
+
+
+def test_input_is_normalised_by_the_integer_std() -> None:
+    """numerics.md §8: (pixel - mean) · c rescaled to int8 with exponent shift - 12 is (pixel - mean) / std."""
+    from niti.nn import images_to_int8
+    from niti.runtime import Runtime
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 5, 5, 3), generator=g, dtype=torch.uint8)
+    mean, scale = torch.tensor([125, 123, 114]), torch.tensor([65, 66, 61])
+    x = images_to_int8(images, mean, Runtime(RoundingPolicy.all("nearest")), scale)
+    real = x.m.to(torch.float64) * 2.0**x.e  # test-side floats, to read the result
+    want = (images.to(torch.float64) - mean) * scale / 4096
+    assert int(x.m.abs().max()) == 127 and float((real - want).abs().max()) <= 2.0**x.e / 2 + 1e-12
+    # No scale (checkpoints from before it existed) is the raw-pixel input of the first contract, same values.
+    raw = images_to_int8(images, mean, Runtime(RoundingPolicy.all("nearest")))
+    ident = images_to_int8(images, mean, Runtime(RoundingPolicy.all("nearest")), torch.full((3,), 4096))
+    assert torch.equal(raw.m, ident.m) and raw.e == ident.e
+
+
+def test_initial_logits_have_a_float_like_scale(mnist) -> None:
+    """Normalised input and full-range init put LeNet's initial logits near exponent -6..-4 (real logits ~1)."""
+    images = torch.from_numpy(mnist["x_train"][:256]).reshape(-1, 28, 28, 1)
+    for seed in range(3):
+        assert -7 <= niti.build("lenet", seed=seed).predict_logits(images).e <= -3
