@@ -106,13 +106,38 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             runs.append((f"vgg7-int-gb4_3_2-{tag}", common + ["--gb-schedule", "4,3,2@0.5,0.75",
                                                             f"--gb-offsets={offsets}"]))
         return runs + [("vgg7-float-lr0.05", common[:-2] + ["--arith", "float", "--lr", "0.05"])]
+    if name == "numerics2-mnist":  # defaults chosen on validation + the ablation of numerics 2 (issue 12)
+        common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
+                  "--seed", str(seeds[0])]
+        variants = {
+            "default": [],
+            # candidates for the defaults (validation only)
+            "gb654": ["--gb-schedule", "6,5,4@0.5,0.75"],
+            "gb5432": ["--gb-schedule", "5,4,3,2@0.25,0.5,0.75"],
+            "k2": ["--momentum-shift", "2"],
+            "k4": ["--momentum-shift", "4"],
+            "wd19": ["--decay-shift", "19"],
+            # ablation: each of the issue's items 1-4 off, and all off (the first version's numerics)
+            "off-softmax": ["--softmax", "coarse"],
+            "off-scales": ["--no-input-std", "--no-full-range-init"],
+            "off-batch": ["--batch-ref", "0"],
+            "off-momentum": ["--momentum-shift", "0"],
+            "off-all": ["--softmax", "coarse", "--no-input-std", "--no-full-range-init", "--batch-ref", "0",
+                        "--momentum-shift", "0", "--accumulator-bits", "8"],
+        }
+        runs = [(f"lenet-int-{tag}", common + extra) for tag, extra in variants.items()]
+        return runs + [("lenet-float", common + ["--arith", "float"])]
+    if name == "mnist-defaults":  # issue 12's MNIST target: default flags, 5 epochs, batch 128, 3 seeds
+        return [(f"lenet-{arith}-s{s}", ["--model", "lenet", "--arith", arith, "--epochs", str(a.epochs),
+                                         "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
+                for arith in ("int", "float") for s in seeds]
     raise SystemExit(f"unknown suite {name!r}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
-                                      "cifar-gb"])
+                                      "cifar-gb", "numerics2-mnist", "mnist-defaults"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

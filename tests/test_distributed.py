@@ -334,3 +334,16 @@ def test_fingerprint_covers_per_layer_gb_offsets() -> None:
     b = build("lenet", seed=0, accumulator_bits=16, gb_offsets=(0, 0, 0, 1))
     fa, fb = replica_fingerprint(a), replica_fingerprint(b)
     assert {k for k in fa if fa[k] != fb[k]} == {"gb_offsets"}
+
+
+def test_fingerprint_covers_numerics_2_settings() -> None:
+    """Ranks that differ only in update rule, softmax or input scale must be told apart before any step."""
+    from niti.distributed import replica_fingerprint
+    from niti.models import build
+    from niti.optim import UpdateRule
+
+    base = replica_fingerprint(build("lenet", seed=0))
+    for kwargs, field in (({"rule": UpdateRule(momentum_shift=2)}, "rule"), ({"softmax": "coarse"}, "softmax"),
+                          ({"scale": (50,)}, "scale")):
+        other = replica_fingerprint(build("lenet", seed=0, **kwargs))
+        assert {k for k in base if base[k] != other[k]} == {field}

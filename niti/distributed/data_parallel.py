@@ -137,6 +137,9 @@ def replica_fingerprint(model) -> dict[str, str]:  # noqa: ANN001 - an IntegerMo
         "gb_offsets": str(model.gb_offsets),
         "accumulator_bits": str(model.accumulator_bits),
         "mean": str(model.mean.tolist()),
+        "scale": str(model.scale.tolist()),
+        "rule": repr(model.rule),
+        "softmax": model.softmax,
     }
 
 
