@@ -359,3 +359,9 @@ def test_lenet_learns_mnist(mnist) -> None:
     assert gbs[0] == 5 and gbs[-1] == 3 and 4 in gbs
     accuracy = int((model.predict(x_test) == y_test).sum()) / len(y_test)
     assert accuracy >= 0.80, f"LeNet reached only {accuracy:.1%} on 1000 MNIST test images"
+
+
+@pytest.mark.parametrize("mean", [(-32768,), (256,), (33.7,)])
+def test_an_out_of_range_input_mean_is_refused(mean: tuple) -> None:
+    with pytest.raises(ValueError, match=r"input mean must be integers in \[0, 255\]"):
+        niti.build("lenet", mean=mean)
