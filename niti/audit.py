@@ -1,8 +1,16 @@
 """``integer_only()``: prove a region computes with integers only (DESIGN §3).
 
 A ``TorchDispatchMode`` sees every aten op below the Python API.  Any op that
-consumes or produces a floating-point (or complex) tensor raises
+consumes or produces a floating-point (or complex) tensor, or is handed a
+Python ``float`` argument (``torch.full(.., 2.7, dtype=int32)``, ``fill_(3.9)``:
+a float turned into integers without a float tensor), raises
 ``FloatingPointOpError`` naming the op, turning "integer-only" into a test.
+
+What it cannot see: Python-side float arithmetic that never reaches an aten op
+(``math.log2(t.item())``, a numpy round trip), and code that runs below the
+dispatcher (compiled inductor kernels, Triton launches).  The static scan in
+``tests/test_audit.py`` covers the first for niti's integer modules; the
+compiled == eager and float-word tests cover the second.
 """
 
 from __future__ import annotations
@@ -23,6 +31,11 @@ def _float_tensors(tree: object) -> list[torch.Tensor]:
     return [t for t in leaves if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex())]
 
 
+def _float_scalars(tree: object) -> list[float]:
+    leaves, _ = tree_flatten(tree)
+    return [v for v in leaves if isinstance(v, (float, complex))]
+
+
 def _float_dtype_arg(kwargs: dict) -> torch.dtype | None:
     dtype = kwargs.get("dtype")
     if isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex):
@@ -31,18 +44,22 @@ def _float_dtype_arg(kwargs: dict) -> torch.dtype | None:
 
 
 class integer_only(TorchDispatchMode):
-    """Context manager: raise on any aten op touching a floating-point tensor.
+    """Context manager: raise on any aten op touching a floating-point tensor or a Python float.
 
     ``ops`` counts the ops seen, so a test can check the region did run.
+    ``allow_float_scalars=True`` gives the older, weaker check (float tensors only).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, allow_float_scalars: bool = False) -> None:
         super().__init__()
         self.ops = 0
+        self.allow_float_scalars = allow_float_scalars
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
         self.ops += 1
+        if not self.allow_float_scalars and (scalars := _float_scalars((args, kwargs))):
+            raise FloatingPointOpError(f"{func} got Python float scalars {scalars[:4]} inside integer_only()")
         bad = _float_tensors((args, kwargs))
         if bad:
             raise FloatingPointOpError(f"{func} consumed a {bad[0].dtype} tensor inside integer_only()")

@@ -30,7 +30,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="run directory (default: runs/<model>-<arith>-s<seed>)")
     p.add_argument("--arith", default="int", choices=["int", "float"], help="integer NITI training or the float32 twin")
-    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation (the last N)")
+    p.add_argument("--val-size", type=int, default=None,
+                   help="training images held out for validation, the last N (default: 10 %% of them, at most 5000)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop + flip (default: on for cifar10)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule fits them)")
@@ -70,6 +71,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
+                   help="also write checkpoint.pt every STEPS steps within an epoch (default 200; 0: epoch ends "
+                        "only)")
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted run in DIR")
     p.set_defaults(func=_cmd_train)
 
@@ -87,12 +91,21 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, softmax=args.softmax,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
-                       momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress, **rounds)
+                       momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress,
+                       **_given(args, "checkpoint_every"), **rounds)
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict:
+    """The options among ``names`` the user gave (the rest keep TrainConfig's defaults)."""
+    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, TrainingInterrupted, fit, load_checkpoint
+    from .train import TrainConfig, TrainingInterrupted, fit
+    from .train.validate import load_train_state
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {args.nproc}")
     if args.nproc > 1:
         from .distributed import launch
 
@@ -104,12 +117,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             argv = [a for a in argv if not a.startswith("--nproc=")]
         return launch(args.nproc, argv)
     if args.resume:
-        saved = TrainConfig.from_dict(load_checkpoint(Path(args.resume))["config"])
-        changes = {"out": args.resume, "progress": not args.no_progress}
-        if args.threads:
-            changes["threads"] = args.threads
-        if args.data_dir:
-            changes["data_dir"] = args.data_dir
+        saved = TrainConfig.from_dict(load_train_state(Path(args.resume))["config"])
+        changes = {"out": args.resume, "progress": not args.no_progress,
+                   **_given(args, "threads", "data_dir", "checkpoint_every")}
         config = saved.replace(**changes)
     else:
         config = _config_from_args(args)
@@ -141,6 +151,11 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_eval)
 
 
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
@@ -148,11 +163,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from .train import load_model
     from .train.metrics import evaluate
 
+    _check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, config, state = load_model(args.checkpoint)
     name = args.dataset or config.dataset or model.arch.dataset
     ds = data.load_dataset(name, args.data_dir or config.data_dir)
+    if len(ds.x_test) == 0:
+        raise ValueError(f"data set {name} has an empty test split (x_test has 0 images): nothing to evaluate")
     x, y = torch.from_numpy(ds.x_test.copy()), torch.from_numpy(ds.y_test.copy())
     correct = evaluate(model, x, y)
     result = {"checkpoint": str(args.checkpoint), "model": config.model, "arith": config.arith, "dataset": name,
@@ -191,6 +209,7 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="niti", description="Integer-only neural network training (NITI).")
     parser.add_argument("--version", action="version", version=f"niti {__import__('niti').__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
@@ -206,9 +225,20 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)  # `train --nproc` re-launches with these
     try:
         return int(args.func(args) or 0)
-    except (ValueError, OSError) as exc:
-        print(f"niti: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # one line for the user; the traceback behind --debug
+        if args.debug:
+            raise
+        print(f"niti: error: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, (ValueError, OSError)) else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """``exc``'s message and notes (e.g. where a checkpoint was saved); an unexpected error's on one line, typed."""
+    text = str(exc)
+    if not isinstance(exc, (ValueError, OSError)):  # ours are worded for the user; others get their type
+        text = f"{type(exc).__name__}: {' '.join(text.split())}"
+    notes = "; ".join(getattr(exc, "__notes__", ()))
+    return f"{text}; {notes}" if notes else text
 
 
 if __name__ == "__main__":  # pragma: no cover

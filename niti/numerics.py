@@ -117,7 +117,7 @@ def round_shift(
     unless ``noise`` (already such draws, same shape as ``t``) is given: the
     distributed runtime passes slices of a whole-batch draw that way.
     The result keeps ``t``'s dtype (widened to int32 for int8/int16 inputs so
-    intermediate sums cannot wrap).
+    intermediate sums cannot wrap; int32 inputs are rounded in int64, so -2**31 keeps its sign).
     """
     if mode not in ROUNDING_MODES:
         raise ValueError(f"unknown rounding mode {mode!r}; expected one of {ROUNDING_MODES}")
@@ -125,7 +125,9 @@ def round_shift(
         raise ValueError(f"shift must be >= 0, got {shift}")
     if shift == 0:
         return t
-    work = torch.int64 if (t.dtype == torch.int64 or shift > 30) else torch.int32
+    out = torch.int64 if (t.dtype == torch.int64 or shift > 30) else torch.int32
+    # int32 inputs work in int64: abs(-2**31) wraps in int32 and would flip that value's sign.
+    work = torch.int64 if t.dtype in (torch.int32, torch.int64) else out
     x = t.to(work)
     a = x.abs()
     q = a >> shift
@@ -146,7 +148,7 @@ def round_shift(
         elif noise.shape != t.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} != tensor shape {tuple(t.shape)}")
         q = q + (noise.to(work) < low).to(work)
-    return torch.where(x < 0, -q, q)
+    return torch.where(x < 0, -q, q).to(out)  # |q| <= 2**30 + 1 after a shift >= 1: fits ``out``
 
 
 def rescale(

@@ -133,3 +133,103 @@ def test_gb_offsets_reach_the_model_and_bad_ones_are_refused(tmp_path: Path, mni
     from niti.train import load_model
 
     assert load_model(out)[0].gb_offsets == (-2, 0, 0, 2)
+
+
+def test_sigkill_mid_epoch_resumes_bit_identical(tmp_path: Path, mnist_small_npz: Path) -> None:
+    """A run killed outright (no handler runs) resumes from its last periodic checkpoint to the same weights."""
+    import os
+    import signal
+    import time
+
+    from niti.train import load_checkpoint
+
+    common = ["--model", "lenet", "--dataset", str(mnist_small_npz), "--epochs", "1", "--batch-size", "32",
+              "--val-size", "300", "--train-limit", "960", "--threads", "1", "--no-progress",
+              "--checkpoint-every", "5"]
+    straight = tmp_path / "straight"
+    assert main(["train", *common, "--out", str(straight)]) == 0
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "niti", "train", *common, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)  # 30 steps in all: the first checkpoint comes at step 5
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    state = load_checkpoint(killed)
+    assert state["epoch"] == 0 and state["batch"] % 5 == 0 and state["batch"] > 0
+    assert not (killed / "summary.json").exists()
+    assert main(["train", "--resume", str(killed), "--no-progress"]) == 0
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((killed / "summary.json").read_text())
+    assert a["weights_sha256"] == b["weights_sha256"] and a["steps"] == b["steps"] == 30
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
+    err = capsys.readouterr().err
+    assert err.startswith("niti: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+@pytest.mark.parametrize("flags, word", [
+    (["--max-steps", "-3"], "max_steps"), (["--max-steps", "0"], "max_steps"),
+    (["--train-limit", "-5"], "train_limit"), (["--threads", "-1"], "threads"), (["--threads", "0"], "threads"),
+    (["--device", "cuda"], "cuda"), (["--device", "meta"], "meta"), (["--epochs", "0"], "epochs"),
+    (["--batch-size", "0"], "batch_size"), (["--val-size", "-1"], "val_size"),
+    (["--checkpoint-every", "-2"], "checkpoint_every"), (["--nproc", "0"], "nproc")])
+def test_bad_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
+                                        word: str) -> None:
+    import torch
+
+    if flags == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("this build has CUDA")
+    assert main(["train", "--no-download", "--out", str(tmp_path / "run"), "--no-progress", *flags]) == 2
+    _one_line_error(capsys, word)
+    assert not (tmp_path / "run").exists()
+
+
+def test_debug_shows_the_traceback_and_unexpected_errors_are_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="max_steps"):
+        main(["--debug", "train", "--max-steps", "-3"])
+    import niti.train
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("something\nunexpected")
+
+    monkeypatch.setattr(niti.train, "fit", boom)
+    assert main(["train", "--no-download", "--out", str(tmp_path / "run"), "--no-progress"]) == 1
+    _one_line_error(capsys, "RuntimeError: something unexpected")
+
+
+def test_corrupt_checkpoint_is_one_line_for_eval_and_resume(tmp_path: Path, mnist_small_npz: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(mnist_small_npz), "--batch-size", "32", "--max-steps", "2",
+                 "--val-size", "300", "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    path = out / "checkpoint.pt"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+    assert main(["eval", str(out), "--dataset", str(mnist_small_npz)]) == 2
+    _one_line_error(capsys, str(path), "corrupt")
+    assert main(["train", "--resume", str(out), "--no-progress"]) == 2
+    _one_line_error(capsys, str(path), "corrupt")
+
+
+def test_eval_refuses_an_empty_test_split(tmp_path: Path, mnist_small_npz: Path, mnist: dict,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(mnist_small_npz), "--batch-size", "32", "--max-steps", "2",
+                 "--val-size", "300", "--no-progress", "--out", str(out)]) == 0
+    empty = tmp_path / "no-test.npz"
+    np.savez(empty, x_train=mnist["x_train"][:100], y_train=mnist["y_train"][:100],
+             x_test=mnist["x_test"][:0], y_test=mnist["y_test"][:0])
+    capsys.readouterr()
+    assert main(["eval", str(out), "--dataset", str(empty)]) == 2
+    _one_line_error(capsys, "empty test split")

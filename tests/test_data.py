@@ -603,3 +603,58 @@ def test_prefetch_gives_identical_batches_and_stops_cleanly():
 
     with pytest.raises(RuntimeError, match="augment failed"):
         _collect(BatchIterator(x, y, 4, prefetch=True, augment=broken))
+
+
+# --- size caps (decompression bombs) ---------------------------------------------------------------
+
+def test_idx_refuses_a_decompressed_size_above_the_cap(tmp_path, monkeypatch, mnist):
+    from niti.data import idx as idx_mod
+
+    paths = _write_mnist(tmp_path, mnist["x_train"][:200], mnist["y_train"][:200], mnist["x_test"][:50],
+                         mnist["y_test"][:50])
+    compressed = paths["x_train"].stat().st_size
+    monkeypatch.setattr(idx_mod, "MAX_IDX_BYTES", compressed + 16)  # the .gz fits, its content (157 kB) does not
+    with pytest.raises(ValueError, match="decompressed size exceeds the .* byte cap"):
+        read_mnist(tmp_path)
+    monkeypatch.setattr(idx_mod, "MAX_IDX_BYTES", 100)
+    with pytest.raises(ValueError, match="file size .* exceeds"):
+        read_mnist(tmp_path)
+
+
+def test_cifar_refuses_a_batch_above_the_cap(tmp_path, monkeypatch, real_cifar):
+    from niti.data import cifar as cifar_mod
+
+    xs = [real_cifar.x_train[i * 20:(i + 1) * 20] for i in range(5)] + [real_cifar.x_test[:20]]
+    ys = [real_cifar.y_train[i * 20:(i + 1) * 20] for i in range(5)] + [real_cifar.y_test[:20]]
+    path = tmp_path / "cifar-10-python.tar.gz"
+    _write_cifar_tar(path, xs, ys)
+    assert len(read_cifar10(path).x_train) == 100
+    monkeypatch.setattr(cifar_mod, "MAX_BATCH_BYTES", 20 * 3072)  # a 20-image batch pickles to a little more
+    with pytest.raises(ValueError, match="data_batch_1: .* exceeds the 61440 byte cap"):
+        read_cifar10(path)
+
+
+def test_npz_refuses_a_member_above_the_cap(tmp_path, monkeypatch, mnist):
+    from niti.data import npz as npz_mod
+
+    path = tmp_path / "small.npz"
+    np.savez_compressed(path, x_train=mnist["x_train"][:100], y_train=mnist["y_train"][:100],
+                        x_test=mnist["x_test"][:10], y_test=mnist["y_test"][:10])
+    assert len(read_npz(path).x_train) == 100
+    monkeypatch.setattr(npz_mod, "MAX_NPZ_MEMBER_BYTES", 50_000)
+    with pytest.raises(ValueError, match=r"member x_train.npy holds 78\d\d\d bytes, above the 50000 byte cap"):
+        read_npz(path)
+
+
+def test_npz_refuses_a_header_declaring_a_huge_array(tmp_path):
+    """A tiny member whose .npy header claims 10**12 bytes is refused before numpy allocates them."""
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (10**6, 1000, 1000)})
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x_train.npy", header.getvalue())
+    with pytest.raises(ValueError, match="member x_train.npy holds 1000000000000 bytes"):
+        read_npz(path)

@@ -347,3 +347,31 @@ def test_fingerprint_covers_numerics_2_settings() -> None:
                           ({"scale": (50,)}, "scale")):
         other = replica_fingerprint(build("lenet", seed=0, **kwargs))
         assert {k for k in base if base[k] != other[k]} == {field}
+
+
+def test_replicas_are_compared_as_integer_digests_not_pickles(monkeypatch) -> None:
+    """verify_replicas gathers fixed-size uint8 digests; it never unpickles what a peer sends."""
+    import socket
+
+    import torch.distributed as dist
+
+    from niti.distributed import fingerprint_digests, verify_replicas
+
+    a, b = build("lenet", seed=0), build("lenet", seed=1)
+    da, db = fingerprint_digests(a), fingerprint_digests(b)
+    assert da.dtype == torch.uint8 and da.shape == (13, 32)
+    assert torch.equal(da, fingerprint_digests(build("lenet", seed=0)))
+    assert not torch.equal(da[1], db[1]) and torch.equal(da[0], db[0])  # weights differ, architecture agrees
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003
+        raise AssertionError("all_gather_object unpickles peer data")
+
+    monkeypatch.setattr(dist, "all_gather_object", refuse)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        verify_replicas(a, DistInfo(0, 1, 0))
+    finally:
+        dist.destroy_process_group()

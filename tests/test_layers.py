@@ -319,3 +319,13 @@ def test_forward_exponents_follow_the_rescale_shift() -> None:
     acc = x.m.to(torch.int64) @ layer.weight.m.to(torch.int64).t()
     shift = max(0, int(acc.abs().max()).bit_length() - 7)
     assert out.e == x.e + layer.weight.e + shift
+
+
+def test_int_parameter_refuses_minus_128() -> None:
+    """The ±127 invariant behind the int32 accumulation bound is enforced where weights enter."""
+    from niti.nn.module import IntParameter
+
+    with pytest.raises(ValueError, match=r"\[-127, 127\].*-128"):
+        IntParameter(torch.tensor([5, -128], dtype=torch.int8), -7)
+    assert IntParameter(torch.tensor([127, -127], dtype=torch.int8), -7, accumulator_bits=16).master.tolist() == \
+        [127 << 8, -127 << 8]

@@ -387,3 +387,9 @@ def test_initial_logits_have_a_float_like_scale(mnist) -> None:
     images = torch.from_numpy(mnist["x_train"][:256]).reshape(-1, 28, 28, 1)
     for seed in range(3):
         assert -7 <= niti.build("lenet", seed=seed).predict_logits(images).e <= -3
+
+
+@pytest.mark.parametrize("mean", [(-32768,), (256,), (33.7,)])
+def test_an_out_of_range_input_mean_is_refused(mean: tuple) -> None:
+    with pytest.raises(ValueError, match=r"input mean must be integers in \[0, 255\]"):
+        niti.build("lenet", mean=mean)

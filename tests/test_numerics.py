@@ -133,3 +133,13 @@ def test_bad_arguments_raise() -> None:
         IntTensor(torch.zeros(2), 0)
     with pytest.raises(TypeError, match="exponent"):
         IntTensor(torch.zeros(2, dtype=torch.int8), 1.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["nearest", "pseudo_stochastic", "truncate"])
+def test_int32_min_keeps_its_sign(mode: str) -> None:
+    """abs(-2**31) wraps in int32; rounding must still see a negative value (and keep int32)."""
+    t = torch.tensor([-2**31, 5, 2**31 - 1], dtype=torch.int32)
+    r = round_shift(t, 25, mode)
+    assert r.dtype == torch.int32 and r.tolist() == [-64, 0, 64 if mode != "truncate" else 63]
+    narrow, shift = rescale(t, 7, mode)
+    assert shift == 25 and narrow.tolist()[0] == -64

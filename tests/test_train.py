@@ -108,3 +108,91 @@ def test_bad_config_is_rejected() -> None:
     with pytest.raises(ValueError, match="outside -7..7"):
         TrainConfig(gb_offsets="0,0,0,3")  # 5 + 3
     assert TrainConfig(gb_offsets="0,0,0,2").layer_gb_offsets == (0, 0, 0, 2)
+
+
+def test_exception_mid_epoch_writes_a_checkpoint_and_resume_is_bit_identical(
+        tmp_path: Path, mnist_small_npz: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash inside the loop saves the last consistent state before the error propagates."""
+    from niti.models.integer import IntegerModel
+
+    straight = fit(_config(tmp_path / "a", mnist_small_npz, epochs=1, checkpoint_every=0))
+    real_step = IntegerModel.train_step
+
+    def failing_step(self: IntegerModel, images: torch.Tensor, labels: torch.Tensor):  # noqa: ANN202
+        if self.step == 7:
+            raise RuntimeError("planted failure")
+        return real_step(self, images, labels)
+
+    cfg = _config(tmp_path / "b", mnist_small_npz, epochs=1, checkpoint_every=0)
+    monkeypatch.setattr(IntegerModel, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="planted failure") as info:
+        fit(cfg)
+    assert any("checkpoint written" in note for note in info.value.__notes__)
+    state = load_checkpoint(Path(cfg.out))
+    assert (state["epoch"], state["batch"], state["model"]["step"]) == (0, 7, 7)
+    monkeypatch.setattr(IntegerModel, "train_step", real_step)
+    resumed = fit(cfg, resume=True)
+    assert resumed["weights_sha256"] == straight["weights_sha256"]
+
+
+def test_periodic_checkpoints_within_an_epoch(tmp_path: Path, mnist_small_npz: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import niti.train.loop as loop
+
+    saved: list[tuple[int, int]] = []
+    real_save = loop.save_checkpoint
+
+    def spy(path: Path, state: dict) -> None:
+        saved.append((state["epoch"], state["batch"]))
+        real_save(path, state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", spy)
+    fit(_config(tmp_path, mnist_small_npz, checkpoint_every=6))  # 20 steps per epoch, 2 epochs
+    assert saved == [(0, 6), (0, 12), (0, 18), (1, 0), (1, 4), (1, 10), (1, 16), (2, 0)]
+    assert TrainConfig().checkpoint_every == 200
+
+
+def test_empty_test_split_is_refused_before_training(tmp_path: Path, mnist: dict) -> None:
+    import numpy as np
+
+    path = tmp_path / "no-test.npz"
+    np.savez(path, x_train=mnist["x_train"][:600], y_train=mnist["y_train"][:600],
+             x_test=mnist["x_test"][:0], y_test=mnist["y_test"][:0])
+    cfg = TrainConfig(model="lenet", dataset=str(path), out=str(tmp_path / "run"), batch_size=32, val_size=100,
+                      progress=True)
+    with pytest.raises(ValueError, match="empty test split"):
+        fit(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_default_validation_split_scales_with_the_data_set(tmp_path: Path, mnist: dict) -> None:
+    """10 % of the training images, capped at 5,000; a 2,048-image npz trains with default settings."""
+    import numpy as np
+
+    from niti.train.config import default_val_size
+
+    assert (default_val_size(60_000), default_val_size(50_000), default_val_size(2048)) == (5000, 5000, 204)
+    assert TrainConfig().val_size is None
+    path = tmp_path / "mnist-2048.npz"
+    np.savez(path, x_train=mnist["x_train"][:2048], y_train=mnist["y_train"][:2048],
+             x_test=mnist["x_test"][:500], y_test=mnist["y_test"][:500])
+    cfg = TrainConfig(model="lenet", dataset=str(path), out=str(tmp_path / "run"), progress=False, threads=2)
+    summary = fit(cfg)
+    assert summary["config"]["val_size"] == 204 and summary["val_images"] == 204
+    assert summary["steps"] == (2048 - 204) // 64
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["val_size"] == 204
+    assert load_checkpoint(tmp_path / "run")["config"]["val_size"] == 204
+    assert fit(cfg, resume=True)["weights_sha256"] == summary["weights_sha256"]  # unresolved config resumes it
+
+
+def test_bad_counts_and_devices_are_rejected_by_the_config() -> None:
+    for kw, match in [({"max_steps": -3}, "max_steps"), ({"max_steps": 0}, "max_steps"),
+                      ({"train_limit": -5}, "train_limit"), ({"threads": 0}, "threads"),
+                      ({"threads": -1}, "threads"), ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),
+                      ({"val_size": -1}, "val_size"), ({"checkpoint_every": -1}, "checkpoint_every"),
+                      ({"log_every": 0}, "log_every"), ({"device": "meta"}, "cpu or cuda"),
+                      ({"device": "nonsense"}, "not a torch device"), ({"epochs": 1.5}, "integer"),
+                      ({"arith": "float", "lr": -0.1}, "lr")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kw)
+    TrainConfig(device="cuda:1")  # a CUDA device is checked when training starts, so eval can load it on a CPU

@@ -25,6 +25,9 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 _TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
 _TEST = ("test_batch",)
 _SIDE, _CHANNELS = 32, 3
+#: Largest batch file read (a CIFAR-10 batch is 31 MB): a larger archive member (a decompression
+#: bomb, say) is refused before it is read into memory.
+MAX_BATCH_BYTES = 128 * 2**20
 
 # numpy's own array reconstructor, whatever module this numpy version keeps it in.
 _RECONSTRUCT = np.ndarray.__reduce__(np.zeros(1))[0]
@@ -96,10 +99,13 @@ def _archive_batches(path: Path) -> Iterator[tuple[str, bytes, str]]:
                 name = wanted.pop(member.name.removeprefix("./"), None)
                 if name is None:
                     continue
+                _check_batch_size(f"{path}:{member.name}", member.size)
                 f = tar.extractfile(member)
                 if f is None:
                     raise ValueError(f"{path}: archive member {member.name} is not a regular file")
-                yield name, f.read(), f"{path}:{member.name}"
+                data = f.read(MAX_BATCH_BYTES + 1)
+                _check_batch_size(f"{path}:{member.name}", len(data))
+                yield name, data, f"{path}:{member.name}"
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{path}: corrupt or truncated archive ({type(exc).__name__}: {exc})") from exc
     if wanted:
@@ -111,7 +117,14 @@ def _folder_batches(path: Path) -> Iterator[tuple[str, bytes, str]]:
         file = path / name
         if not file.is_file():
             raise ValueError(f"{path}: batch file {name} is missing")
+        _check_batch_size(str(file), file.stat().st_size)
         yield name, file.read_bytes(), str(file)
+
+
+def _check_batch_size(source: str, size: int) -> None:
+    if size > MAX_BATCH_BYTES:
+        raise ValueError(f"{source}: {size} bytes exceeds the {MAX_BATCH_BYTES} byte cap on a CIFAR-10 batch "
+                         f"(MAX_BATCH_BYTES)")
 
 
 def find_cifar10(directory: Path) -> Path | None:

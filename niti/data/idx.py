@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import struct
 import zlib
 from pathlib import Path
@@ -23,14 +24,29 @@ MNIST_FILES = {
 _IMAGES_MAGIC, _LABELS_MAGIC = 0x803, 0x801  # 0x08 = unsigned byte, then the number of dimensions
 
 
+#: Largest IDX file read, compressed or decompressed: MNIST's largest is 47 MB; a larger one (a
+#: decompression bomb, say) is refused before it fills memory.
+MAX_IDX_BYTES = 256 * 2**20
+
+
+def _too_large(path: Path, what: str) -> ValueError:
+    return ValueError(f"{path}: {what} exceeds the {MAX_IDX_BYTES} byte cap on an IDX file (MAX_IDX_BYTES)")
+
+
 def _read_bytes(path: Path) -> bytes:
+    if path.stat().st_size > MAX_IDX_BYTES:
+        raise _too_large(path, f"file size {path.stat().st_size}")
     raw = path.read_bytes()
     if raw[:2] != b"\x1f\x8b":  # not gzip: an uncompressed IDX file
         return raw
     try:
-        return gzip.decompress(raw)
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as f:
+            data = f.read(MAX_IDX_BYTES + 1)  # never decompress more than the cap
     except (OSError, EOFError, zlib.error) as exc:
         raise ValueError(f"{path}: corrupt gzip stream ({exc})") from exc
+    if len(data) > MAX_IDX_BYTES:
+        raise _too_large(path, "decompressed size")
+    return data
 
 
 def read_idx(path: str | Path, magic: int) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -16,8 +17,37 @@ NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _MAX_CLASSES = 2**31  # a larger label is corrupt data, and would wrap in int32 consumers
 
 
+#: Largest array read from an npz (CIFAR-10's x_train is 154 MB): a larger member, by its zip
+#: entry or its .npy header, is refused before anything is decompressed (a decompression bomb).
+MAX_NPZ_MEMBER_BYTES = 2**31
+
+
+def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from a .npy header (format 1.0 or 2.0, as ``np.savez`` writes)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(f, max_header_size=10_000)
+    return shape, dtype
+
+
+def _check_member_sizes(path: Path) -> None:
+    """Refuse an npz whose members declare (zip size or .npy shape) more than ``MAX_NPZ_MEMBER_BYTES``."""
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            size = info.file_size
+            if info.filename.endswith(".npy") and size <= MAX_NPZ_MEMBER_BYTES:
+                with z.open(info) as f:
+                    shape, dtype = _npy_header(f)
+                size = max(size, int(np.prod(shape, dtype=object)) * dtype.itemsize)
+            if size > MAX_NPZ_MEMBER_BYTES:
+                raise ValueError(f"{path}: member {info.filename} holds {size} bytes, above the "
+                                 f"{MAX_NPZ_MEMBER_BYTES} byte cap (MAX_NPZ_MEMBER_BYTES)")
+
+
 def _load_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
+        _check_member_sizes(path)
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]
             if missing:

@@ -14,10 +14,12 @@ Everything batched is a collective once attached: all ranks must run the
 same sequence of ``train_step`` / ``predict`` calls, each on its shard.
 """
 
-from .data_parallel import Collectives, CommStats, attach, evaluate_sharded, replica_fingerprint, verify_replicas
+from .data_parallel import (Collectives, CommStats, attach, evaluate_sharded, fingerprint_digests, replica_fingerprint,
+                            verify_replicas)
 from .group import DistInfo, all_sum_float, all_sum_int, init_from_env, shard, shutdown
 from .launch import launch, launch_command
 
 __all__ = ["Collectives", "CommStats", "DistInfo", "all_sum_float", "all_sum_int", "attach", "evaluate_sharded",
+           "fingerprint_digests",
            "init_from_env", "launch", "launch_command", "replica_fingerprint", "shard", "shutdown",
            "verify_replicas"]

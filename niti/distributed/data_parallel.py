@@ -143,23 +143,34 @@ def replica_fingerprint(model) -> dict[str, str]:  # noqa: ANN001 - an IntegerMo
     }
 
 
+def fingerprint_digests(model) -> Tensor:  # noqa: ANN001 - an IntegerModel
+    """``replica_fingerprint`` as a fixed-size uint8 tensor: one SHA-256 (32 bytes) per field, in field order.
+
+    Ranks exchange this tensor (``all_gather``) rather than pickled objects, so a
+    peer can send nothing but 32 bytes per field.
+    """
+    rows = [hashlib.sha256(f"{k}={v}".encode()).digest() for k, v in replica_fingerprint(model).items()]
+    return torch.frombuffer(bytearray(b"".join(rows)), dtype=torch.uint8).reshape(len(rows), 32)
+
+
 def verify_replicas(model, info: DistInfo) -> None:  # noqa: ANN001 - an IntegerModel
     """Raise ``RuntimeError`` on every rank unless all ranks hold the same model state.
 
-    Compares ``replica_fingerprint`` (weight hash, generator states, step,
-    policy, schedule...) gathered from all ranks; the message names each rank
-    and field that differs from rank 0.
+    Compares the digests of ``replica_fingerprint`` (weight hash, generator
+    states, step, policy, schedule...) gathered from all ranks as integer
+    tensors; the message names each rank and field that differs from rank 0.
     """
     _check_group(info)
-    mine = replica_fingerprint(model)
-    gathered: list[dict[str, str] | None] = [None] * info.world_size
-    dist.all_gather_object(gathered, mine)
+    fields = list(replica_fingerprint(model))
+    mine = fingerprint_digests(model)
+    gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(gathered, mine)
     ref = gathered[0]
     problems = []
     for r, fp in enumerate(gathered[1:], start=1):
-        diff = [k for k in ref if fp.get(k) != ref[k]]
+        diff = [i for i, k in enumerate(fields) if not torch.equal(fp[i], ref[i])]
         if diff:
-            detail = ", ".join(f"{k} ({_short(fp.get(k))} vs {_short(ref[k])})" for k in diff)
+            detail = ", ".join(f"{fields[i]} (digest {_hex(fp[i])} vs {_hex(ref[i])})" for i in diff)
             problems.append(f"rank {r} differs from rank 0 in {detail}")
     if problems:
         raise RuntimeError("data-parallel ranks do not start from the same model: " + "; ".join(problems)
@@ -167,8 +178,8 @@ def verify_replicas(model, info: DistInfo) -> None:  # noqa: ANN001 - an Integer
                              "(and load the same checkpoint) before attach().")
 
 
-def _short(v: str | None) -> str:
-    return "None" if v is None else (v[:12] + "…" if len(v) > 16 else v)
+def _hex(row: Tensor) -> str:
+    return bytes(row.tolist()[:6]).hex() + "…"
 
 
 def _check_group(info: DistInfo) -> None:

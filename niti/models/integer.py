@@ -14,12 +14,19 @@ from ..optim import GbSchedule, UpdateRule, apply_update
 from ..runtime import Runtime
 from .architectures import Architecture, trace_shapes
 
-__all__ = ["IntegerModel", "DEFAULT_MEANS", "DEFAULT_SCALES"]
+__all__ = ["IntegerModel", "DEFAULT_MEANS", "DEFAULT_SCALES", "check_pixel_mean"]
 
 #: Integer per-channel means of the training splits (MNIST 33.3; CIFAR-10 125.3, 122.9, 113.9).
 DEFAULT_MEANS = {"mnist": (33,), "cifar10": (125, 123, 114)}
 #: Per-channel ``round(2**12 / std)`` of the training splits (``niti.data.channel_scales``; std 78.6 / 63–67).
 DEFAULT_SCALES = {"mnist": (52,), "cifar10": (65, 66, 61)}
+
+
+def check_pixel_mean(mean: tuple[int, ...]) -> None:
+    """Raise ``ValueError`` unless ``mean`` is integers in [0, 255] (a mean of uint8 pixels)."""
+    bad = [m for m in mean if isinstance(m, bool) or not isinstance(m, int) or not 0 <= m <= 255]
+    if bad:
+        raise ValueError(f"input mean must be integers in [0, 255] (uint8 pixel means), got {tuple(mean)}")
 
 
 def _build_layers(arch: Architecture, generator: torch.Generator, accumulator_bits: int,
@@ -82,6 +89,7 @@ class IntegerModel:
         self.runtime = Runtime(policy or RoundingPolicy(), seed)
         self.net.set_runtime(self.runtime)
         mean = mean if mean is not None else DEFAULT_MEANS.get(arch.dataset, (0,) * arch.input_shape[2])
+        check_pixel_mean(tuple(mean))
         if len(mean) != arch.input_shape[2]:
             raise ValueError(f"mean has {len(mean)} channels, the model expects {arch.input_shape[2]}")
         self.mean = torch.tensor(mean, dtype=torch.int16)

@@ -8,7 +8,17 @@ from torch import Tensor
 from ..numerics import IntTensor, rescale
 from ..runtime import Runtime
 
-__all__ = ["IntParameter", "Module"]
+__all__ = ["IntParameter", "Module", "WEIGHT_LIMIT", "check_weight_range"]
+
+#: Weight mantissas stay in ±127: the bound behind every int32 accumulator (K·127² < 2**31, kernels/matmul.py).
+WEIGHT_LIMIT = 127
+
+
+def check_weight_range(m: Tensor) -> None:
+    """Raise ``ValueError`` unless every int8 mantissa of ``m`` lies in [-127, 127] (-128 breaks the bound)."""
+    if m.numel() and int(m.min()) < -WEIGHT_LIMIT:
+        raise ValueError(f"weight mantissas must be in [-{WEIGHT_LIMIT}, {WEIGHT_LIMIT}], got {int(m.min())}: "
+                         f"-128 breaks the int32 accumulation bound")
 
 
 class IntParameter:
@@ -25,6 +35,7 @@ class IntParameter:
             raise TypeError(f"weights are int8 mantissas, got {m.dtype}")
         if accumulator_bits not in (8, 16):
             raise ValueError(f"accumulator_bits must be 8 or 16, got {accumulator_bits}")
+        check_weight_range(m)
         self.accumulator_bits = accumulator_bits
         self.m = m
         self.e = e

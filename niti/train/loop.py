@@ -1,7 +1,8 @@
 """The training loop: data, model, epochs, evaluation, checkpoints, metrics and summary.
 
 ``fit(config)`` trains an integer model (or its float twin) and writes to
-``config.out``: ``checkpoint.pt`` (every epoch and on SIGINT/SIGTERM),
+``config.out``: ``checkpoint.pt`` (every epoch, every ``checkpoint_every`` steps,
+on SIGINT/SIGTERM and when the loop raises),
 ``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (loss over the last ``log_every`` steps) and
 ``summary.json``.  ``fit(config, resume=True)`` continues from the checkpoint
 so that the final weights are bit-identical to an uninterrupted run.
@@ -15,7 +16,7 @@ import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -23,14 +24,15 @@ import torch
 from .. import data as niti_data
 from ..models import build, get_architecture
 from ..numerics import INPUT_SCALE_BITS
-from .checkpoint import CHECKPOINT_NAME, CheckpointError, atomic_write_bytes, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .checkpoint import CHECKPOINT_NAME, atomic_write_bytes, save_checkpoint
+from .config import TrainConfig, default_val_size
 from .metrics import correct_count, evaluate, loss_sum, write_jsonl
+from .validate import load_train_state, restore_model
 
 __all__ = ["TrainingInterrupted", "fit", "build_model", "load_model"]
 
 #: Config fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"progress", "threads", "data_dir", "download", "out", "log_every"}
+_RESUMABLE_CHANGES = {"progress", "threads", "data_dir", "download", "out", "log_every", "checkpoint_every"}
 
 
 class TrainingInterrupted(Exception):
@@ -67,11 +69,15 @@ def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...],
 
 
 def load_model(checkpoint: str | Path):  # noqa: ANN201
-    """Rebuild the model saved in a checkpoint file or run directory (for ``niti eval``)."""
-    state = load_checkpoint(Path(checkpoint))
+    """Rebuild the model saved in a checkpoint file or run directory (for ``niti eval``).
+
+    The file's digest and every field are checked first (``CheckpointError`` otherwise).
+    """
+    path = Path(checkpoint)
+    state = load_train_state(path)
     config = TrainConfig.from_dict(state["config"])
     model = build_model(config.replace(device="cpu"), state["total_steps"], tuple(state["mean"]))
-    model.load_state_dict(state["model"])
+    restore_model(model, state, path)
     return model, config, state
 
 
@@ -102,6 +108,27 @@ def _signals_to(flag: _StopFlag) -> Iterator[None]:
             signal.signal(s, h)
 
 
+def _check_device_available(device: str) -> None:
+    """Refuse a CUDA device this torch build or machine does not have, before any work starts."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested, but CUDA is not available (torch {torch.__version__})")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested, but only {torch.cuda.device_count()} CUDA devices exist")
+
+
+def _check_data(ds: niti_data.Dataset, config: TrainConfig) -> None:
+    """The data set fits the model and has a test split to report on (checked before training starts)."""
+    arch = get_architecture(config.model)
+    if ds.image_shape != arch.input_shape or ds.num_classes > arch.num_classes:
+        raise ValueError(f"data set {ds.name} has images {ds.image_shape} and {ds.num_classes} classes; "
+                         f"model {arch.name} expects {arch.input_shape} and {arch.num_classes} classes")
+    if len(ds.x_test) == 0:
+        raise ValueError(f"data set {ds.name} has an empty test split (x_test has 0 images): nothing to evaluate")
+
+
 def _check_resume_config(saved: TrainConfig, config: TrainConfig) -> None:
     a, b = saved.to_dict(), config.to_dict()
     diff = sorted(k for k in a if a[k] != b[k] and k not in _RESUMABLE_CHANGES)
@@ -116,6 +143,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     ``stop_after_steps`` simulates a SIGTERM after that many steps of this call
     (tests use it to check that resuming is bit-identical).
     """
+    _check_device_available(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
     dist = None
@@ -131,18 +159,18 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
 
     state = None
     if resume:
-        state = load_checkpoint(ckpt_path)
-        _check_resume_config(TrainConfig.from_dict(state["config"]), config)
+        state = load_train_state(ckpt_path)
     elif ckpt_path.exists():
         raise ValueError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it or choose "
                          "another --out")
 
     dataset_name = _default_dataset(config)
     ds = niti_data.load_dataset(dataset_name, config.data_dir, download=config.download)
-    arch = get_architecture(config.model)
-    if ds.image_shape != arch.input_shape or ds.num_classes > arch.num_classes:
-        raise ValueError(f"data set {ds.name} has images {ds.image_shape} and {ds.num_classes} classes; "
-                         f"model {arch.name} expects {arch.input_shape} and {arch.num_classes} classes")
+    _check_data(ds, config)
+    if config.val_size is None:  # recorded resolved, in config.json, the checkpoint and summary.json
+        config = config.replace(val_size=default_val_size(len(ds.x_train)))
+    if state:
+        _check_resume_config(TrainConfig.from_dict(state["config"]), config)
     x_train, y_train, x_val, y_val = niti_data.split_validation(ds, config.val_size)
     if config.train_limit:
         x_train, y_train = x_train[:config.train_limit], y_train[:config.train_limit]
@@ -168,7 +196,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     running: tuple = (0.0, 0, 0)  # loss sum, correct, seen of the current epoch (for mid-epoch resume)
     window: list = [0.0, 0, 0]
     if state:
-        model.load_state_dict(state["model"])
+        restore_model(model, state, ckpt_path)
         epoch, start_batch = state["epoch"], state["batch"]
         seconds, history, step_log = state["seconds"], state["history"], state["step_log"]
         best_val, best_epoch = state["best_val"], state["best_epoch"]
@@ -201,75 +229,89 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     show = config.progress and rank == 0
+    # (epoch, batch) a resume would continue from, valid while model.step == at_step: the state the
+    # exception path may save. Between a step and its bookkeeping the two disagree and nothing is saved.
+    resume_at, at_step = (epoch, start_batch), model.step
     with _signals_to(flag):
         if rank == 0:  # the run's settings, readable; also marks that training is under way
             atomic_write_bytes(out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
-        while epoch < config.epochs and model.step < total_steps:
-            batches = niti_data.BatchIterator(
-                x_train, y_train, config.batch_size, seed=config.seed, epoch=epoch, drop_last=True,
-                augment=niti_data.random_crop_flip if augment else None, start_batch=start_batch, prefetch=True)
-            per_epoch = batches.batches_per_epoch
-            bar_total = min(per_epoch, start_batch + total_steps - model.step)
-            bar = _progress(show, bar_total, start_batch, f"epoch {epoch + 1}/{config.epochs}")
-            run_loss, run_correct, run_seen = running if start_batch else (0.0, 0, 0)
-            # loss sum, correct, seen since the last steps.jsonl record
-            window = list(state.get("window", (0.0, 0, 0))) if state and start_batch else [0.0, 0, 0]
-            t0 = time.perf_counter()
-            for b, (xb, yb) in enumerate(batches, start=start_batch):
-                if model.step >= total_steps:
-                    break
-                if dist:
-                    xb, yb = distributed.shard(xb, yb, dist)
-                logits = model.train_step(xb, yb)
-                t1 = time.perf_counter()
-                seconds += t1 - t0  # data loading + step; evaluation and logging are not counted
-                steps_this_call += 1
-                counts = [correct_count(logits, yb.to(model.device)), int(yb.shape[0])]
-                lsum = loss_sum(logits, yb.to(model.device))
-                if stop_after_steps is not None and steps_this_call >= stop_after_steps:
-                    flag.signum = signal.SIGTERM
-                stop_now = flag.signum is not None  # decided once per step, so a late signal waits a step
-                if dist:  # display metrics over the whole global batch; every rank stops at the same step
-                    *counts, stop = distributed.all_sum_int(counts + [int(stop_now)])
-                    lsum = distributed.all_sum_float([lsum])[0]
-                    stop_now = stop > 0
-                run_loss, run_correct, run_seen = run_loss + lsum, run_correct + counts[0], run_seen + counts[1]
-                window = [w + v for w, v in zip(window, (lsum, counts[0], counts[1]))]
-                if model.step % config.log_every == 0 or b + 1 == per_epoch:
-                    step_log.append({"step": model.step, "epoch": epoch + (b + 1) / per_epoch,
-                                     "loss": window[0] / max(window[2], 1),
-                                     "accuracy": 100.0 * window[1] / max(window[2], 1)})
-                    window = [0.0, 0, 0]
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{run_loss / max(run_seen, 1):.3f}",
-                                    acc=f"{100.0 * run_correct / max(run_seen, 1):.1f}%",
-                                    gb=_gb_text(model), refresh=False)
+        try:
+            while epoch < config.epochs and model.step < total_steps:
+                batches = niti_data.BatchIterator(
+                    x_train, y_train, config.batch_size, seed=config.seed, epoch=epoch, drop_last=True,
+                    augment=niti_data.random_crop_flip if augment else None, start_batch=start_batch,
+                    prefetch=True)
+                per_epoch = batches.batches_per_epoch
+                bar_total = min(per_epoch, start_batch + total_steps - model.step)
+                bar = _progress(show, bar_total, start_batch, f"epoch {epoch + 1}/{config.epochs}")
+                run_loss, run_correct, run_seen = running if start_batch else (0.0, 0, 0)
+                # loss sum, correct, seen since the last steps.jsonl record
+                window = list(state.get("window", (0.0, 0, 0))) if state and start_batch else [0.0, 0, 0]
                 t0 = time.perf_counter()
-                if stop_now:
+                for b, (xb, yb) in enumerate(batches, start=start_batch):
+                    if model.step >= total_steps:
+                        break
+                    if dist:
+                        xb, yb = distributed.shard(xb, yb, dist)
+                    logits = model.train_step(xb, yb)
+                    t1 = time.perf_counter()
+                    seconds += t1 - t0  # data loading + step; evaluation and logging are not counted
+                    steps_this_call += 1
+                    counts = [correct_count(logits, yb.to(model.device)), int(yb.shape[0])]
+                    lsum = loss_sum(logits, yb.to(model.device))
+                    if stop_after_steps is not None and steps_this_call >= stop_after_steps:
+                        flag.signum = signal.SIGTERM
+                    stop_now = flag.signum is not None  # decided once per step, so a late signal waits a step
+                    if dist:  # display metrics over the whole global batch; every rank stops at the same step
+                        *counts, stop = distributed.all_sum_int(counts + [int(stop_now)])
+                        lsum = distributed.all_sum_float([lsum])[0]
+                        stop_now = stop > 0
+                    run_loss, run_correct, run_seen = run_loss + lsum, run_correct + counts[0], run_seen + counts[1]
+                    window = [w + v for w, v in zip(window, (lsum, counts[0], counts[1]))]
+                    if model.step % config.log_every == 0 or b + 1 == per_epoch:
+                        step_log.append({"step": model.step, "epoch": epoch + (b + 1) / per_epoch,
+                                         "loss": window[0] / max(window[2], 1),
+                                         "accuracy": 100.0 * window[1] / max(window[2], 1)})
+                        window = [0.0, 0, 0]
                     running = (run_loss, run_correct, run_seen)
-                    checkpoint(epoch, b + 1)
+                    resume_at, at_step = (epoch, b + 1), model.step
                     if bar is not None:
-                        bar.close()
-                    raise TrainingInterrupted(f"interrupted by signal {flag.signum or signal.SIGTERM}; checkpoint written to "
-                                              f"{ckpt_path} (resume with: niti train --resume {out})")
-            if bar is not None:
-                bar.close()
-            val_acc = accuracy(xt_val, yt_val)
-            test_acc = accuracy(xt_test, yt_test)
-            record = {"epoch": epoch + 1, "step": model.step, "train_loss": run_loss / max(run_seen, 1),
-                      "train_accuracy": 100.0 * run_correct / max(run_seen, 1), "val_accuracy": val_acc,
-                      "test_accuracy": test_acc, "seconds": seconds}
-            if hasattr(model, "current_gb"):
-                record["gb"] = _gb_text(model)
-            history.append(record)
-            if val_acc is not None and val_acc > best_val:
-                best_val, best_epoch = val_acc, epoch + 1
-            if show:
-                print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} train {record['train_accuracy']:.2f}% "
-                      f"val {val_acc if val_acc is None else f'{val_acc:.2f}%'} test {test_acc:.2f}%", flush=True)
-            epoch, start_batch = epoch + 1, 0
-            checkpoint(epoch, 0)
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{run_loss / max(run_seen, 1):.3f}",
+                                        acc=f"{100.0 * run_correct / max(run_seen, 1):.1f}%",
+                                        gb=_gb_text(model), refresh=False)
+                    if stop_now:
+                        checkpoint(epoch, b + 1)
+                        if bar is not None:
+                            bar.close()
+                        raise TrainingInterrupted(
+                            f"interrupted by signal {flag.signum or signal.SIGTERM}; checkpoint written to "
+                            f"{ckpt_path} (resume with: niti train --resume {out})")
+                    if _periodic_checkpoint_due(config, model.step, b + 1 == per_epoch):
+                        checkpoint(epoch, b + 1)
+                    t0 = time.perf_counter()
+                if bar is not None:
+                    bar.close()
+                val_acc = accuracy(xt_val, yt_val)
+                test_acc = accuracy(xt_test, yt_test)
+                record = {"epoch": epoch + 1, "step": model.step, "train_loss": run_loss / max(run_seen, 1),
+                          "train_accuracy": 100.0 * run_correct / max(run_seen, 1), "val_accuracy": val_acc,
+                          "test_accuracy": test_acc, "seconds": seconds}
+                if hasattr(model, "current_gb"):
+                    record["gb"] = _gb_text(model)
+                history.append(record)
+                if val_acc is not None and val_acc > best_val:
+                    best_val, best_epoch = val_acc, epoch + 1
+                if show:
+                    print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} train {record['train_accuracy']:.2f}% "
+                          f"val {_percent(val_acc)} test {_percent(test_acc)}", flush=True)
+                epoch, start_batch = epoch + 1, 0
+                resume_at, at_step = (epoch, 0), model.step
+                checkpoint(epoch, 0)
+        except Exception as exc:  # a signal's TrainingInterrupted has saved already; save any other failure
+            if not isinstance(exc, TrainingInterrupted) and model.step == at_step:
+                _save_on_error(exc, lambda: checkpoint(*resume_at), ckpt_path, out)
+            raise
 
     images = model.step * config.batch_size
     summary = {
@@ -279,11 +321,31 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
         "best_val_accuracy": best_val if best_val >= 0 else None, "best_val_epoch": best_epoch if best_epoch >= 0 else None,
         "epochs": len(history), "steps": model.step, "seconds": round(seconds, 3),
         "images_per_second": round(images / seconds, 2) if seconds else None, "world_size": world,
+        "val_images": int(x_val.shape[0]),
         "weights_sha256": model.weights_sha256(), "config": config.to_dict(),
     }
     if rank == 0:
         atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary
+
+
+def _periodic_checkpoint_due(config: TrainConfig, step: int, epoch_ends: bool) -> bool:
+    """Whether to save a mid-epoch checkpoint after ``step`` (the epoch-end one follows at an epoch's end)."""
+    return bool(config.checkpoint_every) and step % config.checkpoint_every == 0 and not epoch_ends
+
+
+def _save_on_error(exc: Exception, save: Callable[[], None], ckpt_path: Path, out: Path) -> None:
+    """Save a checkpoint of the last consistent state while ``exc`` propagates, and say so in its notes."""
+    try:
+        save()
+    except Exception as save_exc:  # the original error matters more; report both
+        exc.add_note(f"no checkpoint written: {type(save_exc).__name__}: {save_exc}")
+        return
+    exc.add_note(f"checkpoint written to {ckpt_path} (resume with: niti train --resume {out})")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def _progress(show: bool, total: int, initial: int, desc: str):  # noqa: ANN202

@@ -1,0 +1,178 @@
+"""Field checks for a loaded training checkpoint: every value in its type and range, or ``CheckpointError``.
+
+The digest in ``checkpoint.py`` proves a file is the one niti wrote; these
+checks refuse a well-formed file whose content no training run can produce
+(a crafted or foreign checkpoint), before any of it reaches a model.  The
+integer invariants are the datapath's: weights in [-127, 127] (the bound
+behind the int32 accumulators), integer exponents, integer pixel means.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..models import get_architecture
+from .checkpoint import CheckpointError, load_checkpoint
+from .config import TrainConfig
+
+__all__ = ["EXPONENT_LIMIT", "load_train_state", "restore_model", "validate_train_state"]
+
+#: |exponent| bound: trained weights sit near 2**-8; 2**±256 is far beyond any real run.
+EXPONENT_LIMIT = 256
+WEIGHT_LIMIT = 127
+PIXEL_MAX = 255
+
+_TOP_KEYS = ("config", "model", "epoch", "batch", "seconds", "history", "step_log", "best_val", "best_epoch",
+             "running", "mean", "total_steps")
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _fail(where: str, message: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {where}: {message}")
+
+
+def _int(where: str, name: str, value: object, low: int, high: int | None = None) -> int:
+    """``value`` as a Python int in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise _fail(where, f"{name} must be {span}, got {value}")
+    return value
+
+
+def _number(where: str, name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(where, f"{name} must be a number, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _int_tensor(where: str, name: str, value: object, *, dtype: torch.dtype | None = None,
+                low: int | None = None, high: int | None = None) -> torch.Tensor:
+    """``value`` as an integer tensor (of ``dtype`` if given) whose entries lie in ``[low, high]``."""
+    if not isinstance(value, torch.Tensor):
+        raise _fail(where, f"{name} must be a tensor, got {type(value).__name__}")
+    if value.dtype not in _INT_DTYPES or (dtype is not None and value.dtype != dtype):
+        raise _fail(where, f"{name} must be {dtype or 'an integer tensor'}, got {value.dtype}")
+    if value.numel() and low is not None and high is not None:
+        lo, hi = (int(v) for v in torch.aminmax(value.to(torch.int64)))
+        if lo < low or hi > high:
+            raise _fail(where, f"{name} has values in [{lo}, {hi}], outside [{low}, {high}]")
+    return value
+
+
+def _config(where: str, raw: object) -> TrainConfig:
+    if not isinstance(raw, dict):
+        raise _fail(where, f"config must be a dict, got {type(raw).__name__}")
+    try:
+        return TrainConfig.from_dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise _fail(where, f"invalid config ({exc})") from None
+
+
+def _check_param(where: str, i: int, p: object) -> None:
+    """One weight's dict: int8 ``m`` in ±127, integer exponents, an int16 ``master`` or none; any other
+    entry (state a newer optimiser keeps, such as a velocity) must be an integer tensor, an int or None."""
+    if not isinstance(p, dict) or "m" not in p or "e" not in p:
+        raise _fail(where, f"weight {i} must be a dict with 'm' and 'e'")
+    _int_tensor(where, f"weight {i} m", p["m"], dtype=torch.int8, low=-WEIGHT_LIMIT, high=WEIGHT_LIMIT)
+    _int(where, f"weight {i} exponent e", p["e"], -EXPONENT_LIMIT, EXPONENT_LIMIT)
+    master = p.get("master")
+    if master is not None:
+        _int_tensor(where, f"weight {i} master", master, dtype=torch.int16, low=-(2**15 - 1), high=2**15 - 1)
+        if tuple(master.shape) != tuple(p["m"].shape):
+            raise _fail(where, f"weight {i} master has shape {tuple(master.shape)}, m has {tuple(p['m'].shape)}")
+        _int(where, f"weight {i} master_e", p.get("master_e"), -EXPONENT_LIMIT, EXPONENT_LIMIT)
+    for key, value in p.items():
+        if key in ("m", "e", "master", "master_e") or value is None:
+            continue
+        if isinstance(value, torch.Tensor):
+            _int_tensor(where, f"weight {i} {key}", value)
+        else:
+            _int(where, f"weight {i} {key}", value, -(2**63), 2**63 - 1)
+
+
+def _check_int_model(where: str, model: dict, config: TrainConfig, total_steps: int) -> None:
+    arch = get_architecture(config.model)
+    if model.get("arch") != arch.name:
+        raise _fail(where, f"model state is for {model.get('arch')!r}, the config says {arch.name!r}")
+    step = _int(where, "model step", model.get("step"), 0, total_steps)
+    if model.get("total_steps") is not None:
+        _int(where, "model total_steps", model["total_steps"], max(step, 1))
+    params = model.get("params")
+    if not isinstance(params, list) or not params:
+        raise _fail(where, "model params must be a non-empty list")
+    for i, p in enumerate(params):
+        _check_param(where, i, p)
+    runtime = model.get("runtime")
+    if not isinstance(runtime, dict) or not runtime:
+        raise _fail(where, "model runtime must be a dict of generator states")
+    for name, value in runtime.items():
+        _int_tensor(where, f"runtime {name}", value, dtype=torch.uint8)
+    mean = _int_tensor(where, "model mean", model.get("mean"), low=0, high=PIXEL_MAX)
+    if tuple(mean.shape) != (arch.input_shape[2],):
+        raise _fail(where, f"model mean must have {arch.input_shape[2]} channel values, got shape {tuple(mean.shape)}")
+    for key, value in model.items():  # e.g. an input scale next to the mean: integer tensors only
+        if key not in ("arch", "step", "total_steps", "params", "runtime", "mean") and isinstance(value, torch.Tensor):
+            _int_tensor(where, f"model {key}", value)
+
+
+def validate_train_state(state: dict, where: str | Path) -> TrainConfig:
+    """Check every field ``fit`` and ``load_model`` read from a checkpoint; return its ``TrainConfig``.
+
+    Raises ``CheckpointError`` naming the checkpoint (``where``) and the first bad field.
+    """
+    where = str(where)
+    missing = [k for k in _TOP_KEYS if k not in state]
+    if missing:
+        raise _fail(where, f"missing fields {', '.join(missing)}")
+    config = _config(where, state["config"])
+    _int(where, "epoch", state["epoch"], 0, config.epochs)
+    _int(where, "batch", state["batch"], 0)
+    total_steps = _int(where, "total_steps", state["total_steps"], 1)
+    _int(where, "best_epoch", state["best_epoch"], -1, config.epochs)
+    _int(where, "world_size", state.get("world_size", 1), 1)
+    if _number(where, "seconds", state["seconds"]) < 0:
+        raise _fail(where, f"seconds must be >= 0, got {state['seconds']}")
+    _number(where, "best_val", state["best_val"])
+    for name in ("running", "window"):
+        value = state.get(name, [0.0, 0, 0])
+        if not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise _fail(where, f"{name} must be a list of 3 numbers, got {value!r}")
+        for v in value:
+            _number(where, name, v)
+    for name in ("history", "step_log"):
+        if not isinstance(state[name], list) or not all(isinstance(r, dict) for r in state[name]):
+            raise _fail(where, f"{name} must be a list of records")
+    channels = get_architecture(config.model).input_shape[2]
+    mean = state["mean"]
+    if not isinstance(mean, (list, tuple)) or len(mean) != channels:
+        raise _fail(where, f"mean must be a list of {channels} integers, got {mean!r}")
+    for v in mean:
+        _int(where, "mean", v, 0, PIXEL_MAX)
+    model = state["model"]
+    if not isinstance(model, dict):
+        raise _fail(where, f"model must be a dict, got {type(model).__name__}")
+    if config.arith == "int":
+        _check_int_model(where, model, config, total_steps)
+    return config
+
+
+def load_train_state(path: str | Path) -> dict:
+    """``load_checkpoint`` (digest verified) plus ``validate_train_state``: a state ``fit`` may resume from."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    validate_train_state(state, path)
+    return state
+
+
+def restore_model(model: object, state: dict, where: str | Path) -> None:
+    """``model.load_state_dict(state["model"])``, its refusals reported as ``CheckpointError`` naming ``where``."""
+    try:
+        model.load_state_dict(state["model"])  # type: ignore[attr-defined]
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise _fail(str(where), f"does not fit the model ({type(exc).__name__}: {exc})") from None
