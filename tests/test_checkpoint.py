@@ -96,7 +96,8 @@ def test_unknown_integer_state_is_tolerated(run_dir: Path) -> None:
 
 def test_a_shape_mismatch_is_a_checkpoint_error(run_dir: Path, tmp_path: Path) -> None:
     path = _crafted(run_dir, tmp_path, lambda s: _param(s).update(m=_param(s)["m"][:1].clone()))
-    with pytest.raises(CheckpointError, match="does not fit the model"):
+    # With int16 masters (the default) the m / master disagreement is caught first.
+    with pytest.raises(CheckpointError, match="does not fit the model|master has shape"):
         load_model(path)
 
 

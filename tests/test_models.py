@@ -333,7 +333,7 @@ def test_load_state_dict_rejects_mismatches() -> None:
         niti.build("lenet", accumulator_bits=16).load_state_dict(lenet8)
     with pytest.raises(ValueError, match="accumulator"):
         niti.build("lenet", accumulator_bits=8).load_state_dict(_round_trip(niti.build("lenet").state_dict()))
-    target = niti.build("lenet", seed=3)
+    target = niti.build("lenet", seed=3, accumulator_bits=8)
     sha = target.weights_sha256()
     broken = _round_trip(lenet8)
     broken["params"][1]["m"] = broken["params"][1]["m"][:, :, :, :10]
@@ -372,10 +372,12 @@ def test_input_is_normalised_by_the_integer_std() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4, 5, 5, 3), generator=g, dtype=torch.uint8)
     mean, scale = torch.tensor([125, 123, 114]), torch.tensor([65, 66, 61])
+    from niti.numerics import RoundingPolicy
+
     x = images_to_int8(images, mean, Runtime(RoundingPolicy.all("nearest")), scale)
     real = x.m.to(torch.float64) * 2.0**x.e  # test-side floats, to read the result
     want = (images.to(torch.float64) - mean) * scale / 4096
-    assert int(x.m.abs().max()) == 127 and float((real - want).abs().max()) <= 2.0**x.e / 2 + 1e-12
+    assert 64 <= int(x.m.abs().max()) <= 127 and float((real - want).abs().max()) <= 2.0**x.e / 2 + 1e-12
     # No scale (checkpoints from before it existed) is the raw-pixel input of the first contract, same values.
     raw = images_to_int8(images, mean, Runtime(RoundingPolicy.all("nearest")))
     ident = images_to_int8(images, mean, Runtime(RoundingPolicy.all("nearest")), torch.full((3,), 4096))
