@@ -43,7 +43,7 @@ from typing import Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the device machine runs the checkout without installing it
 
-REFERENCE_EPOCH_S = 20.0  # the reference implementation (PyTorch 1.7 + CUTLASS) on a tensor-core GPU, DESIGN §6
+REFERENCE_EPOCH_S = 20.0  # the reference implementation (PyTorch 1.7 + CUTLASS) on a tensor-core GPU
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

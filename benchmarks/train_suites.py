@@ -117,6 +117,8 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             "k2": ["--momentum-shift", "2"],
             "k4": ["--momentum-shift", "4"],
             "wd19": ["--decay-shift", "19"],
+            "gb5432-k4": ["--gb-schedule", "5,4,3,2@0.25,0.5,0.75", "--momentum-shift", "4"],
+            "gb5432-k0": ["--gb-schedule", "5,4,3,2@0.25,0.5,0.75", "--momentum-shift", "0"],
             # ablation: each of the items 1-4 off, and all off (the first version's numerics)
             "off-softmax": ["--softmax", "coarse"],
             "off-scales": ["--no-input-std", "--no-full-range-init"],

@@ -1,7 +1,7 @@
 """How big is one update, relative to the weights, per layer: the float twin against the integer model.
 
 The integer update has no learning rate: each layer's gradient is rescaled so
-its largest element is ``2**gb - 1`` (§1.5), i.e. every layer moves its
+its largest element is ``2**gb - 1`` (numerics.md §5), i.e. every layer moves its
 largest weight by the same fraction of the weight range, whatever the float
 optimiser would have done.  This script puts numbers on that: it trains the
 float twin (SGD, momentum, weight decay, its tuned lr) and the integer model

@@ -1,4 +1,4 @@
-"""``integer_only()``: prove a region computes with integers only (DESIGN §3).
+"""``integer_only()``: prove a region computes with integers only (docs/numerics.md §11).
 
 A ``TorchDispatchMode`` sees every aten op below the Python API.  Any op that
 consumes or produces a floating-point (or complex) tensor, or is handed a

@@ -70,7 +70,7 @@ class LrSchedule:
 
 
 class FlattenNHWC(torch.nn.Module):
-    """Flatten NCHW activations in NHWC order, the integer model's feature order (DESIGN §1.4)."""
+    """Flatten NCHW activations in NHWC order, the integer model's feature order (docs/numerics.md §4)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return x.permute(0, 2, 3, 1).flatten(1)

@@ -1,4 +1,4 @@
-"""Integer numerics of DESIGN §1.1–1.3 and §1.9: bit widths, rounding, rescale.
+"""Integer numerics of docs/numerics.md §1–3 and §9: bit widths, rounding, rescale.
 
 A tensor value is ``m · 2**e``: an integer tensor ``m`` and one Python ``int``
 exponent ``e`` for the whole tensor.  Every function here uses integer tensor
@@ -55,7 +55,7 @@ class IntTensor:
 
 @dataclass(frozen=True)
 class RoundingPolicy:
-    """Rounding mode per role (DESIGN §1.9); defaults are the reference's."""
+    """Rounding mode per role (docs/numerics.md §9); defaults are the reference's."""
 
     activation: str = "nearest"
     error: str = "nearest"
@@ -88,7 +88,7 @@ def max_abs(t: Tensor) -> int:
 
 
 def bits(t: Tensor) -> int:
-    """``bit_length(max |t|)``: bits of the largest magnitude, 0 for all zeros (§1.2)."""
+    """``bit_length(max |t|)``: bits of the largest magnitude, 0 for all zeros (numerics.md §2)."""
     return max_abs(t).bit_length()
 
 
@@ -111,7 +111,7 @@ def round_shift(
     *,
     noise: Tensor | None = None,
 ) -> Tensor:
-    """``t / 2**shift`` rounded sign-magnitude with ``mode`` (§1.3); not clipped.
+    """``t / 2**shift`` rounded sign-magnitude with ``mode`` (numerics.md §3); not clipped.
 
     ``stochastic`` draws ``u`` uniform in ``[0, 2**shift)`` from ``generator``
     unless ``noise`` (already such draws, same shape as ``t``) is given: the
@@ -160,7 +160,7 @@ def rescale(
     bit_width: int | None = None,
     noise: Tensor | None = None,
 ) -> tuple[Tensor, int]:
-    """Narrow a wide integer tensor to ``target_bits`` magnitude bits (§1.2).
+    """Narrow a wide integer tensor to ``target_bits`` magnitude bits (numerics.md §2).
 
     Returns ``(narrow, shift)`` with ``shift = max(0, bits(t) - target_bits)``;
     the caller adds ``shift`` to the exponent.  The result is clipped to

@@ -1,4 +1,4 @@
-"""``niti.audit.integer_only`` (DESIGN §3): it must see every aten op and fail on floating point."""
+"""``niti.audit.integer_only`` (docs/numerics.md §11): it must see every aten op and fail on floating point."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""CPU vs CUDA parity (DESIGN §2): integer sums are associative, so every result must be bit-identical.
+"""CPU vs CUDA parity (docs/numerics.md §1): integer sums are associative, so every result must be bit-identical.
 
 Covers ``int_mm_cuda`` (shapes that need padding, every operand layout,
 int32 extremes), the convolution kernels on both CUDA backends (the Triton

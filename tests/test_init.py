@@ -1,4 +1,4 @@
-"""Integer Xavier initialisation (DESIGN §1.8): 7-bit bound, integer draws, seeded."""
+"""Integer Xavier initialisation (docs/numerics.md §8): 7-bit bound, integer draws, seeded."""
 
 from __future__ import annotations
 

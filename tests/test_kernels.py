@@ -1,4 +1,4 @@
-"""Kernels bit-exact against int64 references written without floats (DESIGN §1.1, §1.4, §2)."""
+"""Kernels bit-exact against int64 references written without floats (docs/numerics.md §1, §4)."""
 
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def test_conv_adversarial_inputs_exact() -> None:
 
 
 def test_conv_grad_weight_splits_k_for_large_batches() -> None:
-    # K = N·Ho·Wo = 34·64·64 = 139,264 > 133,144: the early-layer weight gradient at large batch (§1.1).
+    # K = N·Ho·Wo = 34·64·64 = 139,264 > 133,144: the early-layer weight gradient at large batch (numerics.md §1).
     n, h = 34, 64
     assert n * h * h > MAX_K_INT32
     x = torch.full((n, h, h, 1), 127, dtype=torch.int8)

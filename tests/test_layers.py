@@ -1,4 +1,4 @@
-"""Integer layers (DESIGN §1.4) against float autograd on the same weights and inputs.
+"""Integer layers (docs/numerics.md §4) against float autograd on the same weights and inputs.
 
 The float references live only in this file: integer ``m · 2**e`` is turned
 into float64 here, outside niti, and pushed through ``torch.nn.functional``

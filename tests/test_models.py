@@ -1,4 +1,4 @@
-"""Integer models (DESIGN §1, §3, §5): structure, integer-only steps, determinism, validation, checkpoints.
+"""Integer models (docs/numerics.md; the audit §11): structure, integer-only steps, determinism, validation, checkpoints.
 
 VGG runs use batches of 2 to keep the suite short on two shared cores.
 """

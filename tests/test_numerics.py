@@ -1,4 +1,4 @@
-"""numerics against a pure-Python integer reference (DESIGN §1.2–1.3)."""
+"""numerics against a pure-Python integer reference (docs/numerics.md §2–3)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from niti.numerics import ROUNDING_MODES, IntTensor, RoundingPolicy, bits, resca
 
 
 def ref_round(x: int, s: int, mode: str, u: int = 0) -> int:
-    """DESIGN §1.3 written with Python ints, sign-magnitude."""
+    """docs/numerics.md §3 written with Python ints, sign-magnitude."""
     if s == 0:
         return x
     a, sign = abs(x), (-1 if x < 0 else 1)

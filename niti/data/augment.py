@@ -1,4 +1,4 @@
-"""Integer augmentation for CIFAR-10 (DESIGN §1.8): random crop with zero padding and horizontal flip.
+"""Integer augmentation for CIFAR-10 (docs/numerics.md §8): random crop with zero padding and horizontal flip.
 
 Both are index operations on uint8 images: pad once, then gather every image's
 window with index tensors computed for the whole batch. No float, no per-image loop.

@@ -85,7 +85,7 @@ def split_validation(ds: Dataset, n_val: int = 5000) -> tuple[np.ndarray, np.nda
 
 
 def channel_means(x: np.ndarray | torch.Tensor) -> tuple[int, ...]:
-    """Per-channel mean of uint8 ``(N, H, W, C)`` images, rounded half up, from exact integer sums (DESIGN §1.8)."""
+    """Per-channel mean of uint8 ``(N, H, W, C)`` images, rounded half up, from exact integer sums (docs/numerics.md §8)."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     if x.dtype != np.uint8 or x.ndim != 4:

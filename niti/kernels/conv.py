@@ -1,4 +1,4 @@
-"""Exact int8 NHWC convolution as im2col + ``int_matmul`` (DESIGN §1.4, §2).
+"""Exact int8 NHWC convolution as im2col + ``int_matmul`` (docs/numerics.md §4, §2).
 
 Activations are NHWC int8, weights ``(C_out, kh, kw, C_in)`` int8, so the
 im2col matrix ``(N·Ho·Wo, kh·kw·C_in)`` multiplies the reshaped weight

@@ -1,4 +1,4 @@
-"""Exact int8 × int8 → int32 products on CUDA through ``torch._int_mm`` (DESIGN §2).
+"""Exact int8 × int8 → int32 products on CUDA through ``torch._int_mm`` (docs/numerics.md §1).
 
 cuBLASLt's int8 GEMM behind ``torch._int_mm`` needs ``M > 16`` and ``K``,
 ``N`` multiples of 8, and it is fastest (and most widely supported) with a
@@ -13,7 +13,7 @@ with ``K ≤ MAX_K_INT32 = (2**31 - 1) // 127**2``, so for mantissas in
 terms, is bounded by ``K · 127² ≤ 2**31 - 1``.  That matters on the GPU
 because int8 tensor-core accumulators saturate rather than wrap: an
 out-of-range sum would be silently clipped, not merely wrapped.  The bound
-assumes the datapath's symmetric clip (DESIGN §1.1): an operand holding
+assumes the datapath's symmetric clip (docs/numerics.md §1): an operand holding
 -128 could exceed it for ``K > 131071`` (``128² · 131072 = 2**31``).
 Zero padding of K adds only zero terms, so it never loosens the bound.
 """

@@ -1,8 +1,8 @@
-"""Fused integer elementwise chains (DESIGN §2), each run compiled or as its eager twin.
+"""Fused integer elementwise chains (docs/numerics.md §1), each run compiled or as its eager twin.
 
 Each chain (rescale's rounding and clip, the weight update, the ReLU
 backward, max pooling, col2im) is written once below as plain integer torch
-ops: that function is the *eager twin*, readable next to DESIGN §1.
+ops: that function is the *eager twin*, readable next to docs/numerics.md.
 ``Fused`` runs the very same function through ``torch.compile`` (inductor,
 C++ on the CPU), which turns a chain of a dozen full-tensor passes into one
 loop (measured on one thread: rounding and clipping LeNet's first 2.9 M-element
@@ -170,7 +170,7 @@ def max_abs(t: Tensor) -> int:
 
 
 def _round_magnitude(a: Tensor, shift: Tensor, mode: str, noise: Tensor | None) -> Tensor:
-    """``a >> shift`` rounded with ``mode`` for magnitudes ``a >= 0`` and ``shift >= 1`` (DESIGN §1.3)."""
+    """``a >> shift`` rounded with ``mode`` for magnitudes ``a >= 0`` and ``shift >= 1`` (docs/numerics.md §3)."""
     q = a >> shift
     if mode == "nearest":
         return q + ((a >> (shift - 1)) & 1)  # low >= 2**(shift-1), without forming 2**shift
@@ -254,7 +254,7 @@ _update = Fused(_update_chain)
 
 def update(w: Tensor, grad: Tensor, shift: int, mode: str, grad_bits: int, weight_limit: int,
            noise: Tensor | None = None) -> Tensor:
-    """``clip(w - clip(round_shift(grad, shift), ±(2**grad_bits-1)), ±weight_limit)`` in ``w``'s dtype (§1.5)."""
+    """``clip(w - clip(round_shift(grad, shift), ±(2**grad_bits-1)), ±weight_limit)`` in ``w``'s dtype (numerics.md §5)."""
     if w.shape != grad.shape:
         raise ValueError(f"gradient shape {tuple(grad.shape)} != weight shape {tuple(w.shape)}")
     work = _work_dtype(grad, shift)

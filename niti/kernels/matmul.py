@@ -1,4 +1,4 @@
-"""Exact int8 × int8 matrix products on ``torch._int_mm`` (docs/numerics.md §1, DESIGN §2).
+"""Exact int8 × int8 matrix products on ``torch._int_mm`` (docs/numerics.md §1).
 
 ``_int_mm`` accumulates in int32 and wraps silently on overflow, and it
 returns garbage for operands with overlapping or zero strides.  ``int_matmul``

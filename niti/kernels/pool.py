@@ -1,4 +1,4 @@
-"""Integer max pooling on NHWC tensors with first-maximum routing (DESIGN §1.4).
+"""Integer max pooling on NHWC tensors with first-maximum routing (docs/numerics.md §4).
 
 The window arithmetic is the fused chain ``kernels.fused.maxpool`` /
 ``maxpool_backward`` (compiled on the CPU, its eager twin elsewhere).

@@ -1,11 +1,11 @@
-"""Exact int8 NHWC convolution as a Triton implicit GEMM (DESIGN §2, CUDA backend).
+"""Exact int8 NHWC convolution as a Triton implicit GEMM (docs/numerics.md §1, CUDA backend).
 
 The same product as ``conv.conv2d`` — rows ``(n, ho, wo)``, reduction
 ``(i, j, c)`` against weights ``(C_out, kh, kw, C_in)`` — but each program
 gathers its input tile straight from the NHWC activation (zero outside the
 image), so no im2col buffer is ever written.  ``tl.dot`` multiplies int8 by
 int8 into an int32 accumulator.  On tensor cores an out-of-range int32 sum
-saturates rather than wraps (DESIGN §2): silently wrong either way, so the
+saturates rather than wraps (docs/numerics.md §1): silently wrong either way, so the
 host code only launches where every partial sum provably fits:
 ``K · 127² ≤ 2**31 - 1`` for the forward (``supports``), and at most
 ``MAX_ROWS_PER_SPLIT`` reduction rows per program for the weight gradient,

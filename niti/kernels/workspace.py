@@ -1,4 +1,4 @@
-"""Scratch buffers reused from step to step (DESIGN §2: no page faults for the big temporaries).
+"""Scratch buffers reused from step to step (docs/numerics.md §1; no page faults for the big temporaries).
 
 The im2col columns, zero-padded inputs and int32 products of a VGG layer are
 tens to hundreds of MB.  Allocated fresh each step they are page-faulted in

@@ -37,7 +37,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         (("conv", 20, 5, 0), ("relu",), ("pool", 2), ("conv", 50, 5, 0), ("relu",), ("pool", 2),
          ("flatten",), ("linear", 500), ("relu",), ("linear", 10)),
         "mnist"),
-    # The reference's VGG-small widths (DESIGN §6).
+    # The reference's VGG-small widths (the NITI paper's VGG-small).
     "vgg-small-7": Architecture("vgg-small-7", (32, 32, 3), 10,
                                 _vgg_small([128, 128, "M", 256, 256, "M", 512, 512, "M"]), "cifar10"),
     "vgg-small-8": Architecture("vgg-small-8", (32, 32, 3), 10,

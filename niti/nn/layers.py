@@ -1,4 +1,4 @@
-"""Integer layers of DESIGN §1.4, NHWC, int8 in and int8 out.
+"""Integer layers of docs/numerics.md §4, NHWC, int8 in and int8 out.
 
 Each layer keeps what its backward needs for exactly one step (``_saved_*``)
 and frees it in ``backward``.  Weighted layers put the integer gradient in

@@ -24,7 +24,7 @@ def check_weight_range(m: Tensor) -> None:
 class IntParameter:
     """An integer weight: the int8 datapath mantissas ``m`` with exponent ``e``.
 
-    With ``accumulator_bits=16`` (DESIGN §1.6) the master copy is ``master``
+    With ``accumulator_bits=16`` (docs/numerics.md §6) the master copy is ``master``
     (int16, exponent ``master_e = e8 - 8``) and ``m`` is its int8 rescale,
     refreshed after every update.  ``grad`` holds the last integer weight
     gradient (int32 or int64) until the update consumes it.
