@@ -28,7 +28,7 @@ def ref_gb(schedule: GbSchedule, step: int, total: int) -> int:
 
 
 def test_reference_schedule_boundaries_per_step() -> None:
-    s = GbSchedule()
+    s = GbSchedule.reference()
     assert (s.values, s.boundaries) == ((5, 4, 3), (0.5, 0.75))
     seq = [s.gb_at(i, 100) for i in range(100)]
     assert seq == [5] * 50 + [4] * 25 + [3] * 25
@@ -50,7 +50,7 @@ def test_gb_at_matches_exact_fractions(bounds: list[int], total: int, data) -> N
 def test_one_epoch_run_decays_5_4_3_inside_the_epoch(mnist) -> None:
     """The model places each step on the schedule: a single short run still goes 5 → 4 → 3."""
     total = 8
-    model = niti.build("lenet", seed=0, total_steps=total)
+    model = niti.build("lenet", seed=0, total_steps=total, schedule=GbSchedule.reference())
     images = torch.from_numpy(mnist["x_train"][:8 * total]).reshape(-1, 28, 28, 1)
     labels = torch.from_numpy(mnist["y_train"][:8 * total]).to(torch.int64)
     used: list[int] = []
@@ -82,9 +82,11 @@ def test_parse_str_round_trip(text: str) -> None:
 
 
 def test_parse_values() -> None:
-    assert GbSchedule.parse("5,4,3@0.5,0.75") == GbSchedule()
+    assert GbSchedule.parse("5,4,3@0.5,0.75") == GbSchedule.reference()
     assert GbSchedule.parse("4") == GbSchedule.constant(4) == GbSchedule((4,), ())
-    assert str(GbSchedule()) == "5,4,3@0.5,0.75"
+    from niti.train import TrainConfig
+
+    assert str(GbSchedule()) == "5,4,3,2@0.25,0.5,0.75" == TrainConfig().gb_schedule
 
 
 @settings(max_examples=100, deadline=None)
