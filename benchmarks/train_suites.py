@@ -127,7 +127,9 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             "off-all": ["--softmax", "coarse", "--no-input-std", "--no-full-range-init", "--batch-ref", "0",
                         "--momentum-shift", "0", "--accumulator-bits", "8"],
         }
-        runs = [(f"lenet-int-{tag}", common + extra) for tag, extra in variants.items()]
+        base = ["--gb-schedule", "5,4,3@0.5,0.75"]  # the base of the selection: the paper's schedule
+        runs = [(f"lenet-int-{tag}", common + (extra if "--gb-schedule" in extra else base + extra))
+                for tag, extra in variants.items()]
         return runs + [("lenet-float", common + ["--arith", "float"])]
     if name == "mnist-defaults":  # issue 12's MNIST target: default flags, 5 epochs, batch 128, 3 seeds
         return [(f"lenet-{arith}-s{s}", ["--model", "lenet", "--arith", arith, "--epochs", str(a.epochs),
