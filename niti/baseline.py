@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -62,7 +63,8 @@ class LrSchedule:
         """How many boundaries 0-based ``step`` of ``total_steps`` has passed (0 if the total is unknown)."""
         if not total_steps:
             return 0
-        return sum(step * 1_000_000 >= round(b * 1_000_000) * total_steps for b in self.boundaries)
+        fractions = (Fraction(str(b)) for b in self.boundaries)  # as GbSchedule parses them: exact decimals
+        return sum(step * f.denominator >= f.numerator * total_steps for f in fractions)
 
     def lr_at(self, step: int, total_steps: int | None) -> float:
         index = self.phase(step, total_steps)
