@@ -395,3 +395,23 @@ def test_initial_logits_have_a_float_like_scale(mnist) -> None:
 def test_an_out_of_range_input_mean_is_refused(mean: tuple) -> None:
     with pytest.raises(ValueError, match=r"input mean must be integers in \[0, 255\]"):
         niti.build("lenet", mean=mean)
+
+
+def test_constant_pixel_batches_and_dead_networks_train_without_error() -> None:
+    """Issue 16: a batch equal to the channel mean (all-zero input, logit exponent ~ -40) and a network whose
+    activations all die must train (uniform softmax), not raise."""
+    labels = torch.arange(8) % 10
+    model = niti.build("lenet", seed=0, total_steps=4)
+    flat = torch.full((8, 28, 28, 1), int(model.mean[0]), dtype=torch.uint8)
+    for _ in range(2):
+        logits = model.train_step(flat, labels)
+        assert int(logits.m.abs().max()) == 0
+    dead = niti.build("lenet", seed=1, total_steps=4)
+    first = dead.parameters()[0]
+    first.m.zero_()
+    first.master.zero_()
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 28, 28, 1), generator=g, dtype=torch.uint8)
+    for _ in range(2):
+        dead.train_step(images, labels)
+    assert dead.step == 2

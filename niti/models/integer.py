@@ -225,6 +225,10 @@ class IntegerModel:
             if tuple(s["m"].shape) != tuple(p.m.shape) or s["m"].dtype != torch.int8:
                 raise ValueError(f"weight {i}: expected int8 {tuple(p.m.shape)}, got {s['m'].dtype} "
                                  f"{tuple(s['m'].shape)}")
+            try:
+                nn.module.check_weight_range(s["m"])
+            except ValueError as exc:
+                raise ValueError(f"weight {i}: {exc}") from None
             if (s["master"] is None) != (p.master is None):
                 raise ValueError(f"weight {i}: accumulator width differs from the model's "
                                  f"({p.accumulator_bits}-bit)")
