@@ -131,6 +131,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         runs = [(f"lenet-int-{tag}", common + (extra if "--gb-schedule" in extra else base + extra))
                 for tag, extra in variants.items()]
         return runs + [("lenet-float", common + ["--arith", "float"])]
+    if name == "cifar-quarter-smoke":  # default flags on CIFAR-10 where this CPU allows: VGG-small-7-quarter
+        return [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
+                                     "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
+                for arith in ("int", "float") for s in seeds]
     if name == "mnist-defaults":  # issue 12's MNIST target: default flags, 5 epochs, batch 128, 3 seeds
         return [(f"lenet-{arith}-s{s}", ["--model", "lenet", "--arith", arith, "--epochs", str(a.epochs),
                                          "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
@@ -141,7 +145,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
-                                      "cifar-gb", "numerics2-mnist", "mnist-defaults"])
+                                      "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

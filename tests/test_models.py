@@ -415,3 +415,15 @@ def test_constant_pixel_batches_and_dead_networks_train_without_error() -> None:
     for _ in range(2):
         dead.train_step(images, labels)
     assert dead.step == 2
+
+
+def test_numerics_1_flags_reproduce_the_first_version_bit_for_bit(mnist) -> None:
+    """Coarse softmax, raw pixels, narrow init, the paper's update with 8-bit weights and gb 5,4,3: the same
+    weights after 30 real MNIST steps as the code before numerics 2 (golden hash computed by commit 9b23fa7)."""
+    x = torch.from_numpy(np.ascontiguousarray(mnist["x_train"][:1920])).reshape(-1, 28, 28, 1)
+    y = torch.from_numpy(mnist["y_train"][:1920].astype(np.int64))
+    model = niti.build("lenet", seed=0, total_steps=30, softmax="coarse", full_range_init=False, scale=(4096,),
+                       rule=niti.optim.UpdateRule.paper(), accumulator_bits=8, schedule=niti.GbSchedule.reference())
+    for i in range(30):
+        model.train_step(x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64])
+    assert model.weights_sha256() == "116d21e916ee82b791149012f7f83098f604765099099f184f0b26c8eb2f15ec"
