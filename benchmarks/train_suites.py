@@ -130,15 +130,20 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         base = ["--gb-schedule", "5,4,3@0.5,0.75"]  # the base of the selection: the paper's schedule
         runs = [(f"lenet-int-{tag}", common + (extra if "--gb-schedule" in extra else base + extra))
                 for tag, extra in variants.items()]
-        return runs + [("lenet-float", common + ["--arith", "float"])]
+        runs.append(("lenet-float", common + ["--arith", "float"]))  # lr 0.05: tuned at batch 64 (results/lr_sweep)
+        return runs + [(f"lenet-float-lr{lr}", common + ["--arith", "float", "--lr", lr]) for lr in ("0.02", "0.1")]
     if name == "cifar-quarter-smoke":  # default flags on CIFAR-10 where this CPU allows: VGG-small-7-quarter
         return [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
                                      "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
                 for arith in ("int", "float") for s in seeds]
     if name == "mnist-defaults":  # issue 12's MNIST target: default flags, 5 epochs, batch 128, 3 seeds
-        return [(f"lenet-{arith}-s{s}", ["--model", "lenet", "--arith", arith, "--epochs", str(a.epochs),
+        runs = [(f"lenet-{arith}-s{s}", ["--model", "lenet", "--arith", arith, "--epochs", str(a.epochs),
                                          "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
                 for arith in ("int", "float") for s in seeds]
+        # The float twin at the lr chosen on validation at batch 128 (results/numerics2-mnist), where lr 0.05 died.
+        return runs + [(f"lenet-float-lr0.02-s{s}", ["--model", "lenet", "--arith", "float", "--lr", "0.02",
+                                                     "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
+                                                     "--seed", str(s)]) for s in seeds]
     raise SystemExit(f"unknown suite {name!r}")
 
 
