@@ -18,6 +18,7 @@ from niti.kernels.matmul import MAX_K_INT32
 from niti.kernels.workspace import Workspace
 from niti.models import build
 from niti.numerics import RoundingPolicy
+from niti.optim import UpdateRule
 
 CHAINS = {name: f for name, f in vars(fused).items() if isinstance(f, fused.Fused)}
 
@@ -242,7 +243,7 @@ def test_train_steps_compiled_equal_eager(monkeypatch: pytest.MonkeyPatch, name:
 
 
 def test_audit_runs_the_eager_twins(monkeypatch: pytest.MonkeyPatch) -> None:
-    want, _ = _run("lenet", 8, 1)  # compiled
+    want, _ = _run("lenet", 8, 1, rule=UpdateRule.paper())  # compiled; the paper's update is the fused _update chain
     calls = {name: 0 for name in CHAINS}
     for name, chain in CHAINS.items():
         def counting(*args, _eager=chain.eager, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -253,7 +254,7 @@ def test_audit_runs_the_eager_twins(monkeypatch: pytest.MonkeyPatch) -> None:
             raise AssertionError(f"{_name} compiled inside integer_only()")
         monkeypatch.setattr(chain, "eager", counting)
         monkeypatch.setattr(chain, "compiled", no_compiled)
-    model = build("lenet", total_steps=1)
+    model = build("lenet", total_steps=1, rule=UpdateRule.paper())
     g = torch.Generator().manual_seed(5)
     x = torch.randint(0, 256, (8, 28, 28, 1), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (8,), generator=g)
