@@ -24,6 +24,7 @@ The schedule is expressed as exact fractions of all training steps.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -34,7 +35,8 @@ from .nn.module import IntParameter
 from .numerics import round_shift
 from .runtime import Runtime
 
-__all__ = ["GB_RANGE", "GbSchedule", "UpdateRule", "VELOCITY_FRAC_BITS", "apply_update", "pow2_fraction_q8"]
+__all__ = ["GB_RANGE", "GbSchedule", "UpdateRule", "VELOCITY_FRAC_BITS", "apply_update", "check_update",
+           "format_fraction", "pow2_fraction_q8"]
 
 #: The gb values a schedule may hold; values below 1 need 16-bit weight accumulators.
 GB_RANGE = range(-7, 8)
@@ -44,6 +46,7 @@ VELOCITY_FRAC_BITS = 8
 _MAX_GB_DENOMINATOR = 64
 
 
+@functools.lru_cache(maxsize=64)
 def pow2_fraction_q8(frac: Fraction) -> int:
     """``round(2**(8 + frac))`` for ``0 <= frac < 1``, computed with integers (an integer ``b``-th root)."""
     if not 0 <= frac < 1:
@@ -68,7 +71,7 @@ def _parse_fraction(text: str, what: str) -> Fraction:
         raise ValueError(f"{what} must be a number such as 4, 4.5 or 9/2, got {text!r}") from None
 
 
-def _format_fraction(v: Fraction) -> str:
+def format_fraction(v: Fraction) -> str:
     """``5``, ``4.5``, ``0.75``; ``a/b`` when no short decimal is exact."""
     if v.denominator == 1:
         return str(v.numerator)
@@ -139,10 +142,10 @@ class GbSchedule:
                              f"got {[str(v) for v in self.values]}")
         if any(not GB_RANGE.start <= v <= GB_RANGE.stop - 1 for v in self.values):
             raise ValueError(f"gradient bit widths must be in -7..7 (below 1 only with 16-bit weight accumulators), "
-                             f"got {[_format_fraction(v) for v in self.values]}")
+                             f"got {[format_fraction(v) for v in self.values]}")
         if any(a >= b for a, b in zip(self.boundaries, self.boundaries[1:])) or any(not 0 < b < 1 for b in self.boundaries):
             raise ValueError(f"boundaries must be increasing fractions in (0, 1), "
-                             f"got {[_format_fraction(b) for b in self.boundaries]}")
+                             f"got {[format_fraction(b) for b in self.boundaries]}")
 
     def check_accumulator_bits(self, accumulator_bits: int, offsets: tuple[int, ...] = ()) -> None:
         """Raise unless every gb (plus each per-layer offset) fits ``accumulator_bits``.
@@ -154,7 +157,7 @@ class GbSchedule:
             values = [v + offset for v in self.values]
             where = f"gb schedule {self}" + (f" with layer offset {offset:+d}" if offset else "")
             if any(not GB_RANGE.start <= v <= GB_RANGE.stop - 1 for v in values):
-                raise ValueError(f"{where} gives gb {[_format_fraction(v) for v in values]}, outside -7..7")
+                raise ValueError(f"{where} gives gb {[format_fraction(v) for v in values]}, outside -7..7")
             if accumulator_bits == 8 and min(values) < 1:
                 raise ValueError(f"{where} has gb <= 0 (a step below one int8 weight LSB), which needs "
                                  f"16-bit weight accumulators (--accumulator-bits 16)")
@@ -196,9 +199,9 @@ class GbSchedule:
 
     def __str__(self) -> str:
         if not self.boundaries:
-            return _format_fraction(self.values[0])
-        return (",".join(map(_format_fraction, self.values)) + "@"
-                + ",".join(map(_format_fraction, self.boundaries)))
+            return format_fraction(self.values[0])
+        return (",".join(map(format_fraction, self.values)) + "@"
+                + ",".join(map(format_fraction, self.boundaries)))
 
 
 def _apply_paper_update(param: IntParameter, gb: int, runtime: Runtime) -> None:
@@ -218,17 +221,19 @@ def _velocity_bound(target: int, decay: int, mult: int, mult_shift: int) -> int:
     return (((1 << target) + decay) * mult >> mult_shift) + 2
 
 
-def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule: UpdateRule | None = None,
-                 batch: int | None = None) -> None:
-    """One integer step of ``param`` (docs/numerics.md §5): rescale, scale, momentum, subtract, clip.
+@dataclass(frozen=True)
+class _Plan:
+    """The integers of one update (docs/numerics.md §5), validated before any tensor is touched."""
 
-    ``rule`` defaults to the paper's (``UpdateRule.paper()``; models pass
-    their own).  ``batch`` is the global batch size (images summed into
-    ``param.grad``); it matters only when ``rule.batch_ref`` is set.
-    """
-    if param.grad is None:
-        raise RuntimeError(f"{param!r} has no gradient to apply")
-    rule = rule or UpdateRule.paper()
+    gb: Fraction
+    gb_int: int
+    target: int  # bits of the rescaled gradient, in step units · 2**fv
+    mult: int
+    mult_shift: int
+    decay_shift: int | None  # right shift of the weight for weight decay (negative: left); None without decay
+
+
+def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int | None) -> _Plan:
     gb = Fraction(gb)
     if rule.batch_ref and (batch is None or batch < 1):
         raise ValueError(f"a batch-size-aware update needs the batch size (>= 1), got {batch}")
@@ -237,17 +242,51 @@ def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule
         raise ValueError(f"gb must be >= -7 with 16-bit weight accumulators, got {gb}")
     if not wide and gb < 1:
         raise ValueError(f"gb {gb} < 1 needs a 16-bit weight accumulator; {param!r} has 8 bits")
-    if rule == UpdateRule.paper() and gb.denominator == 1:
-        _apply_paper_update(param, int(gb), runtime)
-        return
-    w, limit = (param.master, 32767) if wide else (param.m, 127)
-    assert w is not None
-    fv = VELOCITY_FRAC_BITS
+    fv, limit = VELOCITY_FRAC_BITS, (32767 if wide else 127)
     gb_int = gb.numerator // gb.denominator  # floor
-    target = gb_int + (8 if wide else 0) + fv  # bits of the rescaled gradient, in step units · 2**fv
+    target = gb_int + (8 if wide else 0) + fv
     mult, mult_shift = pow2_fraction_q8(gb - gb_int), 8
     if rule.batch_ref:
         mult, mult_shift = mult * batch, mult_shift + rule.batch_ref.bit_length() - 1
+    decay_shift, decay_bound = None, 0
+    if rule.decay_shift:
+        decay_shift = rule.decay_shift - gb_int - fv
+        decay_bound = limit >> decay_shift if decay_shift > 0 else limit << -decay_shift
+    if _velocity_bound(target, decay_bound, mult, mult_shift) >= 1 << 31:
+        raise ValueError(f"batch {batch} with gb {gb} could overflow the int32 velocity; use a smaller batch "
+                         f"or gb")
+    return _Plan(gb, gb_int, target, mult, mult_shift, decay_shift)
+
+
+def check_update(param: IntParameter, gb: int | Fraction, rule: UpdateRule | None = None,
+                 batch: int | None = None) -> None:
+    """Raise ``ValueError`` unless ``apply_update(param, gb, ..., rule, batch)`` can run (nothing changes).
+
+    A model checks every weight first, so a refused update never leaves some layers stepped and others not.
+    """
+    _plan(param, gb, rule or UpdateRule.paper(), batch)
+
+
+def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule: UpdateRule | None = None,
+                 batch: int | None = None) -> None:
+    """One integer step of ``param`` (docs/numerics.md §5): rescale, scale, momentum, subtract, clip.
+
+    ``rule`` defaults to the paper's (``UpdateRule.paper()``; models pass
+    their own).  ``batch`` is the global batch size (images summed into
+    ``param.grad``); it matters only when ``rule.batch_ref`` is set.
+    Invalid settings raise before anything (weights, velocity, generators) changes.
+    """
+    if param.grad is None:
+        raise RuntimeError(f"{param!r} has no gradient to apply")
+    rule = rule or UpdateRule.paper()
+    plan = _plan(param, gb, rule, batch)
+    if rule == UpdateRule.paper() and plan.gb.denominator == 1:
+        _apply_paper_update(param, plan.gb_int, runtime)
+        return
+    wide = param.accumulator_bits == 16
+    w, limit = (param.master, 32767) if wide else (param.m, 127)
+    assert w is not None
+    fv, target = VELOCITY_FRAC_BITS, plan.target
 
     # The paper's shift (never amplifies a gradient already below gb bits), keeping fv more fractional bits.
     mode, shift, _ = runtime.rounding(param.grad, target - fv, "gradient", batched=False)
@@ -259,17 +298,11 @@ def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule
         x = fused.round_clip(param.grad, shift - fv, mode, target, torch.int64, noise)  # |x| < 2**target
     else:
         x = param.grad.to(torch.int64) << (fv - shift)  # exact; |x| < 2**target
-    decay_bound = 0
-    if rule.decay_shift:
+    if plan.decay_shift is not None:
         # 2**(gb - D) of the weight, in the same units as x: w · 2**(gb_int + fv - D) (+ the fraction via mult).
-        s = rule.decay_shift - gb_int - fv
-        decay = round_shift(w.to(torch.int64), s, "nearest") if s > 0 else w.to(torch.int64) << -s
-        x = x + decay
-        decay_bound = limit >> s if s > 0 else limit << -s
-    if _velocity_bound(target, decay_bound, mult, mult_shift) >= 1 << 31:
-        raise ValueError(f"batch {batch} with gb {gb} could overflow the int32 velocity; use a smaller batch "
-                         f"or gb")
-    x = round_shift(x * mult, mult_shift, "nearest")
+        s = plan.decay_shift
+        x = x + (round_shift(w.to(torch.int64), s, "nearest") if s > 0 else w.to(torch.int64) << -s)
+    x = round_shift(x * plan.mult, plan.mult_shift, "nearest")
     if rule.momentum_shift:
         v = param.velocity
         if v is None or v.shape != w.shape:

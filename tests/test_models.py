@@ -427,3 +427,19 @@ def test_numerics_1_flags_reproduce_the_first_version_bit_for_bit(mnist) -> None
     for i in range(30):
         model.train_step(x[i * 64:(i + 1) * 64], y[i * 64:(i + 1) * 64])
     assert model.weights_sha256() == "116d21e916ee82b791149012f7f83098f604765099099f184f0b26c8eb2f15ec"
+
+
+def test_a_refused_update_changes_no_layer() -> None:
+    """The int32-velocity bound is checked for every weight before any weight steps: nothing half-updated."""
+    model = niti.build("lenet", seed=0, total_steps=4, schedule=niti.GbSchedule.constant(7))
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (8, 28, 28, 1), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (8,), generator=g)
+    model.train_step(images, labels)
+    sha, rng = model.weights_sha256(), model.runtime.state_dict()
+    model.runtime.world_size = 2**14  # a global batch of 2**17 images: the step could overflow the int32 velocity
+    with pytest.raises(ValueError, match="int32 velocity"):
+        model.train_step(images, labels)
+    assert model.weights_sha256() == sha and model.step == 1
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model.runtime.state_dict()["rounding_generator"], rng["rounding_generator"])

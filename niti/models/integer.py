@@ -10,7 +10,7 @@ from torch import Tensor
 
 from .. import nn
 from ..numerics import INPUT_SCALE_BITS, IntTensor, RoundingPolicy
-from ..optim import GbSchedule, UpdateRule, apply_update
+from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
 from .architectures import Architecture, trace_shapes
 
@@ -183,9 +183,17 @@ class IntegerModel:
                 p.grad = None
             self.runtime.load_state_dict(saved_rng)
             raise
-        # Every gradient exists: the update below cannot fail half-way on bad input.
+        # Every gradient exists and every update is checked first: the loop below cannot stop half-way.
         gb = self.current_gb()
         batch = images.shape[0] * self.runtime.world_size
+        try:
+            for p, offset in zip(params, self.gb_offsets):
+                check_update(p, gb + offset, self.rule, batch)
+        except ValueError:
+            for p in params:
+                p.grad = None
+            self.runtime.load_state_dict(saved_rng)
+            raise
         for p, offset in zip(params, self.gb_offsets):
             apply_update(p, gb + offset, self.runtime, self.rule, batch)
         self.step += 1

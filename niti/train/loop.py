@@ -24,6 +24,7 @@ import torch
 from .. import data as niti_data
 from ..models import build, get_architecture
 from ..numerics import INPUT_SCALE_BITS
+from ..optim import format_fraction
 from .checkpoint import CHECKPOINT_NAME, atomic_write_bytes, save_checkpoint
 from .config import TrainConfig, default_val_size
 from .metrics import correct_count, evaluate, loss_sum, write_jsonl
@@ -45,7 +46,7 @@ def _default_dataset(config: TrainConfig) -> str:
 
 def _gb_text(model) -> str | None:  # noqa: ANN001
     """The integer model's current gb for logs ("5", "4.5"); None for the float twin."""
-    return str(model.schedule.constant(model.current_gb())) if hasattr(model, "current_gb") else None
+    return format_fraction(model.current_gb()) if hasattr(model, "current_gb") else None
 
 
 def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...],
