@@ -3,11 +3,12 @@
 ``niti.bench`` starts this file in a fresh interpreter (``python _float_twin.py
 '<json>'``) so that nothing niti does to its own process (thread settings,
 compiled kernels, allocator state) touches the baseline.  It imports torch
-only, builds the architecture spec it is given the way a user writes it
-(``nn.Conv2d`` without bias, ``nn.ReLU``, ``nn.MaxPool2d``, ``nn.Dropout``,
-``nn.Linear``; fp32, channels_last, PyTorch's default oneDNN kernels, autograd,
-SGD with momentum) and prints one JSON line with the median step time and
-the peak resident memory of training (``niti.bench`` reuses its /proc memory helpers).
+only, builds the very torch module the integer model converts (the zoo
+factory, loaded from ``niti/models/zoo.py`` by path, or the user's
+``MODULE:FACTORY``) and trains it in fp32 (or bf16 autocast), channels_last,
+with PyTorch's default oneDNN kernels, autograd and SGD with momentum, and
+prints one JSON line with the median step time and the peak resident memory
+of training (``niti.bench`` reuses its /proc memory helpers).
 """
 
 from __future__ import annotations
@@ -46,32 +47,23 @@ def peak_rss_bytes() -> int:
     return _status_kb("VmHWM") * 1024
 
 
-def build(spec: dict) -> torch.nn.Sequential:
-    h, w, c = spec["input_shape"]
-    layers: list[torch.nn.Module] = []
-    features = 0
-    for layer in spec["layers"]:
-        kind = layer[0]
-        if kind == "conv":
-            _, oc, k, p = layer
-            layers.append(torch.nn.Conv2d(c, oc, k, padding=p, bias=False))
-            h, w, c = h + 2 * p - k + 1, w + 2 * p - k + 1, oc
-        elif kind == "relu":
-            layers.append(torch.nn.ReLU())
-        elif kind == "pool":
-            layers.append(torch.nn.MaxPool2d(layer[1]))
-            h, w = h // layer[1], w // layer[1]
-        elif kind == "flatten":
-            layers.append(torch.nn.Flatten())
-            features = h * w * c
-        elif kind == "dropout":
-            layers.append(torch.nn.Dropout(0.5))
-        elif kind == "linear":
-            layers.append(torch.nn.Linear(features, layer[1], bias=False))
-            features = layer[1]
-        else:
-            raise ValueError(f"unknown layer kind {kind!r}")
-    return torch.nn.Sequential(*layers)
+def build(spec: dict) -> torch.nn.Module:
+    """The module the integer model converts: a zoo factory loaded from its file, or the user's MODULE:FACTORY."""
+    import importlib
+    import importlib.util
+
+    if "zoo_file" in spec:
+        # Load niti/models/zoo.py by path: it imports torch only, and the niti package stays unimported.
+        loader = importlib.util.spec_from_file_location("niti_zoo", spec["zoo_file"])
+        zoo = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(zoo)
+        return getattr(zoo, spec["factory"])()
+    module_name, _, attr = spec["factory_path"].partition(":")
+    sys.path.insert(0, spec["cwd"])
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj()
 
 
 def run(spec: dict, batch_size: int, threads: int, steps: int, warmup: int, precision: str) -> dict:

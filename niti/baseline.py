@@ -1,15 +1,16 @@
-"""``FloatModel``: the NITI architectures in float32 PyTorch, the baseline every integer result is compared with.
+"""``FloatModel``: a network's torch module trained in float32, the baseline every integer result is compared with.
 
 Float is the point of this module, so nothing on niti's integer code paths
-imports it.  It is built from the same ``Architecture`` spec as
-``IntegerModel`` and offers the same interface (``train_step``, ``predict``,
-``state_dict``, ``weights_sha256``, ...), so one trainer drives either.
-What matches the integer model: the layers (no biases, NHWC flatten order),
-Xavier-uniform initialisation with the same fans, dropout p = 1/2 with one
-mask per feature for the whole batch drawn from a seeded generator, and a
-step-size schedule with the same boundaries as ``GbSchedule`` applied per
-step.  What is float: autograd, softmax cross-entropy and SGD with momentum
-and weight decay.
+imports it.  It trains exactly the module an ``Architecture``'s factory
+returns (the one ``IntegerModel`` converts) and offers the same interface
+(``train_step``, ``predict``, ``state_dict``, ``weights_sha256``, ...), so one
+trainer drives either.  What is shared with the integer model: the layers,
+Xavier-uniform initialisation with the same fans from the seed (biases at
+zero), and a step-size schedule with the same boundaries as ``GbSchedule``
+applied per step.  What is the module's own: its dropout (torch's, drawn
+from a seeded generator state kept in the checkpoint) and NCHW layout.  What
+is float: autograd, softmax cross-entropy and SGD with momentum and weight
+decay.
 """
 
 from __future__ import annotations
@@ -71,65 +72,18 @@ class LrSchedule:
         return self.lr if index == 0 else self.lr * self.decay[index - 1]
 
 
-class FlattenNHWC(torch.nn.Module):
-    """Flatten NCHW activations in NHWC order, the integer model's feature order (docs/numerics.md §4)."""
+def _reinitialise(net: torch.nn.Module, generator: torch.Generator) -> None:
+    """Xavier-uniform weights (from ``generator``, in module order) and zero biases for every Conv2d and Linear.
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x.permute(0, 2, 3, 1).flatten(1)
-
-
-class BatchDropout(torch.nn.Module):
-    """p = 1/2 dropout with one 0/1 mask per feature shared by the batch, as the integer model draws it.
-
-    Kept features are doubled in training (the integer model adds 1 to the
-    exponent); evaluation is the identity.  The mask is drawn on the CPU from
-    ``generator`` so it does not depend on the device.
+    The integer model draws its weights with the same rule and fans (docs/numerics.md §8), so both arms start
+    alike and the start depends on the seed only, never on torch's global generator.
     """
-
-    def __init__(self, generator: torch.Generator) -> None:
-        super().__init__()
-        self.generator = generator
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return x
-        keep = torch.randint(0, 2, tuple(x.shape[1:]), generator=self.generator, dtype=torch.int8)
-        return x * (keep.to(device=x.device, dtype=x.dtype) * 2)
-
-
-def _build_layers(arch: Architecture, init_generator: torch.Generator,
-                  dropout_generator: torch.Generator) -> torch.nn.Sequential:
-    """The spec's layers in float; weights Xavier-uniform from ``init_generator`` (never the global RNG)."""
-    layers: list[torch.nn.Module] = []
-    h, w, c = arch.input_shape
-    features = 0  # the input width of the next Linear, known once flattened
-    for spec in arch.layers:
-        kind = spec[0]
-        if kind == "conv":
-            _, oc, k, p = spec
-            # skip_init builds on the meta device: torch's own init would draw from the global RNG.
-            layer = torch.nn.utils.skip_init(torch.nn.Conv2d, c, oc, k, padding=p, bias=False)
-            torch.nn.init.xavier_uniform_(layer.weight, generator=init_generator)
-            layers.append(layer)
-            h, w, c = h + 2 * p - k + 1, w + 2 * p - k + 1, oc
-        elif kind == "linear":
-            layer = torch.nn.utils.skip_init(torch.nn.Linear, features, spec[1], bias=False)
-            torch.nn.init.xavier_uniform_(layer.weight, generator=init_generator)
-            layers.append(layer)
-            features = spec[1]
-        elif kind == "relu":
-            layers.append(torch.nn.ReLU())
-        elif kind == "pool":
-            layers.append(torch.nn.MaxPool2d(spec[1]))
-            h, w = h // spec[1], w // spec[1]
-        elif kind == "flatten":
-            layers.append(FlattenNHWC())
-            features = h * w * c
-        elif kind == "dropout":
-            layers.append(BatchDropout(dropout_generator))
-        else:  # pragma: no cover - specs are ours
-            raise ValueError(f"unknown layer kind {kind!r}")
-    return torch.nn.Sequential(*layers)
+    with torch.no_grad():
+        for layer in net.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.xavier_uniform_(layer.weight, generator=generator)
+                if layer.bias is not None:
+                    layer.bias.zero_()
 
 
 def _check_stats(name: str, values: tuple[float, ...], channels: int, positive: bool) -> Tensor:
@@ -159,8 +113,9 @@ class FloatModel:
         if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
             raise ValueError(f"total_steps must be a positive int or None, got {total_steps!r}")
         channels = arch.input_shape[2]
-        default_mean, default_std = DEFAULT_STATS.get(arch.dataset, ((0.0,) * channels, (1.0,) * channels))
+        default_mean, default_std = DEFAULT_STATS.get(arch.dataset or "", ((0.5,) * channels, (0.25,) * channels))
         self.arch = arch
+        self.num_classes = arch.num_classes
         self.seed = seed
         self.schedule = schedule or LrSchedule()
         self.momentum = float(momentum)
@@ -170,12 +125,21 @@ class FloatModel:
         self.device = torch.device("cpu")
         self.mean = _check_stats("mean", mean if mean is not None else default_mean, channels, positive=False)
         self.std = _check_stats("std", std if std is not None else default_std, channels, positive=True)
-        # Same seeds as IntegerModel: init from `seed`, dropout from the Runtime's dropout stream.
-        self.dropout_generator = torch.Generator(device="cpu").manual_seed(seed * 2 + 2)
-        self.net = _build_layers(arch, torch.Generator(device="cpu").manual_seed(seed), self.dropout_generator)
+        # Same seeds as IntegerModel: init from `seed`; the module's own dropout draws from torch's CPU generator,
+        # swapped to this state for each step (so runs are reproducible and resumable, on the CPU).
+        self.rng_state = torch.Generator(device="cpu").manual_seed(seed * 2 + 2).get_state()
+        self.net = arch.module()
+        _reinitialise(self.net, torch.Generator(device="cpu").manual_seed(seed))
         self.optimizer = self._new_optimizer()
 
     # ----------------------------------------------------------------- config
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """``(name, parameter)`` with the module's own names (``features.0.weight``)."""
+        return list(self.net.named_parameters())
+
+    def parameter_names(self) -> list[str]:
+        return [name for name, _ in self.named_parameters()]
+
     def parameters(self) -> list[torch.nn.Parameter]:
         return list(self.net.parameters())
 
@@ -227,16 +191,18 @@ class FloatModel:
         """
         images = self._check_images(images)
         labels = self._check_labels(labels, images.shape[0])
-        saved_rng = self.dropout_generator.get_state()
         try:
             self.net.train(True)
             self.optimizer.zero_grad(set_to_none=True)
-            logits = self.forward(images)
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(self.rng_state)
+                logits = self.forward(images)
+                rng_after = torch.get_rng_state()
             F.cross_entropy(logits, labels).backward()
         except BaseException:
             self.optimizer.zero_grad(set_to_none=True)
-            self.dropout_generator.set_state(saved_rng)
             raise
+        self.rng_state = rng_after
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -273,7 +239,7 @@ class FloatModel:
         weights = {name: p.detach().cpu().clone() for name, p in self.net.named_parameters()}
         momentum = [None if buf is None else buf.detach().cpu().clone() for buf in self._momentum_buffers()]
         return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps, "weights": weights,
-                "momentum": momentum, "dropout_generator": self.dropout_generator.get_state(),
+                "momentum": momentum, "dropout_generator": self.rng_state.clone(),
                 "hyper": self._hyper(), "mean": self.mean.cpu().clone(), "std": self.std.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -297,7 +263,7 @@ class FloatModel:
                 raise ValueError(f"momentum buffer: expected float32 {tuple(p.shape)}, got {buf.dtype} "
                                  f"{tuple(buf.shape)}")
         rng = state["dropout_generator"]
-        expected = self.dropout_generator.get_state()
+        expected = self.rng_state
         if not isinstance(rng, Tensor) or rng.dtype != expected.dtype or rng.shape != expected.shape:
             raise ValueError("dropout_generator must be a uint8 tensor from torch.Generator.get_state()")
         channels = self.arch.input_shape[2]
@@ -310,7 +276,7 @@ class FloatModel:
         self._set_momentum_buffers(state["momentum"])
         self.step = int(state["step"])
         self.total_steps = state["total_steps"]
-        self.dropout_generator.set_state(rng)
+        self.rng_state = rng.clone()
         self.mean, self.std = mean.to(self.device), std.to(self.device)
 
     def weights_sha256(self) -> str:
@@ -335,13 +301,14 @@ _FALLBACK_LR = 0.01
 def build_float(name: str, *, seed: int = 0, lr: float | None = None, momentum: float = 0.9, weight_decay: float = 5e-4,
                 lr_decay: tuple[float, ...] = (0.1, 0.01), lr_boundaries: tuple[float, ...] = (0.5, 0.75),
                 total_steps: int | None = None, mean: tuple[float, ...] | None = None,
-                std: tuple[float, ...] | None = None) -> FloatModel:
-    """A ``FloatModel`` for ``"lenet"``, ``"vgg-small-7"``, ``"vgg-small-8"`` or ``"vgg-small-9"``.
+                std: tuple[float, ...] | None = None, input_shape: tuple[int, int, int] | None = None) -> FloatModel:
+    """A ``FloatModel`` for a built-in name (``"lenet"``, ``"vgg-small-7"``, ...) or a ``MODULE:FACTORY`` path
+    (then ``input_shape`` (H, W, C) is required): the module as written, trained in float32.
 
     ``lr=None`` takes the model's tuned rate from ``TUNED_LR`` (0.01 where none was tuned).
     """
     if lr is None:
         lr = TUNED_LR.get(name, _FALLBACK_LR)
     schedule = LrSchedule(float(lr), tuple(float(d) for d in lr_decay), tuple(float(b) for b in lr_boundaries))
-    return FloatModel(get_architecture(name), seed=seed, schedule=schedule, momentum=momentum,
+    return FloatModel(get_architecture(name, input_shape), seed=seed, schedule=schedule, momentum=momentum,
                       weight_decay=weight_decay, total_steps=total_steps, mean=mean, std=std)

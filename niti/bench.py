@@ -207,7 +207,8 @@ def _profile_step(model, images, labels) -> dict:  # noqa: ANN001 - an IntegerMo
         "conv_linear_data_movement": kind_sum(lambda k: ":Conv2d/" in k or ":Linear/" in k)
         - sum(v["rescale_seconds"] for k, v in rows.items() if ":Conv2d/" in k or ":Linear/" in k),
         "relu": kind_sum(lambda k: ":ReLU/" in k),
-        "pool": kind_sum(lambda k: ":MaxPool2d/" in k),
+        "pool": kind_sum(lambda k: ":MaxPool2d/" in k or ":AvgPool2d/" in k),
+        "add": kind_sum(lambda k: ":Add/" in k),
         "flatten_dropout": kind_sum(lambda k: ":Flatten/" in k or ":Dropout/" in k),
         "loss": kind_sum(lambda k: k == "loss"),
         "update": kind_sum(lambda k: k == "update"),
@@ -228,6 +229,7 @@ def _integer_worker(req: dict) -> dict:
     from .models import build
 
     name, bs = req["model"], req["batch_size"]
+    shape = tuple(req["input_shape"]) if req.get("input_shape") else None
     gen = torch.Generator().manual_seed(0)
 
     def batch(n: int) -> tuple:
@@ -235,15 +237,15 @@ def _integer_worker(req: dict) -> dict:
         return (torch.randint(0, 256, (n, h, w, c), dtype=torch.uint8, generator=gen),
                 torch.randint(0, build_arch.num_classes, (n,), generator=gen))
 
-    build_arch = build(name).arch
+    build_arch = build(name, input_shape=shape).arch
     # Compile the fused chains (shape-generic) before the memory baseline.
-    warm = build(name)
+    warm = build(name, input_shape=shape)
     for _ in range(2):
         warm.train_step(*batch(2))
     del warm
     images, labels = batch(bs)
     rss0 = mem.rss_bytes()
-    model = build(name)
+    model = build(name, input_shape=shape)
     for _ in range(req["warmup"]):
         model.train_step(images, labels)
     reset_ok = mem.reset_peak_rss()
@@ -285,16 +287,21 @@ def _run_worker(cmd: list[str], timeout: float, omp_wait_policy: str | None) -> 
     return {"error": f"worker exited with status {proc.returncode}: {proc.stderr.strip()[-2000:]}"}
 
 
-def _float_spec(model_name: str) -> dict:
-    from .models.architectures import get_architecture
+def _float_spec(model_name: str, input_shape: tuple[int, int, int] | None = None) -> dict:
+    """How the float worker re-creates the very module the integer model converts (validates the name)."""
+    from .models import zoo
+    from .models.architectures import get_architecture, is_factory_path
 
-    arch = get_architecture(model_name)
-    return {"input_shape": list(arch.input_shape), "num_classes": arch.num_classes,
-            "layers": [list(layer) for layer in arch.layers]}
+    arch = get_architecture(model_name, input_shape)
+    spec = {"input_shape": list(arch.input_shape), "num_classes": arch.num_classes}
+    if is_factory_path(model_name):
+        return {**spec, "factory_path": model_name, "cwd": os.getcwd()}
+    return {**spec, "zoo_file": str(Path(zoo.__file__).resolve()), "factory": arch.factory.__name__}
 
 
 def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 10, warmup: int = 3, *,
-              bf16: str = "auto", omp_wait_policy: str | None = None, timeout: float = 3600.0) -> dict:
+              bf16: str = "auto", omp_wait_policy: str | None = None, timeout: float = 3600.0,
+              input_shape: tuple[int, int, int] | None = None) -> dict:
     """Median steady-state training-step time, memory and breakdown: integer vs fp32 (and bf16) PyTorch.
 
     ``bf16``: "auto" runs bf16 autocast only where the CPU has native bf16,
@@ -313,8 +320,9 @@ def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 1
     if omp_wait_policy not in (None, "active", "passive"):
         raise ValueError(f"omp_wait_policy must be None, 'active' or 'passive', got {omp_wait_policy!r}")
     policy = omp_wait_policy or os.environ.get("OMP_WAIT_POLICY") or None
-    spec = _float_spec(model_name)  # validates the name
-    req = {"model": model_name, "batch_size": batch_size, "threads": threads, "steps": steps, "warmup": warmup}
+    spec = _float_spec(model_name, input_shape)  # validates the name
+    req = {"model": model_name, "batch_size": batch_size, "threads": threads, "steps": steps, "warmup": warmup,
+           "input_shape": list(input_shape) if input_shape else None}
     load_before = os.getloadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
     integer = _run_worker([sys.executable, "-c", "from niti.bench import _integer_worker_main as m; m()",
@@ -371,7 +379,10 @@ def _summary(r: dict) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="lenet", help="lenet, vgg-small-7, vgg-small-8 or vgg-small-9")
+    parser.add_argument("--model", default="lenet",
+                        help="a built-in model (lenet, vgg-small-7, ...) or MODULE:FACTORY (then give --input-shape)")
+    parser.add_argument("--input-shape", default=None, metavar="H,W,C", type=_input_shape,
+                        help="image shape of a MODULE:FACTORY model, e.g. 32,32,3")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every measurement")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
@@ -381,6 +392,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--omp-wait-policy", choices=("active", "passive"), default=None,
                         help="OMP_WAIT_POLICY for every measurement; 'passive' on a machine busy with other work")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _input_shape(text: str) -> tuple[int, int, int]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"--input-shape must be three positive integers H,W,C, got {text!r}")
+    return shape  # type: ignore[return-value]
 
 
 def _fmt_row(name: str, d: dict, bs: int) -> str:
@@ -417,7 +438,7 @@ def format_report(r: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     result = run_bench(args.model, args.batch_size, args.threads, args.steps, args.warmup, bf16=args.bf16,
-                       omp_wait_policy=args.omp_wait_policy)
+                       omp_wait_policy=args.omp_wait_policy, input_shape=args.input_shape)
     print(json.dumps(result) if args.json else format_report(result))
     return 0 if "step_s" in result["integer"] else 1
 

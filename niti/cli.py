@@ -21,7 +21,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an integer model (or its float twin)",
                        description="Train a model; writes checkpoint.pt, metrics.jsonl, steps.jsonl and summary.json "
                                    "to --out.")
-    p.add_argument("--model", default="lenet", choices=sorted(ARCHITECTURES))
+    p.add_argument("--model", default="lenet", type=_model_name, metavar="{" + ",".join(sorted(ARCHITECTURES)) + "} or MODULE:FACTORY",
+                   help="a built-in network, or MODULE:FACTORY: an importable function returning a torch.nn.Module "
+                        "(e.g. mynets:small_cnn; give --dataset)")
     p.add_argument("--dataset", default=None, help="mnist, cifar10 or a path to an .npz (default: the model's own)")
     p.add_argument("--data-dir", default=None, help="where the data lives (default: $NITI_DATA, then ~/.cache/niti)")
     p.add_argument("--no-download", action="store_true", help="never download data; fail if it is not found")
@@ -48,10 +50,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help=f"gradient bit widths (the step size) and the fractions of training where they change "
                         f"(default {defaults.gb_schedule}; fractional values such as 4.5 decay by less than x2; "
                         f"values below 1, down to -7, need 16-bit accumulators)")
-    p.add_argument("--gb-offsets", default="", metavar="O1,O2,...",
-                   help="one gb offset per weight layer, input to output, added to the scheduled gb "
-                        "(e.g. 0,0,0,0,0,0,2: larger steps for VGG-small-7's classifier; write "
-                        "--gb-offsets=-1,0,... when the first is negative)")
+    p.add_argument("--gb-offsets", default="", metavar="O1,O2,... | NAME=O,...",
+                   help="gb offsets added to the scheduled gb: one per parameter tensor, input to output (e.g. "
+                        "0,0,0,0,0,0,2: larger steps for VGG-small-7's classifier), or by parameter or layer name "
+                        "(e.g. classifier.2=2); write --gb-offsets=-1,0,... when the first is negative")
     p.add_argument("--accumulator-bits", type=int, default=defaults.accumulator_bits, choices=[8, 16],
                    help=f"weight accumulator width (default {defaults.accumulator_bits})")
     p.add_argument("--batch-ref", type=int, default=defaults.batch_ref,
@@ -74,15 +76,31 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="STEPS",
                    help="also write checkpoint.pt every STEPS steps within an epoch (default 200; 0: epoch ends "
                         "only)")
+    p.add_argument("--log-every", type=int, default=None, metavar="STEPS",
+                   help=f"steps per running-loss record in steps.jsonl (default {defaults.log_every})")
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted run in DIR")
     p.set_defaults(func=_cmd_train)
+
+
+def _model_name(text: str) -> str:
+    """A built-in name or ``MODULE:FACTORY`` (checked for form here; imported when the run starts)."""
+    from .models import ARCHITECTURES, is_factory_path
+
+    if text in ARCHITECTURES:
+        return text
+    if is_factory_path(text):
+        module, _, factory = text.partition(":")
+        if module and factory and all(part.isidentifier() for part in module.split(".") + factory.split(".")):
+            return text
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a built-in model ({', '.join(sorted(ARCHITECTURES))}) "
+                                     "nor MODULE:FACTORY (e.g. mynets:small_cnn)")
 
 
 def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
     from .train import TrainConfig
 
     rounds = {f"{r}_round": (args.round_all or getattr(args, f"{r}_round")) for r in ("act", "err", "grad", "loss")}
-    out = args.out or f"runs/{args.model}-{args.arith}-s{args.seed}"
+    out = args.out or f"runs/{args.model.replace(':', '.')}-{args.arith}-s{args.seed}"
     return TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, download=not args.no_download,
                        out=out, arith=args.arith,
                        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
@@ -92,7 +110,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, softmax=args.softmax,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
                        momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress,
-                       **_given(args, "checkpoint_every"), **rounds)
+                       **_given(args, "checkpoint_every", "log_every"), **rounds)
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict:
@@ -168,6 +186,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, config, state = load_model(args.checkpoint)
     name = args.dataset or config.dataset or model.arch.dataset
+    if name is None:
+        raise ValueError(f"run {args.checkpoint} trained a user model without naming its data set: give --dataset")
     ds = data.load_dataset(name, args.data_dir or config.data_dir)
     if len(ds.x_test) == 0:
         raise ValueError(f"data set {name} has an empty test split (x_test has 0 images): nothing to evaluate")

@@ -22,6 +22,7 @@ __all__ = [
     "round_shift",
     "rescale",
     "int_dtype_for_bits",
+    "aligned_sum",
 ]
 
 #: The input's per-channel scale is an integer ``round(2**INPUT_SCALE_BITS / std)`` (docs/numerics.md §8).
@@ -175,3 +176,34 @@ def rescale(
     r = round_shift(t, shift, mode, generator, noise=noise)
     limit = (1 << target_bits) - 1
     return r.clamp(-limit, limit).to(int_dtype_for_bits(target_bits)), shift
+
+
+def _shift_to(m: Tensor, by: int, dtype: torch.dtype) -> Tensor:
+    """``m · 2**by`` as ``dtype``: exact for ``by >= 0``, rounded to nearest (ties away from zero) for ``by < 0``."""
+    if by >= 0:
+        return m.to(dtype) << by if by else m.to(dtype)
+    return round_shift(m.to(dtype), -by, "nearest").to(dtype)
+
+
+def aligned_sum(terms: list[tuple[Tensor, int, int]]) -> tuple[Tensor, int]:
+    """The integer sum of ``m_i · 2**e_i`` and its exponent, for terms ``(m_i, e_i, bits_i)`` (numerics.md §4).
+
+    ``bits_i`` bounds ``|m_i| < 2**bits_i`` (7 for int8).  The sum is int32
+    (int64 when a term is int64); its exponent is the smallest ``e_i`` unless
+    that could overflow: then it is raised to ``max_i(e_i + bits_i) +
+    ceil(log2 n) - 30`` (``- 62`` in int64) and terms below it are shifted
+    right with nearest rounding.  Otherwise the sum is exact.  Terms
+    broadcast against each other (a bias ``(C,)`` onto ``(N, ..., C)``).
+    """
+    if not terms:
+        raise ValueError("aligned_sum needs at least one term")
+    dtype = torch.int64 if any(m.dtype == torch.int64 for m, _, _ in terms) else torch.int32
+    headroom = 62 if dtype == torch.int64 else 30
+    top = max(e + b for _, e, b in terms)
+    e = max(min(e for _, e, _ in terms), top + (len(terms) - 1).bit_length() - headroom)
+    total = None
+    for m, e_i, _ in terms:
+        shifted = _shift_to(m, e_i - e, dtype)
+        total = shifted if total is None else total + shifted
+    assert total is not None
+    return total, e

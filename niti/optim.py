@@ -25,6 +25,7 @@ The schedule is expressed as exact fractions of all training steps.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -147,13 +148,15 @@ class GbSchedule:
             raise ValueError(f"boundaries must be increasing fractions in (0, 1), "
                              f"got {[format_fraction(b) for b in self.boundaries]}")
 
-    def check_accumulator_bits(self, accumulator_bits: int, offsets: tuple[int, ...] = ()) -> None:
+    def check_accumulator_bits(self, accumulator_bits: int,
+                               offsets: tuple[int, ...] | Mapping[str, int] = ()) -> None:
         """Raise unless every gb (plus each per-layer offset) fits ``accumulator_bits``.
 
         int8 weights cannot take a step below one LSB (gb >= 1); the int16
         accumulator takes gb down to -7; nothing takes more than 7.
         """
-        for offset in set(offsets) or {0}:
+        values_of = offsets.values() if isinstance(offsets, Mapping) else offsets
+        for offset in set(values_of) or {0}:
             values = [v + offset for v in self.values]
             where = f"gb schedule {self}" + (f" with layer offset {offset:+d}" if offset else "")
             if any(not GB_RANGE.start <= v <= GB_RANGE.stop - 1 for v in values):
@@ -163,15 +166,23 @@ class GbSchedule:
                                  f"16-bit weight accumulators (--accumulator-bits 16)")
 
     @staticmethod
-    def parse_offsets(text: str) -> tuple[int, ...]:
-        """``"0,0,0,0,0,0,2"``: one gb offset per weight layer, input to output (``""``: none)."""
+    def parse_offsets(text: str) -> tuple[int, ...] | dict[str, int]:
+        """``"0,0,0,0,0,0,2"``: one gb offset per parameter tensor, input to output; or by name,
+        ``"classifier.2=2,features.0=-1"`` (a parameter's or a layer's name); ``""``: none."""
         text = text.strip()
         if not text:
             return ()
+        items = [v.strip() for v in text.split(",")]
         try:
-            return tuple(int(v) for v in text.split(","))
+            if any("=" in v for v in items):
+                pairs = [v.partition("=") for v in items]
+                if any(not name.strip() or not eq for name, eq, _ in pairs):
+                    raise ValueError
+                return {name.strip(): int(value) for name, _, value in pairs}
+            return tuple(int(v) for v in items)
         except ValueError:
-            raise ValueError(f"gb offsets must be comma-separated integers, one per weight layer, got {text!r}") from None
+            raise ValueError(f"gb offsets must be comma-separated integers, one per parameter tensor, or "
+                             f"NAME=OFFSET pairs, got {text!r}") from None
 
     @classmethod
     def reference(cls) -> "GbSchedule":

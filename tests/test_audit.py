@@ -94,8 +94,8 @@ def test_a_planted_python_float_inside_a_step_is_caught(monkeypatch: pytest.Monk
 
     real = ReLU.forward
 
-    def scaled(self: ReLU, x):  # noqa: ANN001, ANN202 - a "scale by 1.7" that silently truncates to 1
-        return real(self, x.with_m(x.m * torch.full(x.m.shape, 1.7, dtype=x.m.dtype)))
+    def scaled(self: ReLU, x, ctx=None):  # noqa: ANN001, ANN202 - a "scale by 1.7" that silently truncates to 1
+        return real(self, x.with_m(x.m * torch.full(x.m.shape, 1.7, dtype=x.m.dtype)), ctx)
 
     monkeypatch.setattr(ReLU, "forward", scaled)
     model = niti.build("lenet", seed=0)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from niti.baseline import DEFAULT_STATS, BatchDropout, FloatModel, LrSchedule, build_float
+from niti.baseline import DEFAULT_STATS, FloatModel, LrSchedule, build_float
 from niti.models import ARCHITECTURES, Architecture, IntegerModel
 from niti.models import build as build_integer
 from niti.optim import GbSchedule
@@ -21,8 +21,12 @@ INTEGER_ONLY = {"set_runtime", "current_gb", "policy"}
 
 
 #: A small net with every layer kind of VGG-small (dropout included) for quick state and dropout tests.
-TINY = Architecture("tiny", (8, 8, 3), 10, (("conv", 8, 3, 1), ("relu",), ("pool", 2), ("flatten",), ("dropout",),
-                                            ("linear", 10)), "cifar10")
+def _tiny_module() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                               torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(128, 10, bias=False))
+
+
+TINY = Architecture("tiny", (8, 8, 3), 10, "cifar10", _tiny_module)
 
 
 def _tiny_batch(cifar10: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,14 +68,16 @@ def test_weights_have_the_integer_models_shapes(name: str) -> None:
     assert float_shapes == int_shapes
 
 
-def test_dropout_masks_are_drawn_like_the_integer_models(cifar10: dict) -> None:
-    """Same seed, same dropout stream: after one step both dropout generators are in the same state."""
+def test_dropout_draws_from_the_models_own_seeded_state(cifar10: dict) -> None:
+    """The module's torch dropout draws from the model's generator state, never from (or into) the global one."""
     x, y = _tiny_batch(cifar10, 2)
-    fm, im = FloatModel(TINY, seed=3), IntegerModel(TINY, seed=3)
-    assert not torch.equal(fm.dropout_generator.get_state(), torch.Generator().manual_seed(0).get_state())
+    fm = FloatModel(TINY, seed=3)
+    start = fm.rng_state.clone()
+    assert torch.equal(start, torch.Generator().manual_seed(3 * 2 + 2).get_state())
+    global_before = torch.get_rng_state()
     fm.train_step(x, y)
-    im.train_step(x, y)
-    assert torch.equal(fm.dropout_generator.get_state(), im.runtime.dropout_generator.get_state())
+    assert torch.equal(torch.get_rng_state(), global_before)
+    assert not torch.equal(fm.rng_state, start)  # the step's dropout drew from it
 
 
 def test_importing_niti_does_not_import_the_float_baseline() -> None:
@@ -116,11 +122,11 @@ def test_normalise_uses_mean_and_std() -> None:
 def test_bad_input_raises_and_leaves_the_model_untouched(images, labels, match: str) -> None:
     m = build_float("lenet", total_steps=4)
     m.train_step(torch.zeros(2, 28, 28, 1, dtype=torch.uint8), torch.tensor([1, 2]))  # momentum buffers exist
-    before = (m.weights_sha256(), m.step, m.dropout_generator.get_state(), m.state_dict()["momentum"])
+    before = (m.weights_sha256(), m.step, m.rng_state.clone(), m.state_dict()["momentum"])
     with pytest.raises(ValueError, match=match):
         m.train_step(images, labels)
     assert m.weights_sha256() == before[0] and m.step == before[1]
-    assert torch.equal(m.dropout_generator.get_state(), before[2])
+    assert torch.equal(m.rng_state, before[2])
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict()["momentum"], before[3]))
     assert all(p.grad is None for p in m.parameters())
 
@@ -203,14 +209,19 @@ def test_dropout_is_seeded_and_changes_each_step(cifar10: dict) -> None:
     la = a.train_step(x, y)
     lb = b.train_step(x, y)
     assert torch.equal(la, lb) and a.weights_sha256() == b.weights_sha256()
-    (drop,) = [layer for layer in a.net if isinstance(layer, BatchDropout)]
+    la2, lb2 = a.train_step(x, y), b.train_step(x, y)
+    assert torch.equal(la2, lb2)
+    c = FloatModel(TINY, seed=2)
+    c.train_step(x, y)
+    assert not torch.equal(c.rng_state, a.rng_state) or c.weights_sha256() != a.weights_sha256()
+    drop = a.net[4]
     drop.train()
-    feats = torch.ones(3, 128)
-    m1, m2 = drop(feats), drop(feats)
-    assert set(m1.unique().tolist()) == {0.0, 2.0} and not torch.equal(m1, m2)
-    assert torch.equal(m1[0], m1[2])  # one mask for the whole batch
-    drop.eval()
-    assert torch.equal(drop(feats), feats)
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(a.rng_state)
+        m1 = drop(torch.ones(3, 128))
+        torch.set_rng_state(a.rng_state)
+        m2 = drop(torch.ones(3, 128))
+    assert torch.equal(m1, m2) and set(m1.unique().tolist()) == {0.0, 2.0}
 
 
 def test_state_dict_round_trip_continues_bit_identically(cifar10: dict) -> None:
@@ -228,7 +239,7 @@ def test_state_dict_round_trip_continues_bit_identically(cifar10: dict) -> None:
     logits_b = _train(b, x[4:], y[4:], 4, 2)
     assert all(torch.equal(la, lb) for la, lb in zip(logits_a, logits_b))
     assert a.weights_sha256() == b.weights_sha256()
-    assert torch.equal(a.dropout_generator.get_state(), b.dropout_generator.get_state())
+    assert torch.equal(a.rng_state, b.rng_state)
 
 
 def test_load_state_dict_rejects_mismatches_and_changes_nothing() -> None:

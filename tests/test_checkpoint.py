@@ -51,14 +51,14 @@ def _crafted(run_dir: Path, tmp_path: Path, change) -> Path:  # noqa: ANN001
 
 
 def _param(state: dict) -> dict:
-    return state["model"]["params"][0]
+    return next(iter(state["model"]["params"].values()))
 
 
 CRAFTED = {
     "missing config": (lambda s: s.pop("config"), "missing fields config"),
     "config of wrong type": (lambda s: s["config"].update(epochs="1"), "invalid config"),
-    "weights at -128": (lambda s: _param(s)["m"].fill_(-128), r"weight 0 m has values in \[-128, -128\]"),
-    "float weights": (lambda s: _param(s).update(m=_param(s)["m"].float()), "weight 0 m must be torch.int8"),
+    "weights at -128": (lambda s: _param(s)["m"].fill_(-128), r"features.0.weight m has values in \[-128, -128\]"),
+    "float weights": (lambda s: _param(s).update(m=_param(s)["m"].float()), "features.0.weight m must be torch.int8"),
     "huge exponent": (lambda s: _param(s).update(e=10**6), "exponent e must be in"),
     "float exponent": (lambda s: _param(s).update(e=-7.5), "exponent e must be an integer"),
     "negative step": (lambda s: s["model"].update(step=-5), "model step must be in"),
@@ -71,7 +71,7 @@ CRAFTED = {
     "float rng state": (lambda s: s["model"]["runtime"].update(rounding_generator=torch.zeros(3)),
                         "runtime rounding_generator must be torch.uint8"),
     "float extra param state": (lambda s: _param(s).update(velocity=torch.zeros(3)),
-                                "weight 0 velocity must be an integer tensor"),
+                                "features.0.weight velocity must be an integer tensor"),
 }
 
 
@@ -87,7 +87,7 @@ def test_crafted_fields_are_refused(run_dir: Path, tmp_path: Path, name: str) ->
 def test_unknown_integer_state_is_tolerated(run_dir: Path) -> None:
     """A newer optimiser's integer state (a velocity per weight, an input scale) passes the generic checks."""
     state = copy.deepcopy(load_checkpoint(run_dir))
-    for p in state["model"]["params"]:
+    for p in state["model"]["params"].values():
         p["velocity"] = torch.zeros(p["m"].shape, dtype=torch.int32)
         p["velocity_e"] = -12
     state["model"]["scale"] = torch.tensor([3], dtype=torch.int16)

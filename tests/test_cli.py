@@ -80,7 +80,7 @@ def test_missing_data_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monke
 def test_bad_arguments_exit_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["train", "--model", "resnet-1000"])
-    assert "invalid choice" in capsys.readouterr().err
+    assert "neither a built-in model" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "no-such-run")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
 
@@ -125,7 +125,7 @@ def test_gb_offsets_reach_the_model_and_bad_ones_are_refused(tmp_path: Path, mni
     common = ["train", "--model", "lenet", "--dataset", str(mnist_small_npz), "--epochs", "1", "--batch-size", "32",
               "--max-steps", "2", "--val-size", "300", "--accumulator-bits", "16", "--no-progress"]
     assert main([*common, "--gb-offsets", "0,0,0", "--out", str(tmp_path / "bad")]) == 2
-    assert "one value per weight layer: lenet has 4" in capsys.readouterr().err
+    assert "one value per parameter tensor: the model has 4" in capsys.readouterr().err
     assert not (tmp_path / "bad" / "checkpoint.pt").exists()
     out = tmp_path / "ok"
     assert main([*common, "--gb-schedule", "3", "--gb-offsets=-2,0,0,2", "--out", str(out)]) == 0

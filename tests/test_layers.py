@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from niti.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from niti.nn import Add, AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential, Tape
 from niti.numerics import IntTensor, RoundingPolicy
 from niti.runtime import Runtime
 
@@ -82,9 +82,10 @@ def test_conv2d_wide_matches_float_autograd_exactly(c_in, c_out, kernel, stride,
     layer = Conv2d(c_in, c_out, kernel, stride, padding, generator=_gen(1))
     layer.set_runtime(WideRuntime(_nearest()))
     x = IntTensor(_int8((2, *hw, c_in), 2), -5)
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     err = IntTensor(_int8(tuple(out.shape), 3), -11)
-    gx = layer.backward(err)
+    gx = layer.backward(err, ctx)
     y_f, gx_f, gw_f = _conv_float_grads(x, layer, err)
 
     assert torch.equal(to_float(out), y_f)
@@ -102,10 +103,11 @@ def test_conv2d_int8_error_points_like_float(c_in, c_out, kernel, stride, paddin
     layer = Conv2d(c_in, c_out, kernel, stride, padding, generator=_gen(4))
     layer.set_runtime(Runtime(_nearest()))
     x = IntTensor(_int8((2, *hw, c_in), 5), -7)
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     assert out.m.dtype == torch.int8 and int(out.m.abs().max()) <= 127
     err = IntTensor(_int8(tuple(out.shape), 6), 0)
-    gx = layer.backward(err)
+    gx = layer.backward(err, ctx)
     y_f, gx_f, gw_f = _conv_float_grads(x, layer, err)
     assert gx.m.dtype == torch.int8
     assert cosine(to_float(out), y_f) >= 0.99
@@ -117,8 +119,9 @@ def test_conv2d_int8_error_points_like_float(c_in, c_out, kernel, stride, paddin
 def test_conv2d_first_layer_propagates_no_error_but_gets_gradient() -> None:
     layer = Conv2d(1, 4, 3, generator=_gen(7))
     layer.propagate_error = False
-    out = layer.forward(IntTensor(_int8((2, 6, 6, 1), 8), 0))
-    assert layer.backward(IntTensor(_int8(tuple(out.shape), 9), 0)) is None
+    ctx: dict = {}
+    out = layer.forward(IntTensor(_int8((2, 6, 6, 1), 8), 0), ctx)
+    assert layer.backward(IntTensor(_int8(tuple(out.shape), 9), 0), ctx) is None
     assert layer.weight.grad is not None and layer.weight.grad.shape == (4, 3, 3, 1)
 
 
@@ -128,9 +131,10 @@ def test_linear_wide_matches_float_autograd(n: int, fin: int, fout: int) -> None
     layer = Linear(fin, fout, generator=_gen(10))
     layer.set_runtime(WideRuntime(_nearest()))
     x = IntTensor(_int8((n, fin), 11), -3)
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     err = IntTensor(_int8(tuple(out.shape), 12), -8)
-    gx = layer.backward(err)
+    gx = layer.backward(err, ctx)
 
     xf = to_float(x).requires_grad_(True)
     wf = to_float(layer.weight).requires_grad_(True)
@@ -146,9 +150,10 @@ def test_linear_int8_error_points_like_float() -> None:
     layer = Linear(300, 40, generator=_gen(13))
     layer.set_runtime(Runtime(_nearest()))
     x = IntTensor(_int8((8, 300), 14), -6)
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     err = IntTensor(_int8(tuple(out.shape), 15), 0)
-    gx = layer.backward(err)
+    gx = layer.backward(err, ctx)
     xf = to_float(x).requires_grad_(True)
     wf = to_float(layer.weight).requires_grad_(True)
     y = F.linear(xf, wf)
@@ -163,9 +168,10 @@ def test_linear_int8_error_points_like_float() -> None:
 def test_relu_matches_float_autograd() -> None:
     x = IntTensor(_int8((3, 5, 5, 4), 20, -3, 3), -2)  # many exact zeros: backward passes only where x > 0
     layer = ReLU()
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     err = IntTensor(_int8(tuple(x.shape), 21), -6)
-    gx = layer.backward(err)
+    gx = layer.backward(err, ctx)
     xf = to_float(x).requires_grad_(True)
     y = F.relu(xf)
     y.backward(to_float(err))
@@ -180,9 +186,10 @@ def test_maxpool_matches_float_autograd() -> None:
     values = torch.randperm(255, generator=_gen(22))[: n * h * w * c] - 127  # distinct: no ties
     x = IntTensor(values.to(torch.int8).reshape(n, h, w, c), -4)
     layer = MaxPool2d(2)
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     err = IntTensor(_int8(tuple(out.shape), 23), -9)
-    gx = layer.backward(err)
+    gx = layer.backward(err, ctx)
     xf = nchw(to_float(x)).detach().requires_grad_(True)
     y = F.max_pool2d(xf, 2)
     y.backward(nchw(to_float(err)))
@@ -200,12 +207,13 @@ def test_maxpool_rejects_overlapping_windows() -> None:
 def test_flatten_is_nhwc_order_and_backward_restores_shape() -> None:
     x = IntTensor(_int8((2, 3, 4, 5), 24), 3)
     layer = Flatten()
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     assert out.shape == (2, 60) and out.e == 3
     for b, i, j, ch in [(0, 0, 0, 1), (1, 2, 3, 4), (0, 1, 2, 0)]:
         assert out.m[b, (i * 4 + j) * 5 + ch] == x.m[b, i, j, ch]  # channel fastest (NHWC)
     err = IntTensor(_int8((2, 60), 25), -2)
-    gx = layer.backward(err)
+    gx = layer.backward(err, ctx)
     xf = to_float(x).requires_grad_(True)
     xf.reshape(2, -1).backward(to_float(err))
     assert gx.shape == x.shape and gx.e == err.e
@@ -218,7 +226,8 @@ def test_dropout_one_mask_per_feature_matches_float_autograd() -> None:
     x = IntTensor(signs * _int8((n, feats), 27, 1, 127), -5)  # no zeros, so the mask is visible
     layer = Dropout()
     layer.set_runtime(Runtime(seed=3))
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     keep = out.m != 0
     assert torch.equal(keep, keep[:1].expand_as(keep))  # one mask for the whole batch
     kept = int(keep[0].sum())
@@ -227,7 +236,7 @@ def test_dropout_one_mask_per_feature_matches_float_autograd() -> None:
     assert torch.equal(out.m[keep], x.m[keep])
 
     err = IntTensor(_int8((n, feats), 28), -7)
-    gx = layer.backward(err)
+    gx = layer.backward(err, ctx)
     assert gx.e == err.e + 1
     mask_f = keep.to(torch.float64)
     xf = to_float(x).requires_grad_(True)
@@ -252,7 +261,8 @@ def test_dropout_seeded_and_identity_in_eval() -> None:
     layer.set_runtime(runtime)
     state = runtime.dropout_generator.get_state()
     layer.eval()
-    out = layer.forward(x)
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
     assert out is x or (torch.equal(out.m, x.m) and out.e == x.e)
     assert torch.equal(runtime.dropout_generator.get_state(), state)  # eval draws nothing
 
@@ -269,9 +279,10 @@ def test_sequential_gradients_point_like_float_autograd() -> None:
     net = _small_net(30)
     net.set_runtime(Runtime(_nearest()))
     x = IntTensor(_int8((8, 8, 8, 2), 31), -6)
-    logits = net.forward(x)
+    tape = Tape()
+    logits = net.forward(x, tape)
     err = IntTensor(_int8(tuple(logits.shape), 32), 0)
-    assert net.backward(err) is None  # the first layer propagates no error
+    assert net.backward(err, tape) is None  # the first layer propagates no error
 
     conv1, conv2, fc = net[0], net[3], net[6]
     w1 = to_float(conv1.weight).permute(0, 3, 1, 2).requires_grad_(True)
@@ -298,17 +309,19 @@ def test_sequential_marks_only_layers_above_the_first_weighted_one() -> None:
 def test_backward_without_training_forward_raises() -> None:
     layer = Linear(4, 3, generator=_gen(34))
     with pytest.raises(RuntimeError, match="without a training-mode forward"):
-        layer.backward(IntTensor(_int8((2, 3), 35), 0))
-    layer.eval()
-    layer.forward(IntTensor(_int8((2, 4), 36), 0))
+        layer.backward(IntTensor(_int8((2, 3), 35), 0), {})
+    ctx: dict = {}
+    layer.forward(IntTensor(_int8((2, 4), 36), 0))  # no context: nothing saved for a backward
     with pytest.raises(RuntimeError, match="without a training-mode forward"):
-        layer.backward(IntTensor(_int8((2, 3), 37), 0))
-    # A training forward is consumed by exactly one backward.
-    layer.train()
-    layer.forward(IntTensor(_int8((2, 4), 36), 0))
-    layer.backward(IntTensor(_int8((2, 3), 37), 0))
-    with pytest.raises(RuntimeError):
-        layer.backward(IntTensor(_int8((2, 3), 37), 0))
+        layer.backward(IntTensor(_int8((2, 3), 37), 0), ctx)
+    # What a forward saves belongs to its context, not to the layer: two calls, two backwards.
+    ctx_a, ctx_b = {}, {}
+    layer.forward(IntTensor(_int8((2, 4), 36), 0), ctx_a)
+    layer.forward(IntTensor(_int8((2, 4), 39), 0), ctx_b)
+    layer.backward(IntTensor(_int8((2, 3), 37), 0), ctx_a)
+    grad_a = layer.weight.grad
+    layer.backward(IntTensor(_int8((2, 3), 37), 0), ctx_b)
+    assert not torch.equal(grad_a, layer.weight.grad)
 
 
 def test_forward_exponents_follow_the_rescale_shift() -> None:
@@ -329,3 +342,71 @@ def test_int_parameter_refuses_minus_128() -> None:
         IntParameter(torch.tensor([5, -128], dtype=torch.int8), -7)
     assert IntParameter(torch.tensor([127, -127], dtype=torch.int8), -7, accumulator_bits=16).master.tolist() == \
         [127 << 8, -127 << 8]
+
+
+# --------------------------------------------------------------------------- biases, average pooling, addition
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_bias_matches_float_autograd_exactly(kind: str) -> None:
+    """A bias sits on its weight's grid; forward adds it exactly, its gradient is the error summed exactly."""
+    if kind == "conv":
+        layer = Conv2d(3, 5, 3, 2, 1, generator=_gen(40), bias=True)
+        x = IntTensor(_int8((2, 7, 7, 3), 41), -5)
+    else:
+        layer = Linear(12, 5, generator=_gen(40), bias=True)
+        x = IntTensor(_int8((3, 12), 41), -5)
+    layer.bias.m = _int8((5,), 42)
+    layer.set_runtime(WideRuntime(_nearest()))
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
+    err = IntTensor(_int8(tuple(out.shape), 43), -9)
+    layer.backward(err, ctx)
+    bf = to_float(IntTensor(layer.bias.m, layer.bias.e)).requires_grad_(True)
+    if kind == "conv":
+        wf = to_float(layer.weight).permute(0, 3, 1, 2)
+        y = nhwc(F.conv2d(nchw(to_float(x)), wf, bf, stride=2, padding=1))
+    else:
+        y = F.linear(to_float(x), to_float(layer.weight), bf)
+    y.backward(to_float(err))
+    assert torch.equal(to_float(out), y.detach())
+    assert torch.equal(layer.bias.grad.to(torch.float64) * 2.0 ** err.e, bf.grad)
+
+
+@pytest.mark.parametrize("kernel,hw", [(2, (6, 6)), ((2, 4), (4, 8)), (3, (7, 6))])
+def test_avgpool_matches_float_autograd(kernel, hw) -> None:
+    """Exact where the window size is a power of two; within the 2**-q multiplier's rounding otherwise."""
+    x = IntTensor(_int8((2, *hw, 3), 44), -3)
+    layer = AvgPool2d(kernel)
+    layer.set_runtime(WideRuntime(_nearest()))
+    ctx: dict = {}
+    out = layer.forward(x, ctx)
+    err = IntTensor(_int8(tuple(out.shape), 45), -6)
+    gx = layer.backward(err, ctx)
+    xf = nchw(to_float(x)).detach().requires_grad_(True)
+    y = F.avg_pool2d(xf, kernel)
+    y.backward(nchw(to_float(err)))
+    n = layer.kernel_size[0] * layer.kernel_size[1]
+    if n & (n - 1) == 0:
+        assert torch.equal(to_float(out), nhwc(y.detach()))
+        assert torch.equal(to_float(gx), nhwc(xf.grad))
+    else:
+        assert torch.allclose(to_float(out), nhwc(y.detach()), rtol=2.0 ** -12, atol=0)
+        assert torch.allclose(to_float(gx), nhwc(xf.grad), rtol=2.0 ** -12, atol=0)
+    # The int8 datapath rounds, and still points the same way.
+    layer.set_runtime(Runtime(_nearest()))
+    out8 = layer.forward(x)
+    assert out8.m.dtype == torch.int8 and cosine(to_float(out8), nhwc(y.detach())) >= 0.99
+
+
+def test_add_aligns_exponents_and_passes_the_error_to_both_inputs() -> None:
+    a = IntTensor(_int8((2, 3, 3, 4), 46), -4)
+    b = IntTensor(_int8((2, 3, 3, 4), 47), -10)
+    layer = Add()
+    layer.set_runtime(WideRuntime(_nearest()))
+    ctx: dict = {}
+    out = layer.forward(a, b, ctx)
+    assert torch.equal(to_float(out), to_float(a) + to_float(b))  # exact: exponents 6 apart
+    err = IntTensor(_int8((2, 3, 3, 4), 48), -2)
+    ea, eb = layer.backward(err, ctx)
+    assert ea is err and eb is err
+    with pytest.raises(ValueError, match="equal shapes"):
+        layer.forward(a, IntTensor(_int8((2, 3, 3, 5), 49), 0))

@@ -105,9 +105,9 @@ def test_train_step_is_integer_only(name: str) -> None:
 def _slip_float_into(layer, monkeypatch, method: str = "forward") -> None:
     real = getattr(layer, method)
 
-    def sneaky(x: IntTensor) -> IntTensor:
+    def sneaky(x: IntTensor, ctx: dict | None = None) -> IntTensor:
         _ = x.m.float()  # a harmless-looking float conversion
-        return real(x)
+        return real(x, ctx)
 
     monkeypatch.setattr(layer, method, sneaky)
 
@@ -336,8 +336,8 @@ def test_load_state_dict_rejects_mismatches() -> None:
     target = niti.build("lenet", seed=3, accumulator_bits=8)
     sha = target.weights_sha256()
     broken = _round_trip(lenet8)
-    broken["params"][1]["m"] = broken["params"][1]["m"][:, :, :, :10]
-    with pytest.raises(ValueError, match="weight 1"):
+    broken["params"]["features.3.weight"]["m"] = broken["params"]["features.3.weight"]["m"][:, :, :, :10]
+    with pytest.raises(ValueError, match="features.3.weight"):
         target.load_state_dict(broken)
     assert target.weights_sha256() == sha  # checked before anything was overwritten
 

@@ -143,3 +143,33 @@ def test_int32_min_keeps_its_sign(mode: str) -> None:
     assert r.dtype == torch.int32 and r.tolist() == [-64, 0, 64 if mode != "truncate" else 63]
     narrow, shift = rescale(t, 7, mode)
     assert shift == 25 and narrow.tolist()[0] == -64
+
+
+# --------------------------------------------------------------------------- aligned_sum (numerics.md §4)
+def ref_aligned_sum(terms: list[tuple[list[int], int, int]]) -> tuple[list[int], int]:
+    """The spec with Python ints: common exponent, exact left shifts, nearest-rounded right shifts."""
+    top = max(e + b for _, e, b in terms)
+    e = max(min(e for _, e, _ in terms), top + (len(terms) - 1).bit_length() - 30)
+    out = [0] * len(terms[0][0])
+    for m, e_i, _ in terms:
+        for j, v in enumerate(m):
+            out[j] += v << (e_i - e) if e_i >= e else ref_round(v, e - e_i, "nearest")
+    return out, e
+
+
+int8_lists = st.lists(st.integers(-127, 127), min_size=4, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(int8_lists, st.integers(-40, 40)), min_size=1, max_size=4))
+def test_aligned_sum_matches_reference_and_never_overflows(terms) -> None:
+    from niti.numerics import aligned_sum
+
+    spec = [(m, e, 7) for m, e in terms]
+    got, e = aligned_sum([(torch.tensor(m, dtype=torch.int8), e, 7) for m, e in terms])
+    want, want_e = ref_aligned_sum(spec)
+    assert got.dtype == torch.int32 and e == want_e and got.tolist() == want
+    assert all(abs(v) < 2**31 for v in want)
+    if max(e for _, e in terms) - min(e for _, e in terms) <= 23 - (len(terms) - 1).bit_length():  # exact
+        exact = sum(sum(v * 2 ** (ei - e) for v in [m[j]]) for m, ei in terms for j in [0])
+        assert got[0].item() == exact

@@ -154,7 +154,7 @@ def test_per_layer_gb_offsets_are_added_to_the_scheduled_gb() -> None:
 
 
 @pytest.mark.parametrize("offsets,bits,match", [
-    ((0, 0, 1), 16, "one value per weight layer"),
+    ((0, 0, 1), 16, "one value per parameter tensor"),
     ((0, 0, 0, 3), 16, "outside -7..7"),  # 5 + 3 = 8
     ((-5, 0, 0, 0), 8, "16-bit weight accumulators"),  # 3 - 5 < 1 with int8 weights
 ])
@@ -409,7 +409,7 @@ def test_momentum_velocity_is_checkpointed_and_restored() -> None:
     labels = torch.randint(0, 10, (16,), generator=g)
     model.train_step(images, labels)
     state = model.state_dict()
-    assert all(p["velocity"] is not None and p["velocity"].dtype == torch.int32 for p in state["params"])
+    assert all(p["velocity"] is not None and p["velocity"].dtype == torch.int32 for p in state["params"].values())
     twin = niti.build("lenet", seed=5, total_steps=10)
     twin.load_state_dict(state)
     model.train_step(images, labels)

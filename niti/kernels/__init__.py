@@ -2,7 +2,7 @@
 
 from .conv import conv2d, conv2d_grad_input, conv2d_grad_weight, im2col, pair
 from .matmul import MAX_K_INT32, int_matmul
-from .pool import maxpool2d, maxpool2d_backward
+from .pool import avgpool2d_backward, avgpool2d_sum, maxpool2d, maxpool2d_backward
 
 __all__ = [
     "MAX_K_INT32",
@@ -11,6 +11,8 @@ __all__ = [
     "conv2d_grad_weight",
     "im2col",
     "int_matmul",
+    "avgpool2d_backward",
+    "avgpool2d_sum",
     "maxpool2d",
     "maxpool2d_backward",
     "pair",

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from . import fused
 
-__all__ = ["maxpool2d", "maxpool2d_backward"]
+__all__ = ["avgpool2d_backward", "avgpool2d_sum", "maxpool2d", "maxpool2d_backward"]
 
 
 def maxpool2d(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -34,4 +34,26 @@ def maxpool2d_backward(err: Tensor, index: Tensor, k: int, input_shape: torch.Si
         return routed
     out = err.new_zeros((n, h, w, c))
     out[:, :ho * k, :wo * k] = routed
+    return out
+
+
+def avgpool2d_sum(x: Tensor, kernel: tuple[int, int]) -> Tensor:
+    """Int32 sums of non-overlapping ``kh×kw`` windows of NHWC ``x`` (trailing rows/columns dropped)."""
+    n, h, w, c = x.shape
+    kh, kw = kernel
+    ho, wo = h // kh, w // kw
+    windows = x[:, :ho * kh, :wo * kw].reshape(n, ho, kh, wo, kw, c)
+    return windows.sum(dim=(2, 4), dtype=torch.int32)
+
+
+def avgpool2d_backward(err: Tensor, kernel: tuple[int, int], input_shape: torch.Size) -> Tensor:
+    """Every input position of a window receives that window's error (zero in cropped rows/columns)."""
+    n, h, w, c = input_shape
+    kh, kw = kernel
+    ho, wo = err.shape[1], err.shape[2]
+    spread = err.repeat_interleave(kh, dim=1).repeat_interleave(kw, dim=2)
+    if ho * kh == h and wo * kw == w:
+        return spread
+    out = err.new_zeros((n, h, w, c))
+    out[:, :ho * kh, :wo * kw] = spread
     return out

@@ -1,77 +1,108 @@
-"""Architecture specs shared by the integer models and their float twins.
+"""Which network a run trains: a built-in name (``lenet``, ``vgg-small-7``, ...) or a user's ``MODULE:FACTORY``.
 
-A spec is a tuple of layer descriptions; ``niti.models.integer`` and
-``niti.baseline`` each turn it into their own layers, so both sides of every
-comparison have exactly the same shape.
+An ``Architecture`` names a factory returning a ``torch.nn.Module`` and the
+input it takes.  The integer model converts that module
+(``niti.models.convert``); the float twin trains it as it is; so both sides
+of every comparison are the same network by construction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import importlib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
-__all__ = ["Architecture", "ARCHITECTURES", "get_architecture"]
+import torch
 
-#: ("conv", out_channels, kernel, padding) | ("pool", k) | ("relu",) | ("flatten",) | ("dropout",) | ("linear", out)
-LayerSpec = tuple
+from . import zoo
+
+__all__ = ["Architecture", "ARCHITECTURES", "get_architecture", "import_factory", "is_factory_path"]
 
 
 @dataclass(frozen=True)
 class Architecture:
+    """A network: ``name`` (a zoo name or ``MODULE:FACTORY``), its input ``(H, W, C)``, classes and data set."""
+
     name: str
     input_shape: tuple[int, int, int]  # (H, W, C)
     num_classes: int
-    layers: tuple[LayerSpec, ...]
-    dataset: str
+    dataset: str | None
+    factory: Callable[[], torch.nn.Module] = field(compare=False, repr=False)
+
+    def module(self) -> torch.nn.Module:
+        """A fresh module from the factory; torch's global generator is left as it was."""
+        with torch.random.fork_rng(devices=[]):
+            module = self.factory()
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(f"factory {self.name!r} returned {type(module).__name__}, not a torch.nn.Module")
+        return module
 
 
-def _vgg_small(widths: list) -> tuple[LayerSpec, ...]:
-    layers: list[LayerSpec] = []
-    for w in widths:
-        layers += [("pool", 2)] if w == "M" else [("conv", w, 3, 1), ("relu",)]
-    return tuple(layers) + (("flatten",), ("dropout",), ("linear", 10))
+def _zoo(name: str, factory: Callable[[], torch.nn.Module], input_shape: tuple[int, int, int],
+         dataset: str) -> Architecture:
+    return Architecture(name, input_shape, 10, dataset, factory)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "lenet": Architecture(
-        "lenet", (28, 28, 1), 10,
-        (("conv", 20, 5, 0), ("relu",), ("pool", 2), ("conv", 50, 5, 0), ("relu",), ("pool", 2),
-         ("flatten",), ("linear", 500), ("relu",), ("linear", 10)),
-        "mnist"),
-    # The reference's VGG-small widths (the NITI paper's VGG-small).
-    "vgg-small-7": Architecture("vgg-small-7", (32, 32, 3), 10,
-                                _vgg_small([128, 128, "M", 256, 256, "M", 512, 512, "M"]), "cifar10"),
-    "vgg-small-8": Architecture("vgg-small-8", (32, 32, 3), 10,
-                                _vgg_small([128, 128, 128, "M", 256, 256, "M", 512, 512, "M"]), "cifar10"),
-    # VGG-small-7's shape with a quarter of the channels: a CIFAR-10 model that converges on a 2-core CPU.
-    "vgg-small-7-quarter": Architecture("vgg-small-7-quarter", (32, 32, 3), 10,
-                                        _vgg_small([32, 32, "M", 64, 64, "M", 128, 128, "M"]), "cifar10"),
-    "vgg-small-9": Architecture("vgg-small-9", (32, 32, 3), 10,
-                                _vgg_small([128, 128, 128, "M", 256, 256, 256, "M", 512, 512, "M"]), "cifar10"),
+    "lenet": _zoo("lenet", zoo.lenet, (28, 28, 1), "mnist"),
+    "vgg-small-7": _zoo("vgg-small-7", zoo.vgg_small_7, (32, 32, 3), "cifar10"),
+    "vgg-small-8": _zoo("vgg-small-8", zoo.vgg_small_8, (32, 32, 3), "cifar10"),
+    "vgg-small-7-quarter": _zoo("vgg-small-7-quarter", zoo.vgg_small_7_quarter, (32, 32, 3), "cifar10"),
+    "vgg-small-9": _zoo("vgg-small-9", zoo.vgg_small_9, (32, 32, 3), "cifar10"),
 }
 
 
-def get_architecture(name: str) -> Architecture:
+def is_factory_path(name: str) -> bool:
+    """``"pkg.mod:factory"`` (a user model) rather than a built-in name."""
+    return ":" in name
+
+
+def import_factory(path: str) -> Callable[[], torch.nn.Module]:
+    """The callable at ``MODULE:FACTORY`` (the current directory is importable, as for ``python -m``)."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"a model path must be MODULE:FACTORY (e.g. mynets:small_cnn), got {path!r}")
+    cwd = str(Path.cwd())
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
     try:
-        return ARCHITECTURES[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {sorted(ARCHITECTURES)}") from None
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import {module_name!r} for model {path!r}: {exc}") from None
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"model {path!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"model {path!r}: {attr!r} is not callable (a factory returning a torch.nn.Module)")
+    return obj
 
 
-def trace_shapes(arch: Architecture) -> list[tuple[LayerSpec, tuple[int, ...]]]:
-    """Each layer with its input shape (H, W, C) or (features,), for builders that need fan-in."""
-    h, w, c = arch.input_shape
-    shape: tuple[int, ...] = (h, w, c)
-    out = []
-    for spec in arch.layers:
-        out.append((spec, shape))
-        kind = spec[0]
-        if kind == "conv":
-            _, oc, k, p = spec
-            shape = (shape[0] + 2 * p - k + 1, shape[1] + 2 * p - k + 1, oc)
-        elif kind == "pool":
-            shape = (shape[0] // spec[1], shape[1] // spec[1], shape[2])
-        elif kind == "flatten":
-            shape = (shape[0] * shape[1] * shape[2],)
-        elif kind == "linear":
-            shape = (spec[1],)
-    return out
+def get_architecture(name: str, input_shape: tuple[int, int, int] | None = None) -> Architecture:
+    """The built-in ``name``, or the user model at ``MODULE:FACTORY`` for images of ``input_shape`` (H, W, C).
+
+    A user model's class count is read from its output shape.
+    """
+    if not is_factory_path(name):
+        try:
+            arch = ARCHITECTURES[name]
+        except KeyError:
+            raise ValueError(f"unknown model {name!r}; choose one of {sorted(ARCHITECTURES)} or give "
+                             "MODULE:FACTORY (a Python path to a function returning a torch.nn.Module)") from None
+        if input_shape is not None and tuple(input_shape) != arch.input_shape:
+            raise ValueError(f"model {name} takes {arch.input_shape} images, not {tuple(input_shape)}")
+        return arch
+    if input_shape is None:
+        raise ValueError(f"model {name!r} is a user module: its input shape (H, W, C) must be given "
+                         "(the CLI takes it from the data set)")
+    from .convert import output_shape
+
+    factory = import_factory(name)
+    arch = Architecture(name, tuple(int(v) for v in input_shape), 0, None, factory)  # type: ignore[arg-type]
+    shape = output_shape(arch.module(), arch.input_shape)
+    if len(shape) != 2 or shape[1] < 2:
+        raise ValueError(f"model {name!r} must return (batch, classes) logits with >= 2 classes, got {shape}")
+    return Architecture(name, arch.input_shape, shape[1], None, factory)

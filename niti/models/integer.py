@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fractions import Fraction
 
 import numpy as np
@@ -12,9 +13,10 @@ from .. import nn
 from ..numerics import INPUT_SCALE_BITS, IntTensor, RoundingPolicy
 from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
-from .architectures import Architecture, trace_shapes
+from .architectures import Architecture
+from .convert import convert
 
-__all__ = ["IntegerModel", "DEFAULT_MEANS", "DEFAULT_SCALES", "check_pixel_mean"]
+__all__ = ["IntegerModel", "DEFAULT_MEANS", "DEFAULT_SCALES", "check_pixel_mean", "resolve_gb_offsets"]
 
 #: Integer per-channel means of the training splits (MNIST 33.3; CIFAR-10 125.3, 122.9, 113.9).
 DEFAULT_MEANS = {"mnist": (33,), "cifar10": (125, 123, 114)}
@@ -29,29 +31,29 @@ def check_pixel_mean(mean: tuple[int, ...]) -> None:
         raise ValueError(f"input mean must be integers in [0, 255] (uint8 pixel means), got {tuple(mean)}")
 
 
-def _build_layers(arch: Architecture, generator: torch.Generator, accumulator_bits: int,
-                  full_range_init: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for spec, shape in trace_shapes(arch):
-        kind = spec[0]
-        if kind == "conv":
-            _, oc, k, p = spec
-            layers.append(nn.Conv2d(shape[2], oc, k, 1, p, generator=generator, accumulator_bits=accumulator_bits,
-                                    full_range_init=full_range_init))
-        elif kind == "linear":
-            layers.append(nn.Linear(shape[0], spec[1], generator=generator, accumulator_bits=accumulator_bits,
-                                    full_range_init=full_range_init))
-        elif kind == "relu":
-            layers.append(nn.ReLU())
-        elif kind == "pool":
-            layers.append(nn.MaxPool2d(spec[1]))
-        elif kind == "flatten":
-            layers.append(nn.Flatten())
-        elif kind == "dropout":
-            layers.append(nn.Dropout())
-        else:  # pragma: no cover - specs are ours
-            raise ValueError(f"unknown layer kind {kind!r}")
-    return nn.Sequential(*layers)
+def resolve_gb_offsets(offsets: tuple[int, ...] | Mapping[str, int] | None,
+                       names: list[str]) -> tuple[int, ...]:
+    """Per-parameter gb offsets (in ``names`` order) from a tuple by position or a mapping by name.
+
+    A mapping's key is a parameter name (``classifier.2.weight``) or a layer's
+    (``classifier.2``: its weight and bias); parameters it does not name get 0.
+    """
+    if offsets is None or len(offsets) == 0:
+        return (0,) * len(names)
+    if isinstance(offsets, Mapping):
+        out = [0] * len(names)
+        for key, value in offsets.items():
+            hits = [i for i, n in enumerate(names) if n == key or n.startswith(key + ".")]
+            if not hits:
+                raise ValueError(f"gb offset for {key!r}: the model has no such parameter or layer; its "
+                                 f"parameters are {names}")
+            for i in hits:
+                out[i] = int(value)
+        return tuple(out)
+    if len(offsets) != len(names):
+        raise ValueError(f"gb offsets {tuple(offsets)} must have one value per parameter tensor: the model has "
+                         f"{len(names)} ({', '.join(names)})")
+    return tuple(int(v) for v in offsets)
 
 
 class IntegerModel:
@@ -64,7 +66,7 @@ class IntegerModel:
     def __init__(self, arch: Architecture, *, seed: int = 0, policy: RoundingPolicy | None = None,
                  schedule: GbSchedule | None = None, accumulator_bits: int = 16,
                  total_steps: int | None = None, mean: tuple[int, ...] | None = None,
-                 gb_offsets: tuple[int, ...] | None = None, scale: tuple[int, ...] | None = None,
+                 gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
                  rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True) -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
@@ -73,19 +75,19 @@ class IntegerModel:
         self.softmax = softmax
         self.seed = seed
         self.schedule = schedule or GbSchedule()
-        self.schedule.check_accumulator_bits(accumulator_bits, tuple(gb_offsets or ()))
         self.accumulator_bits = accumulator_bits
         self.total_steps = total_steps
         self.step = 0
         self.device = torch.device("cpu")
         init_generator = torch.Generator().manual_seed(seed)
-        self.net = _build_layers(arch, init_generator, accumulator_bits, full_range_init)
-        n_weights = len(self.net.parameters())
-        if gb_offsets is not None and len(gb_offsets) not in (0, n_weights):
-            raise ValueError(f"gb offsets {tuple(gb_offsets)} must have one value per weight layer: "
-                             f"{arch.name} has {n_weights}")
-        # Added to the scheduled gb per weight layer (input to output): e.g. a larger step for the classifier.
-        self.gb_offsets = tuple(gb_offsets) if gb_offsets else (0,) * n_weights
+        self.net, num_classes = convert(arch.module(), arch.input_shape, generator=init_generator,
+                                        accumulator_bits=accumulator_bits, full_range_init=full_range_init)
+        if arch.num_classes and num_classes != arch.num_classes:
+            raise ValueError(f"model {arch.name} returns {num_classes} logits, expected {arch.num_classes}")
+        self.num_classes = num_classes
+        # Added to the scheduled gb per parameter tensor (input to output): e.g. a larger step for the classifier.
+        self.gb_offsets = resolve_gb_offsets(gb_offsets, self.parameter_names())
+        self.schedule.check_accumulator_bits(accumulator_bits, self.gb_offsets)
         self.runtime = Runtime(policy or RoundingPolicy(), seed)
         self.net.set_runtime(self.runtime)
         mean = mean if mean is not None else DEFAULT_MEANS.get(arch.dataset, (0,) * arch.input_shape[2])
@@ -103,6 +105,13 @@ class IntegerModel:
     @property
     def policy(self) -> RoundingPolicy:
         return self.runtime.policy
+
+    def named_parameters(self) -> list[tuple[str, nn.IntParameter]]:
+        """``(name, parameter)`` with the torch module's own names (``features.0.weight``), in use order."""
+        return self.net.named_parameters()
+
+    def parameter_names(self) -> list[str]:
+        return [name for name, _ in self.named_parameters()]
 
     def parameters(self) -> list[nn.IntParameter]:
         return self.net.parameters()
@@ -150,15 +159,18 @@ class IntegerModel:
         if labels.dim() != 1 or labels.shape[0] != n:
             raise ValueError(f"labels must be 1-D with one label per image ({n}), got shape {tuple(labels.shape)}")
         lo, hi = int(labels.min()), int(labels.max())
-        if lo < 0 or hi >= self.arch.num_classes:
-            raise ValueError(f"labels must be in [0, {self.arch.num_classes}), got values in [{lo}, {hi}]")
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(f"labels must be in [0, {self.num_classes}), got values in [{lo}, {hi}]")
         return labels.to(self.device)
 
     # ---------------------------------------------------------------- compute
-    def forward(self, images: Tensor) -> IntTensor:
-        """Int8 logits and their exponent for uint8 NHWC ``images`` (uses the current mode)."""
+    def forward(self, images: Tensor, tape: nn.Tape | None = None) -> IntTensor:
+        """Int8 logits and their exponent for uint8 NHWC ``images`` (uses the current mode).
+
+        Given a ``tape`` (training), each layer records there what its backward needs.
+        """
         x = nn.images_to_int8(images, self.mean, self.runtime, self.scale)
-        return self.net.forward(x)
+        return self.net.forward(x, tape)
 
     def train_step(self, images: Tensor, labels: Tensor) -> IntTensor:
         """One integer training step; returns the int8 logits (before the update) with their exponent.
@@ -171,14 +183,14 @@ class IntegerModel:
         saved_rng = self.runtime.state_dict()
         try:
             self.net.train(True)
-            logits = self.forward(images)
+            tape = nn.Tape()
+            logits = self.forward(images, tape)
             err = nn.cross_entropy_backward(logits, labels, self.runtime, self.softmax)
-            self.net.backward(err)
+            self.net.backward(err, tape)
             params = self.parameters()
             for p in params:
                 p.grad = self.runtime.reduce_sum(p.grad)
         except BaseException:
-            self.net.clear_saved()
             for p in self.parameters():
                 p.grad = None
             self.runtime.load_state_dict(saved_rng)
@@ -214,40 +226,55 @@ class IntegerModel:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """Integer weights, exponents, step and generator states (everything a resume needs)."""
-        params = []
-        for p in self.parameters():
-            params.append({"m": p.m.cpu(), "e": p.e, "master": None if p.master is None else p.master.cpu(),
-                           "master_e": p.master_e, "velocity": None if p.velocity is None else p.velocity.cpu()})
+        """Integer weights (keyed by parameter name), exponents, step and generator states: all a resume needs."""
+        params = {}
+        for name, p in self.named_parameters():
+            params[name] = {"m": p.m.cpu(), "e": p.e, "master": None if p.master is None else p.master.cpu(),
+                            "master_e": p.master_e, "velocity": None if p.velocity is None else p.velocity.cpu()}
         return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps,
                 "params": params, "runtime": self.runtime.state_dict(), "mean": self.mean.cpu(),
                 "scale": self.scale.cpu()}
 
+    def _state_params(self, state: dict) -> list[tuple[str, nn.IntParameter, dict]]:
+        """Pair each parameter with its saved dict: by name, or by position for checkpoints that kept a list."""
+        named = self.named_parameters()
+        saved = state["params"]
+        if isinstance(saved, dict):
+            if list(saved) != [n for n, _ in named]:
+                missing = [n for n, _ in named if n not in saved]
+                extra = [n for n in saved if n not in dict(named)]
+                raise ValueError(f"state's parameters do not match the model's (missing {missing}, unexpected "
+                                 f"{extra})" if missing or extra else
+                                 f"state's parameters are in another order: {list(saved)}")
+            return [(n, p, saved[n]) for n, p in named]
+        if len(saved) != len(named):
+            raise ValueError(f"state has {len(saved)} weight tensors, model has {len(named)}")
+        return [(n, p, s) for (n, p), s in zip(named, saved)]
+
     def load_state_dict(self, state: dict) -> None:
-        params = self.parameters()
+        """Restore a ``state_dict``; everything is checked before anything changes."""
         if state.get("arch") != self.arch.name:
             raise ValueError(f"state is for model {state.get('arch')!r}, not {self.arch.name!r}")
-        if len(state["params"]) != len(params):
-            raise ValueError(f"state has {len(state['params'])} weight tensors, model has {len(params)}")
-        for i, (p, s) in enumerate(zip(params, state["params"])):
+        pairs = self._state_params(state)
+        for name, p, s in pairs:
             if tuple(s["m"].shape) != tuple(p.m.shape) or s["m"].dtype != torch.int8:
-                raise ValueError(f"weight {i}: expected int8 {tuple(p.m.shape)}, got {s['m'].dtype} "
+                raise ValueError(f"{name}: expected int8 {tuple(p.m.shape)}, got {s['m'].dtype} "
                                  f"{tuple(s['m'].shape)}")
             try:
                 nn.module.check_weight_range(s["m"])
             except ValueError as exc:
-                raise ValueError(f"weight {i}: {exc}") from None
+                raise ValueError(f"{name}: {exc}") from None
             if (s["master"] is None) != (p.master is None):
-                raise ValueError(f"weight {i}: accumulator width differs from the model's "
-                                 f"({p.accumulator_bits}-bit)")
-        for p, s in zip(params, state["params"]):
+                raise ValueError(f"{name}: accumulator width differs from the model's ({p.accumulator_bits}-bit)")
+            velocity = s.get("velocity")
+            if velocity is not None and (velocity.dtype != torch.int32 or velocity.shape != p.m.shape):
+                raise ValueError(f"{name}: velocity must be int32 {tuple(p.m.shape)}, got {velocity.dtype} "
+                                 f"{tuple(velocity.shape)}")
+        for _, p, s in pairs:
             p.m, p.e = s["m"].to(self.device), int(s["e"])
             if s["master"] is not None:
                 p.master, p.master_e = s["master"].to(self.device), int(s["master_e"])
             velocity = s.get("velocity")
-            if velocity is not None and (velocity.dtype != torch.int32 or velocity.shape != p.m.shape):
-                raise ValueError(f"velocity must be int32 {tuple(p.m.shape)}, got {velocity.dtype} "
-                                 f"{tuple(velocity.shape)}")
             p.velocity = None if velocity is None else velocity.to(self.device)
             p.grad = None
         self.step = int(state["step"])

@@ -1,21 +1,28 @@
 """Integer layers with explicit forward/backward, the integer loss and input conversion."""
 
 from .input import images_to_int8
-from .layers import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .graph import Graph, Node, Sequential, Tape
+from .layers import Add, AvgPool2d, Conv2d, Dropout, Flatten, Identity, Linear, MaxPool2d, ReLU
 from .loss import SOFTMAXES, cross_entropy_backward, softmax_grad
 from .module import IntParameter, Module
 
 __all__ = [
     "SOFTMAXES",
+    "Add",
+    "AvgPool2d",
     "Conv2d",
     "Dropout",
     "Flatten",
+    "Graph",
+    "Identity",
     "IntParameter",
     "Linear",
     "MaxPool2d",
     "Module",
+    "Node",
     "ReLU",
     "Sequential",
+    "Tape",
     "cross_entropy_backward",
     "images_to_int8",
     "softmax_grad",

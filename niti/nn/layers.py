@@ -1,8 +1,11 @@
 """Integer layers of docs/numerics.md §4, NHWC, int8 in and int8 out.
 
-Each layer keeps what its backward needs for exactly one step (``_saved_*``)
-and frees it in ``backward``.  Weighted layers put the integer gradient in
-``weight.grad``; the update (``niti.optim``) is a separate step.
+A layer holds its weights and nothing about any particular call: what its
+backward needs is written into the ``ctx`` dict its caller passes to
+``forward`` (one dict per call, ``niti.nn.graph`` keeps them on a tape) and
+read back by ``backward(err, ctx)``.  So a layer may be called twice in one
+step.  Weighted layers put the integer gradient in ``weight.grad`` (and
+``bias.grad``); the update (``niti.optim``) is a separate step.
 """
 
 from __future__ import annotations
@@ -12,24 +15,45 @@ from torch import Tensor
 
 from .. import kernels
 from ..kernels import fused
-from ..numerics import IntTensor
+from ..numerics import IntTensor, aligned_sum
 from .init import xavier_int8
 from .module import IntParameter, Module
 
-__all__ = ["Conv2d", "Linear", "ReLU", "MaxPool2d", "Flatten", "Dropout", "Sequential"]
+__all__ = ["Add", "AvgPool2d", "Conv2d", "Dropout", "Flatten", "Identity", "Linear", "MaxPool2d", "ReLU"]
 
 
-def _need_saved(saved: object, layer: Module) -> None:
-    if saved is None:
-        raise RuntimeError(f"{layer!r}.backward called without a training-mode forward")
+def _saved(ctx: dict | None, layer: Module) -> dict:
+    if not ctx:
+        raise RuntimeError(f"{layer!r}.backward called without a training-mode forward (no saved context)")
+    return ctx
+
+
+def _zero_bias(weight: IntParameter, n: int) -> IntParameter:
+    """A bias on its weight's grid (same exponent, same range and accumulator width), starting at zero."""
+    return IntParameter(torch.zeros(n, dtype=torch.int8), weight.e, weight.accumulator_bits)
+
+
+def _add_bias(acc: Tensor, e: int, acc_bits: int, bias: IntParameter | None) -> tuple[Tensor, int]:
+    """``acc · 2**e + bias`` with the bias broadcast over the last (channel) dimension (numerics.md §4)."""
+    if bias is None:
+        return acc, e
+    return aligned_sum([(acc, e, acc_bits), (bias.m, bias.e, 7)])
+
+
+def _bias_grad(err: Tensor) -> Tensor:
+    """The sum of the error over every dimension but the last: int32 when it provably fits, else int64."""
+    rows = err.numel() // max(err.shape[-1], 1)
+    dtype = torch.int32 if rows * 127 < 1 << 31 else torch.int64
+    return err.reshape(-1, err.shape[-1]).sum(dim=0, dtype=dtype)
 
 
 class Conv2d(Module):
-    """Int8 convolution, weights ``(C_out, kh, kw, C_in)``, no bias; output rescaled to int8."""
+    """Int8 convolution, weights ``(C_out, kh, kw, C_in)``, optional bias; output rescaled to int8."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0, *,
-                 generator: torch.Generator, accumulator_bits: int = 8, full_range_init: bool = True) -> None:
+                 generator: torch.Generator, accumulator_bits: int = 8, full_range_init: bool = True,
+                 bias: bool = False) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size = kernels.pair(kernel_size)
@@ -39,73 +63,78 @@ class Conv2d(Module):
         m, e = xavier_int8((out_channels, kh, kw, in_channels), in_channels * kh * kw,
                            out_channels * kh * kw, generator, full_range_init)
         self.weight = IntParameter(m, e, accumulator_bits)
-        self._saved_cols: object | None = None  # the columns, or a stand-in that rebuilds them
-        self._saved_hw: tuple[int, int] | None = None
+        self.bias = _zero_bias(self.weight, out_channels) if bias else None
+        #: Bits of the largest possible |accumulator|: K products of two int8 magnitudes.
+        self.acc_bits = (kh * kw * in_channels * 127 * 127).bit_length()
 
-    def forward(self, x: IntTensor) -> IntTensor:
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
         # The workspace holds the columns and the int32 product only until the rescale below.
         acc, cols = kernels.conv2d(x.m, self.weight.m, self.stride, self.padding,
                                    workspace=self.runtime.workspace)
-        if self.training:
-            self._saved_cols, self._saved_hw = cols, (x.m.shape[1], x.m.shape[2])
+        if ctx is not None:
+            ctx["cols"], ctx["hw"] = cols, (x.m.shape[1], x.m.shape[2])
+        acc, e = _add_bias(acc, x.e + self.weight.e, self.acc_bits, self.bias)
         out, shift = self.runtime.rescale(acc, 7, "activation")
-        return IntTensor(out, x.e + self.weight.e + shift)
+        return IntTensor(out, e + shift)
 
-    def backward(self, err: IntTensor) -> IntTensor | None:
-        _need_saved(self._saved_cols, self)
-        cols, hw = self._saved_cols, self._saved_hw
-        self._saved_cols = self._saved_hw = None
-        self.weight.grad = kernels.conv2d_grad_weight(err.m, cols, self.kernel_size)
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
+        ctx = _saved(ctx, self)
+        self.weight.grad = kernels.conv2d_grad_weight(err.m, ctx["cols"], self.kernel_size)
+        if self.bias is not None:
+            self.bias.grad = _bias_grad(err.m)
         if not self.propagate_error:
             return None
-        acc = kernels.conv2d_grad_input(err.m, self.weight.m, hw, self.stride, self.padding,
+        acc = kernels.conv2d_grad_input(err.m, self.weight.m, ctx["hw"], self.stride, self.padding,
                                         workspace=self.runtime.workspace)
         out, shift = self.runtime.rescale(acc, 7, "error")
         return IntTensor(out, err.e + self.weight.e + shift)
 
-    def parameters(self) -> list[IntParameter]:
-        return [self.weight]
+    def named_parameters(self) -> list[tuple[str, IntParameter]]:
+        return [("weight", self.weight)] + ([("bias", self.bias)] if self.bias is not None else [])
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}")
+                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
 
 
 class Linear(Module):
-    """Int8 fully connected layer ``x · Wᵀ``, weights ``(out, in)``, no bias."""
+    """Int8 fully connected layer ``x · Wᵀ (+ b)``, weights ``(out, in)``."""
 
     def __init__(self, in_features: int, out_features: int, *, generator: torch.Generator,
-                 accumulator_bits: int = 8, full_range_init: bool = True) -> None:
+                 accumulator_bits: int = 8, full_range_init: bool = True, bias: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         m, e = xavier_int8((out_features, in_features), in_features, out_features, generator, full_range_init)
         self.weight = IntParameter(m, e, accumulator_bits)
-        self._saved_x: Tensor | None = None
+        self.bias = _zero_bias(self.weight, out_features) if bias else None
+        self.acc_bits = (in_features * 127 * 127).bit_length()
 
-    def forward(self, x: IntTensor) -> IntTensor:
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
         xm = x.m.contiguous()
         acc = kernels.int_matmul(xm, self.weight.m.t())
-        if self.training:
-            self._saved_x = xm
+        if ctx is not None:
+            ctx["x"] = xm
+        acc, e = _add_bias(acc, x.e + self.weight.e, self.acc_bits, self.bias)
         out, shift = self.runtime.rescale(acc, 7, "activation")
-        return IntTensor(out, x.e + self.weight.e + shift)
+        return IntTensor(out, e + shift)
 
-    def backward(self, err: IntTensor) -> IntTensor | None:
-        _need_saved(self._saved_x, self)
-        x, self._saved_x = self._saved_x, None
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
+        x = _saved(ctx, self)["x"]
         em = err.m.contiguous()
         self.weight.grad = kernels.int_matmul(em.t(), x)
+        if self.bias is not None:
+            self.bias.grad = _bias_grad(em)
         if not self.propagate_error:
             return None
         acc = kernels.int_matmul(em, self.weight.m)
         out, shift = self.runtime.rescale(acc, 7, "error")
         return IntTensor(out, err.e + self.weight.e + shift)
 
-    def parameters(self) -> list[IntParameter]:
-        return [self.weight]
+    def named_parameters(self) -> list[tuple[str, IntParameter]]:
+        return [("weight", self.weight)] + ([("bias", self.bias)] if self.bias is not None else [])
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 class ReLU(Module):
@@ -115,20 +144,14 @@ class ReLU(Module):
     input was, and the next layer usually keeps the same tensor anyway.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._saved_out: Tensor | None = None
-
-    def forward(self, x: IntTensor) -> IntTensor:
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
         y = x.m.clamp_min(0)  # one vectorised eager op already
-        if self.training:
-            self._saved_out = y
+        if ctx is not None:
+            ctx["out"] = y
         return x.with_m(y)
 
-    def backward(self, err: IntTensor) -> IntTensor:
-        _need_saved(self._saved_out, self)
-        y, self._saved_out = self._saved_out, None
-        return err.with_m(fused.relu_backward(err.m, y))
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
+        return err.with_m(fused.relu_backward(err.m, _saved(ctx, self)["out"]))
 
 
 class MaxPool2d(Module):
@@ -139,20 +162,56 @@ class MaxPool2d(Module):
         if stride is not None and stride != kernel_size:
             raise ValueError("only non-overlapping pooling (stride == kernel_size) is supported")
         self.kernel_size = kernel_size
-        self._saved_index: Tensor | None = None
-        self._saved_shape: torch.Size | None = None
 
-    def forward(self, x: IntTensor) -> IntTensor:
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
         out, index = kernels.maxpool2d(x.m, self.kernel_size)
-        if self.training:
-            self._saved_index, self._saved_shape = index, x.m.shape
+        if ctx is not None:
+            ctx["index"], ctx["shape"] = index, x.m.shape
         return x.with_m(out)
 
-    def backward(self, err: IntTensor) -> IntTensor:
-        _need_saved(self._saved_index, self)
-        index, shape = self._saved_index, self._saved_shape
-        self._saved_index = self._saved_shape = None
-        return err.with_m(kernels.maxpool2d_backward(err.m, index, self.kernel_size, shape))
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
+        ctx = _saved(ctx, self)
+        return err.with_m(kernels.maxpool2d_backward(err.m, ctx["index"], self.kernel_size, ctx["shape"]))
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}"
+
+
+class AvgPool2d(Module):
+    """Non-overlapping ``kh×kw`` average pooling (docs/numerics.md §4).
+
+    The window sum ``s`` (int32) is multiplied by ``M = round(2**q / n)`` for
+    ``n = kh·kw`` window elements, ``q = 14 + bit_length(n)`` (exact when
+    ``n`` is a power of two), and rescaled to int8 with exponent ``e - q +
+    shift``.  Backward: the window's error times ``M``, rescaled to int8,
+    goes to every position of the window.
+    """
+
+    def __init__(self, kernel_size: int | tuple[int, int]) -> None:
+        super().__init__()
+        self.kernel_size = kernels.pair(kernel_size)
+        n = self.kernel_size[0] * self.kernel_size[1]
+        if n < 1:
+            raise ValueError(f"kernel_size must be positive, got {kernel_size}")
+        self.q = 14 + n.bit_length()
+        self.multiplier = ((1 << (self.q + 1)) + n) // (2 * n)  # round(2**q / n), half up
+        wide = n * 127 * self.multiplier >= 1 << 31
+        self._dtype = torch.int64 if wide else torch.int32
+
+    def _scaled(self, t: Tensor) -> Tensor:
+        return t.to(self._dtype) * self.multiplier
+
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
+        s = kernels.avgpool2d_sum(x.m, self.kernel_size)
+        if ctx is not None:
+            ctx["shape"] = x.m.shape
+        out, shift = self.runtime.rescale(self._scaled(s), 7, "activation")
+        return IntTensor(out, x.e - self.q + shift)
+
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
+        shape = _saved(ctx, self)["shape"]
+        out, shift = self.runtime.rescale(self._scaled(err.m), 7, "error")
+        return IntTensor(kernels.avgpool2d_backward(out, self.kernel_size, shape), err.e - self.q + shift)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}"
@@ -161,76 +220,60 @@ class MaxPool2d(Module):
 class Flatten(Module):
     """NHWC ``(N, H, W, C)`` to ``(N, H·W·C)`` in NHWC order."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._saved_shape: torch.Size | None = None
-
-    def forward(self, x: IntTensor) -> IntTensor:
-        if self.training:
-            self._saved_shape = x.m.shape
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
+        if ctx is not None:
+            ctx["shape"] = x.m.shape
         return x.with_m(x.m.reshape(x.m.shape[0], -1))
 
-    def backward(self, err: IntTensor) -> IntTensor:
-        _need_saved(self._saved_shape, self)
-        shape, self._saved_shape = self._saved_shape, None
-        return err.with_m(err.m.reshape(shape))
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
+        return err.with_m(err.m.reshape(_saved(ctx, self)["shape"]))
+
+
+class Identity(Module):
+    """The input unchanged (``torch.nn.Identity``, and a dropout in evaluation)."""
+
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
+        if ctx is not None:
+            ctx["seen"] = True
+        return x
+
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
+        _saved(ctx, self)
+        return err
 
 
 class Dropout(Module):
     """p = 1/2 dropout: one seeded 0/1 mask per feature for the whole batch, exponent + 1."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._saved_mask: Tensor | None = None
-
-    def forward(self, x: IntTensor) -> IntTensor:
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
         if not self.training:
             return x
         # 0/1 int8: multiplying by it is exactly where(keep, x, 0), and a vectorised eager op.
         keep = torch.randint(0, 2, tuple(x.m.shape[1:]), generator=self.runtime.dropout_generator,
                              dtype=torch.int8).to(x.m.device)
-        self._saved_mask = keep
+        if ctx is not None:
+            ctx["mask"] = keep
         return IntTensor(x.m * keep, x.e + 1)
 
-    def backward(self, err: IntTensor) -> IntTensor:
-        _need_saved(self._saved_mask, self)
-        keep, self._saved_mask = self._saved_mask, None
-        return IntTensor(err.m * keep, err.e + 1)
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
+        return IntTensor(err.m * _saved(ctx, self)["mask"], err.e + 1)
 
 
-class Sequential(Module):
-    """Layers in order; backward runs in reverse and stops at the first weighted layer."""
+class Add(Module):
+    """``a + b`` (a residual connection): exponents aligned by ``aligned_sum``, the sum rescaled to int8.
 
-    def __init__(self, *layers: Module) -> None:
-        super().__init__()
-        self.layers = list(layers)
-        weighted = [i for i, layer in enumerate(self.layers) if layer.parameters()]
-        self._first_weighted = weighted[0] if weighted else 0
-        for i, layer in enumerate(self.layers):
-            layer.propagate_error = i > self._first_weighted
+    Backward hands the error, unchanged, to both inputs.
+    """
 
-    def children(self) -> list[Module]:
-        return self.layers
+    def forward(self, a: IntTensor, b: IntTensor, ctx: dict | None = None) -> IntTensor:  # type: ignore[override]
+        if a.m.shape != b.m.shape:
+            raise ValueError(f"Add needs equal shapes, got {tuple(a.m.shape)} and {tuple(b.m.shape)}")
+        total, e = aligned_sum([(a.m, a.e, 7), (b.m, b.e, 7)])
+        if ctx is not None:
+            ctx["seen"] = True
+        out, shift = self.runtime.rescale(total, 7, "activation")
+        return IntTensor(out, e + shift)
 
-    def parameters(self) -> list[IntParameter]:
-        return [p for layer in self.layers for p in layer.parameters()]
-
-    def forward(self, x: IntTensor) -> IntTensor:
-        for layer in self.layers:
-            x = layer.forward(x)
-        return x
-
-    def backward(self, err: IntTensor) -> IntTensor | None:
-        for layer in reversed(self.layers[self._first_weighted:]):
-            err = layer.backward(err)
-        return err
-
-    def __getitem__(self, i: int) -> Module:
-        return self.layers[i]
-
-    def __len__(self) -> int:
-        return len(self.layers)
-
-    def __repr__(self) -> str:
-        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
-        return f"Sequential(\n{inner}\n)"
+    def backward(self, err: IntTensor, ctx: dict) -> tuple[IntTensor, IntTensor]:  # type: ignore[override]
+        _saved(ctx, self)
+        return err, err

@@ -82,29 +82,35 @@ class IntParameter:
 
 
 class Module:
-    """A layer: ``forward(IntTensor) -> IntTensor`` and ``backward(err) -> err``.
+    """A layer: ``forward(x, ctx) -> IntTensor`` and ``backward(err, ctx) -> err``.
 
-    ``backward`` uses what ``forward`` saved in training mode and frees it; it
-    stores weight gradients in ``IntParameter.grad`` but never updates weights.
+    ``ctx`` is a dict owned by the caller, one per call: ``forward`` writes what
+    ``backward`` needs into it when it is given (training), so nothing about a
+    call is kept on the layer.  ``backward`` stores weight gradients in
+    ``IntParameter.grad`` but never updates weights.
     """
 
     def __init__(self) -> None:
         self.training = True
         self.runtime = Runtime()
-        #: False for the first weighted layer: nothing below it needs an error.
+        #: False where nothing below this layer needs an error (the first weighted layer).
         self.propagate_error = True
 
-    def forward(self, x: IntTensor) -> IntTensor:  # pragma: no cover - interface
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def backward(self, err: IntTensor) -> IntTensor | None:  # pragma: no cover - interface
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def __call__(self, x: IntTensor) -> IntTensor:
-        return self.forward(x)
+    def __call__(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
+        return self.forward(x, ctx)
+
+    def named_parameters(self) -> list[tuple[str, IntParameter]]:
+        """``(name, parameter)`` pairs, names relative to this layer (``"weight"``, ``"bias"``)."""
+        return []
 
     def parameters(self) -> list[IntParameter]:
-        return []
+        return [p for _, p in self.named_parameters()]
 
     def children(self) -> list["Module"]:
         return []
@@ -122,13 +128,6 @@ class Module:
 
     def eval(self) -> "Module":
         return self.train(False)
-
-    def clear_saved(self) -> None:
-        """Drop tensors saved for backward (after an aborted step)."""
-        for key in [k for k in vars(self) if k.startswith("_saved")]:
-            setattr(self, key, None)
-        for child in self.children():
-            child.clear_saved()
 
     def extra_repr(self) -> str:
         return ""

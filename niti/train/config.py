@@ -141,7 +141,7 @@ class TrainConfig:
         return GbSchedule.parse(self.gb_schedule)
 
     @property
-    def layer_gb_offsets(self) -> tuple[int, ...]:
+    def layer_gb_offsets(self) -> tuple[int, ...] | dict[str, int]:
         return GbSchedule.parse_offsets(self.gb_offsets)
 
     def to_dict(self) -> dict:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from .. import data as niti_data
-from ..models import build, get_architecture
+from ..models import build, get_architecture, is_factory_path
 from ..numerics import INPUT_SCALE_BITS
 from ..optim import format_fraction
 from .checkpoint import CHECKPOINT_NAME, atomic_write_bytes, save_checkpoint
 from .config import TrainConfig, default_val_size
 from .metrics import correct_count, evaluate, loss_sum, write_jsonl
-from .validate import load_train_state, restore_model
+from .validate import input_shape_of, load_train_state, restore_model
 
 __all__ = ["TrainingInterrupted", "fit", "build_model", "load_model"]
 
@@ -41,7 +41,12 @@ class TrainingInterrupted(Exception):
 
 
 def _default_dataset(config: TrainConfig) -> str:
-    return config.dataset or get_architecture(config.model).dataset
+    if config.dataset:
+        return config.dataset
+    if is_factory_path(config.model):
+        raise ValueError(f"model {config.model!r} is a user module: say which data set it trains on "
+                         "(--dataset mnist|cifar10|PATH.npz)")
+    return get_architecture(config.model).dataset
 
 
 def _gb_text(model) -> str | None:  # noqa: ANN001
@@ -50,21 +55,24 @@ def _gb_text(model) -> str | None:  # noqa: ANN001
 
 
 def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...],
-                scale: tuple[int, ...] | None = None):  # noqa: ANN201
-    """The integer model or its float twin for ``config`` (``scale``: the input's, else the data set default)."""
+                scale: tuple[int, ...] | None = None,
+                input_shape: tuple[int, int, int] | None = None):  # noqa: ANN201
+    """The integer model or its float twin for ``config`` (``scale``: the input's, else the data set default;
+    ``input_shape``: the images' (H, W, C), needed for a ``MODULE:FACTORY`` model)."""
     if config.arith == "int":
         if not config.input_std:
             scale = (1 << INPUT_SCALE_BITS,) * len(mean)
         model = build(config.model, seed=config.seed, policy=config.policy, schedule=config.schedule,
                       accumulator_bits=config.accumulator_bits, total_steps=total_steps, mean=mean,
                       gb_offsets=config.layer_gb_offsets, scale=scale, rule=config.rule, softmax=config.softmax,
-                      full_range_init=config.full_range_init)
+                      full_range_init=config.full_range_init, input_shape=input_shape)
     else:
         from ..baseline import build_float
 
         kwargs = {} if config.lr is None else {"lr": config.lr}
         model = build_float(config.model, seed=config.seed, momentum=config.momentum,
-                            weight_decay=config.weight_decay, total_steps=total_steps, **kwargs)
+                            weight_decay=config.weight_decay, total_steps=total_steps, input_shape=input_shape,
+                            **kwargs)
         # The float twin normalises with its own float (mean, std) of the data set (niti.baseline).
     return model.to(config.device)
 
@@ -77,7 +85,8 @@ def load_model(checkpoint: str | Path):  # noqa: ANN201
     path = Path(checkpoint)
     state = load_train_state(path)
     config = TrainConfig.from_dict(state["config"])
-    model = build_model(config.replace(device="cpu"), state["total_steps"], tuple(state["mean"]))
+    model = build_model(config.replace(device="cpu"), state["total_steps"], tuple(state["mean"]),
+                        input_shape=input_shape_of(state, path))
     restore_model(model, state, path)
     return model, config, state
 
@@ -122,7 +131,7 @@ def _check_device_available(device: str) -> None:
 
 def _check_data(ds: niti_data.Dataset, config: TrainConfig) -> None:
     """The data set fits the model and has a test split to report on (checked before training starts)."""
-    arch = get_architecture(config.model)
+    arch = get_architecture(config.model, ds.image_shape if is_factory_path(config.model) else None)
     if ds.image_shape != arch.input_shape or ds.num_classes > arch.num_classes:
         raise ValueError(f"data set {ds.name} has images {ds.image_shape} and {ds.num_classes} classes; "
                          f"model {arch.name} expects {arch.input_shape} and {arch.num_classes} classes")
@@ -188,7 +197,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     mean = tuple(state["mean"]) if state else niti_data.channel_means(x_train)
     # On resume the checkpoint's own scale replaces this one (model.load_state_dict).
     scale = niti_data.channel_scales(x_train, mean) if config.arith == "int" and not state else None
-    model = build_model(config, total_steps, mean, scale)
+    model = build_model(config, total_steps, mean, scale, ds.image_shape)
     if dist:
         distributed.attach(model, dist)
     history: list[dict] = []
@@ -216,6 +225,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
             "config": config.to_dict(), "model": model.state_dict(), "epoch": next_epoch, "batch": next_batch,
             "seconds": seconds, "history": history, "step_log": step_log, "best_val": best_val,
             "best_epoch": best_epoch, "running": list(running), "window": list(window), "mean": list(mean), "total_steps": total_steps, "world_size": world,
+            "input_shape": list(ds.image_shape),
         })
         write_jsonl(out / "metrics.jsonl", history)
         write_jsonl(out / "steps.jsonl", step_log)

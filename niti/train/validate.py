@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from ..models import get_architecture
+from ..models import get_architecture, is_factory_path
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
 
-__all__ = ["EXPONENT_LIMIT", "load_train_state", "restore_model", "validate_train_state"]
+__all__ = ["EXPONENT_LIMIT", "input_shape_of", "load_train_state", "restore_model", "validate_train_state"]
 
 #: |exponent| bound: trained weights sit near 2**-8; 2**±256 is far beyond any real run.
 EXPONENT_LIMIT = 256
@@ -72,51 +72,70 @@ def _config(where: str, raw: object) -> TrainConfig:
         raise _fail(where, f"invalid config ({exc})") from None
 
 
-def _check_param(where: str, i: int, p: object) -> None:
+def _check_param(where: str, i: str, p: object) -> None:
     """One weight's dict: int8 ``m`` in ±127, integer exponents, an int16 ``master`` or none; any other
     entry (state a newer optimiser keeps, such as a velocity) must be an integer tensor, an int or None."""
     if not isinstance(p, dict) or "m" not in p or "e" not in p:
-        raise _fail(where, f"weight {i} must be a dict with 'm' and 'e'")
-    _int_tensor(where, f"weight {i} m", p["m"], dtype=torch.int8, low=-WEIGHT_LIMIT, high=WEIGHT_LIMIT)
-    _int(where, f"weight {i} exponent e", p["e"], -EXPONENT_LIMIT, EXPONENT_LIMIT)
+        raise _fail(where, f"{i} must be a dict with 'm' and 'e'")
+    _int_tensor(where, f"{i} m", p["m"], dtype=torch.int8, low=-WEIGHT_LIMIT, high=WEIGHT_LIMIT)
+    _int(where, f"{i} exponent e", p["e"], -EXPONENT_LIMIT, EXPONENT_LIMIT)
     master = p.get("master")
     if master is not None:
-        _int_tensor(where, f"weight {i} master", master, dtype=torch.int16, low=-(2**15 - 1), high=2**15 - 1)
+        _int_tensor(where, f"{i} master", master, dtype=torch.int16, low=-(2**15 - 1), high=2**15 - 1)
         if tuple(master.shape) != tuple(p["m"].shape):
-            raise _fail(where, f"weight {i} master has shape {tuple(master.shape)}, m has {tuple(p['m'].shape)}")
-        _int(where, f"weight {i} master_e", p.get("master_e"), -EXPONENT_LIMIT, EXPONENT_LIMIT)
+            raise _fail(where, f"{i} master has shape {tuple(master.shape)}, m has {tuple(p['m'].shape)}")
+        _int(where, f"{i} master_e", p.get("master_e"), -EXPONENT_LIMIT, EXPONENT_LIMIT)
     for key, value in p.items():
         if key in ("m", "e", "master", "master_e") or value is None:
             continue
         if isinstance(value, torch.Tensor):
-            _int_tensor(where, f"weight {i} {key}", value)
+            _int_tensor(where, f"{i} {key}", value)
         else:
-            _int(where, f"weight {i} {key}", value, -(2**63), 2**63 - 1)
+            _int(where, f"{i} {key}", value, -(2**63), 2**63 - 1)
 
 
-def _check_int_model(where: str, model: dict, config: TrainConfig, total_steps: int) -> None:
-    arch = get_architecture(config.model)
-    if model.get("arch") != arch.name:
-        raise _fail(where, f"model state is for {model.get('arch')!r}, the config says {arch.name!r}")
+def _check_int_model(where: str, model: dict, config: TrainConfig, total_steps: int, channels: int) -> None:
+    if model.get("arch") != config.model:
+        raise _fail(where, f"model state is for {model.get('arch')!r}, the config says {config.model!r}")
     step = _int(where, "model step", model.get("step"), 0, total_steps)
     if model.get("total_steps") is not None:
         _int(where, "model total_steps", model["total_steps"], max(step, 1))
     params = model.get("params")
-    if not isinstance(params, list) or not params:
-        raise _fail(where, "model params must be a non-empty list")
-    for i, p in enumerate(params):
-        _check_param(where, i, p)
+    if isinstance(params, dict) and params and all(isinstance(k, str) for k in params):
+        labelled = list(params.items())
+    elif isinstance(params, list) and params:  # positional, as checkpoints before named parameters kept them
+        labelled = [(f"weight {i}", p) for i, p in enumerate(params)]
+    else:
+        raise _fail(where, "model params must be a non-empty dict from parameter names (or a list)")
+    for label, p in labelled:
+        _check_param(where, label, p)
     runtime = model.get("runtime")
     if not isinstance(runtime, dict) or not runtime:
         raise _fail(where, "model runtime must be a dict of generator states")
     for name, value in runtime.items():
         _int_tensor(where, f"runtime {name}", value, dtype=torch.uint8)
     mean = _int_tensor(where, "model mean", model.get("mean"), low=0, high=PIXEL_MAX)
-    if tuple(mean.shape) != (arch.input_shape[2],):
-        raise _fail(where, f"model mean must have {arch.input_shape[2]} channel values, got shape {tuple(mean.shape)}")
+    if tuple(mean.shape) != (channels,):
+        raise _fail(where, f"model mean must have {channels} channel values, got shape {tuple(mean.shape)}")
     for key, value in model.items():  # e.g. an input scale next to the mean: integer tensors only
         if key not in ("arch", "step", "total_steps", "params", "runtime", "mean") and isinstance(value, torch.Tensor):
             _int_tensor(where, f"model {key}", value)
+
+
+def input_shape_of(state: dict, where: str | Path = "") -> tuple[int, int, int]:
+    """The run's image shape (H, W, C): recorded in the checkpoint, else the built-in model's own."""
+    shape = state.get("input_shape")
+    if shape is None:
+        model = state["config"]["model"] if isinstance(state.get("config"), dict) else None
+        if not isinstance(model, str) or is_factory_path(model):
+            raise _fail(str(where), "input_shape is missing (a user model's run records it)")
+        try:
+            return get_architecture(model).input_shape
+        except ValueError as exc:
+            raise _fail(str(where), str(exc)) from None
+    if not isinstance(shape, (list, tuple)) or len(shape) != 3:
+        raise _fail(str(where), f"input_shape must be 3 integers (H, W, C), got {shape!r}")
+    return tuple(_int(str(where), "input_shape", v, 1, 1 << 16) for v in shape)  # type: ignore[return-value]
 
 
 def validate_train_state(state: dict, where: str | Path) -> TrainConfig:
@@ -146,7 +165,7 @@ def validate_train_state(state: dict, where: str | Path) -> TrainConfig:
     for name in ("history", "step_log"):
         if not isinstance(state[name], list) or not all(isinstance(r, dict) for r in state[name]):
             raise _fail(where, f"{name} must be a list of records")
-    channels = get_architecture(config.model).input_shape[2]
+    channels = input_shape_of(state, where)[2]
     mean = state["mean"]
     if not isinstance(mean, (list, tuple)) or len(mean) != channels:
         raise _fail(where, f"mean must be a list of {channels} integers, got {mean!r}")
@@ -156,7 +175,7 @@ def validate_train_state(state: dict, where: str | Path) -> TrainConfig:
     if not isinstance(model, dict):
         raise _fail(where, f"model must be a dict, got {type(model).__name__}")
     if config.arith == "int":
-        _check_int_model(where, model, config, total_steps)
+        _check_int_model(where, model, config, total_steps, channels)
     return config
 
 

@@ -1,0 +1,174 @@
+"""Graph execution of integer layers: forward in topological order, backward in reverse (docs/numerics.md §4).
+
+A ``Graph`` is a list of nodes, each a layer applied to earlier values (value
+0 is the graph's input, node ``i`` produces value ``i + 1``).  Forward fills a
+``Tape`` (one context dict per node) that the caller keeps and hands back to
+``backward``: nothing about a call lives on the layers, so a graph with skip
+connections, a layer used twice, or a graph nested in another keeps its
+backward chain whole.  A value used by several nodes receives the sum of their
+errors (``aligned_sum``, exact unless the exponents differ by more than 22
+bits, then rescaled to int8).  Nodes whose input depends on no weight run no
+backward, and the first weighted layers propagate no error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..numerics import IntTensor, aligned_sum
+from .module import IntParameter, Module
+
+__all__ = ["Graph", "Node", "Sequential", "Tape"]
+
+
+@dataclass(frozen=True)
+class Node:
+    """``op`` applied to the values ``inputs`` (0: the graph input, ``i + 1``: node ``i``'s output)."""
+
+    name: str
+    op: Module
+    inputs: tuple[int, ...]
+
+
+@dataclass
+class Tape:
+    """What one training-mode forward saved for its backward: a context dict per node."""
+
+    contexts: list[dict] = field(default_factory=list)
+
+
+class Graph(Module):
+    """Integer layers wired as a DAG; ``forward(x, tape)`` and ``backward(err, tape)``."""
+
+    def __init__(self, nodes: list[Node], output: int | None = None) -> None:
+        super().__init__()
+        self.nodes = list(nodes)
+        self.output = len(self.nodes) if output is None else output
+        for i, node in enumerate(self.nodes):
+            bad = [v for v in node.inputs if not 0 <= v <= i]
+            if bad or not node.inputs:
+                raise ValueError(f"node {node.name!r} reads values {node.inputs}: each must come from the input "
+                                 f"or an earlier node")
+        if not 0 < self.output <= len(self.nodes):
+            raise ValueError(f"output value {self.output} is not a node of the graph")
+        # A graph standing alone needs no error for its input; a parent graph sets this when it does.
+        self.propagate_error = False
+        self._wire_errors()
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def layers(self) -> list[Module]:
+        return [node.op for node in self.nodes]
+
+    def children(self) -> list[Module]:
+        return self.layers
+
+    def named_parameters(self) -> list[tuple[str, IntParameter]]:
+        """Every parameter once, in node order, named ``<node>.<parameter>`` (``features.0.weight``)."""
+        out, seen = [], set()
+        for node in self.nodes:
+            for name, p in node.op.named_parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append((f"{node.name}.{name}", p))
+        return out
+
+    def _requires_error(self) -> list[bool]:
+        """Per value: does it depend on a weight (so that an error for it is needed)?"""
+        needs = [self.propagate_error]
+        for node in self.nodes:
+            needs.append(bool(node.op.parameters()) or any(needs[v] for v in node.inputs))
+        return needs
+
+    def _wire_errors(self) -> list[bool]:
+        needs = self._requires_error()
+        for node in self.nodes:
+            node.op.propagate_error = any(needs[v] for v in node.inputs)
+        return needs
+
+    # ------------------------------------------------------------------ compute
+    def forward(self, x: IntTensor, tape: Tape | dict | None = None) -> IntTensor:  # type: ignore[override]
+        """The output value; a training forward records each node's context on ``tape``."""
+        if isinstance(tape, dict):  # nested in a parent graph: keep the sub-tape in the parent's context
+            tape = tape.setdefault("tape", Tape())
+        values: list[IntTensor | None] = [x]
+        uses = [0] * (len(self.nodes) + 1)
+        for node in self.nodes:
+            for v in node.inputs:
+                uses[v] += 1
+        uses[self.output] += 1
+        if tape is not None:
+            tape.contexts = []
+        for i, node in enumerate(self.nodes):
+            ctx = {} if tape is not None else None
+            args = [values[v] for v in node.inputs]
+            values.append(node.op.forward(*args, ctx))
+            if tape is not None:
+                tape.contexts.append(ctx)
+            for v in node.inputs:  # free a value once its last reader has run
+                uses[v] -= 1
+                if uses[v] == 0:
+                    values[v] = None
+        out = values[self.output]
+        assert out is not None
+        return out
+
+    def backward(self, err: IntTensor, tape: Tape | dict) -> IntTensor | None:  # type: ignore[override]
+        """Errors in reverse node order; weight gradients land in ``IntParameter.grad``.
+
+        Returns the input's error when ``propagate_error`` is set (a nested graph), else None.
+        """
+        if isinstance(tape, dict):
+            tape = tape.get("tape")
+        if not isinstance(tape, Tape) or len(tape.contexts) != len(self.nodes):
+            raise RuntimeError("Graph.backward needs the tape of a training-mode forward of this graph")
+        needs = self._wire_errors()
+        pending: list[list[IntTensor]] = [[] for _ in range(len(self.nodes) + 1)]
+        pending[self.output].append(err)
+        for i in range(len(self.nodes) - 1, -1, -1):
+            node, ctx = self.nodes[i], tape.contexts[i]
+            tape.contexts[i] = {}  # free as we go
+            if not needs[i + 1] or not pending[i + 1]:
+                continue
+            out_err = self._sum_errors(pending[i + 1])
+            pending[i + 1] = []
+            in_errs = node.op.backward(out_err, ctx)
+            if in_errs is None:
+                continue
+            if isinstance(in_errs, IntTensor):
+                in_errs = (in_errs,)
+            for v, e in zip(node.inputs, in_errs):
+                if needs[v]:
+                    pending[v].append(e)
+        tape.contexts = []
+        return self._sum_errors(pending[0]) if self.propagate_error and pending[0] else None
+
+    def _sum_errors(self, errs: list[IntTensor]) -> IntTensor:
+        """One error from several readers of a value: their exact aligned sum, rescaled to int8."""
+        if len(errs) == 1:
+            return errs[0]
+        total, e = aligned_sum([(t.m, t.e, 7) for t in errs])
+        out, shift = self.runtime.rescale(total, 7, "error")
+        return IntTensor(out, e + shift)
+
+    def __getitem__(self, i: int) -> Module:
+        return self.nodes[i].op
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __repr__(self) -> str:
+        def arg(v: int) -> str:
+            return "input" if v == 0 else self.nodes[v - 1].name
+
+        inner = "\n".join(f"  ({node.name}): {node.op!r}" + (f" <- {', '.join(map(arg, node.inputs))}"
+                                                             if node.inputs != (i,) else "")
+                          for i, node in enumerate(self.nodes))
+        return f"{type(self).__name__}(\n{inner}\n)"
+
+
+class Sequential(Graph):
+    """Layers in a chain (a ``Graph`` whose node ``i`` reads node ``i - 1``), named ``"0"``, ``"1"``, ..."""
+
+    def __init__(self, *layers: Module) -> None:
+        super().__init__([Node(str(i), layer, (i,)) for i, layer in enumerate(layers)])
