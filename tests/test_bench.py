@@ -89,3 +89,20 @@ def test_bench_step_writes_markdown_summary(tiny: dict) -> None:
     spec.loader.exec_module(mod)
     md = mod.summary_markdown([tiny], "python benchmarks/bench_step.py --models lenet")
     assert "| lenet | 8 |" in md and tiny["machine"]["cpu"] in md and "bench_step.py --models lenet" in md
+
+
+def test_bench_times_a_user_model_against_that_same_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "benchnets.py").write_text(
+        "import torch\n"
+        "def tiny():\n"
+        "    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2, bias=True), torch.nn.ReLU(),\n"
+        "                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))\n")
+    monkeypatch.chdir(tmp_path)
+    r = bench.run_bench("benchnets:tiny", 4, threads=1, steps=1, warmup=0, bf16="never", input_shape=(9, 9, 1))
+    assert "error" not in r["integer"], r["integer"].get("error")
+    assert "error" not in r["fp32"], r["fp32"].get("error")
+    assert r["fp32"]["niti_imported"] is False
+    names = [row["name"] for row in r["integer"]["breakdown"]["layers"]]
+    assert "2:AvgPool2d/forward" in names
+    with pytest.raises(ValueError, match="input shape"):
+        bench.run_bench("benchnets:tiny", 4)
