@@ -144,6 +144,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return runs + [(f"lenet-float-lr0.02-s{s}", ["--model", "lenet", "--arith", "float", "--lr", "0.02",
                                                      "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
                                                      "--seed", str(s)]) for s in seeds]
+    if name == "static-inference":  # issue 15: runs whose checkpoints benchmarks/static_inference.py evaluates
+        return [("lenet-int-s0", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
+                                  str(a.batch_size or 128), "--seed", "0"]),
+                ("q-int-s0", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
+                              str(a.batch_size or 128), "--seed", "0"])]
     if name == "user-model":  # issue 13: the README's own-model example (MODULE:FACTORY), both arithmetics
         return [(f"resnet-{arith}-s{s}", ["--model", "benchmarks.user_models:small_resnet", "--dataset", "mnist",
                                           "--arith", arith, "--epochs", str(a.epochs),
@@ -156,7 +161,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
                                       "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke",
-                                      "user-model"])
+                                      "user-model", "static-inference"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

@@ -69,6 +69,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="initial int8 mantissas fill ±127 (default on)")
     p.add_argument("--input-std", action=argparse.BooleanOptionalAction, default=defaults.input_std,
                    help="divide the integer input by the per-channel std (default on)")
+    p.add_argument("--inference", choices=["static", "batch"], default=defaults.inference,
+                   help="how the integer model is evaluated: calibrated static shifts, so a prediction depends on "
+                        "its image only (default), or each batch's own shifts")
     p.add_argument("--lr", type=float, default=None, help="float baseline learning rate (default: tuned value)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -109,6 +112,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, softmax=args.softmax,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
+                       inference=args.inference,
                        momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress,
                        **_given(args, "checkpoint_every", "log_every"), **rounds)
 
@@ -166,6 +170,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default=None, help="default: the data set the run trained on")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--inference", choices=["static", "batch"], default=None,
+                   help="integer models: calibrated static shifts (batch-independent) or each batch's own "
+                        "(default: the run's choice, static unless it said otherwise)")
+    p.add_argument("--batch-size", type=int, default=1000, help="images per prediction batch (default 1000)")
     p.set_defaults(func=_cmd_eval)
 
 
@@ -184,7 +192,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, config, state = load_model(args.checkpoint)
+    if args.inference and hasattr(model, "inference"):
+        model.inference = args.inference
     name = args.dataset or config.dataset or model.arch.dataset
     if name is None:
         raise ValueError(f"run {args.checkpoint} trained a user model without naming its data set: give --dataset")
@@ -192,8 +204,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if len(ds.x_test) == 0:
         raise ValueError(f"data set {name} has an empty test split (x_test has 0 images): nothing to evaluate")
     x, y = torch.from_numpy(ds.x_test.copy()), torch.from_numpy(ds.y_test.copy())
-    correct = evaluate(model, x, y)
+    correct = evaluate(model, x, y, args.batch_size)
     result = {"checkpoint": str(args.checkpoint), "model": config.model, "arith": config.arith, "dataset": name,
+              "inference": getattr(model, "inference", None), "batch_size": args.batch_size,
               "test_images": int(x.shape[0]), "test_accuracy": 100.0 * correct / x.shape[0],
               "step": model.step, "weights_sha256": model.weights_sha256()}
     print(json.dumps(result, indent=2))
@@ -226,6 +239,55 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=bench.main)
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a trained integer model as model.npz + a numpy-only infer.py",
+                       description="Write DIR/model.npz (integer weights, exponents, static shifts and the graph; no "
+                                   "pickles) and DIR/infer.py, a single-file numpy runner: python DIR/infer.py "
+                                   "DIR/model.npz IMAGES.npy -o PRED.npy.")
+    p.add_argument("run", help="run directory or checkpoint.pt")
+    p.add_argument("-o", "--output", required=True, metavar="DIR")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+    from .train import load
+
+    path = export(load(args.run), args.output)
+    print(json.dumps({"model_npz": str(path), "bytes": path.stat().st_size,
+                      "runner": str(Path(args.output) / "infer.py")}, indent=2))
+    return 0
+
+
+def _add_trace(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="record every integer of a run's next training step (golden vectors), or "
+                                     "check a trace",
+                       description="niti trace RUN -o TRACE.npz records the step; niti trace --check TRACE.npz "
+                                   "recomputes it from the recorded inputs and exits 0 when every tensor matches.")
+    p.add_argument("path", help="RUN (a run directory or checkpoint) or, with --check, TRACE.npz")
+    p.add_argument("-o", "--output", default=None, metavar="TRACE.npz")
+    p.add_argument("--check", action="store_true", help="verify the trace PATH instead of writing one")
+    p.set_defaults(func=_cmd_trace)
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    from .trace import TraceMismatch, check_trace, trace_run
+
+    if args.check:
+        try:
+            n = check_trace(args.path)
+        except TraceMismatch as exc:
+            print(f"niti trace: MISMATCH {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.path}: all {n} tensors match")
+        return 0
+    if not args.output:
+        raise ValueError("give -o TRACE.npz (or --check to verify a trace)")
+    fmt = trace_run(args.path, args.output)
+    print(json.dumps({"trace": args.output, "tensors": len(fmt["tensors"]), "model": fmt["model"]}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="niti", description="Integer-only neural network training (NITI).")
     parser.add_argument("--version", action="version", version=f"niti {__import__('niti').__version__}")
@@ -233,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_eval(sub)
+    _add_export(sub)
+    _add_trace(sub)
     _add_plot(sub)
     _add_bench(sub)
     return parser

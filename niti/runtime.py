@@ -20,7 +20,26 @@ from .kernels import fused
 from .kernels.workspace import Workspace
 from .numerics import RoundingPolicy, int_dtype_for_bits
 
-__all__ = ["Runtime"]
+__all__ = ["Recorder", "Runtime"]
+
+
+class Recorder:
+    """Collects named integer tensors of one training step (``niti trace``), in the order they were made."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, Tensor] = {}
+        self.exponents: dict[str, int] = {}
+
+    def add(self, name: str, value: Tensor | int) -> str:
+        """Keep a copy of ``value`` (a Python int becomes an int64 scalar) under a unique ``name``; returns it."""
+        unique, i = name, 1
+        while unique in self.tensors:
+            unique, i = f"{name}.{i}", i + 1
+        if isinstance(value, Tensor):
+            self.tensors[unique] = value.detach().to("cpu", copy=True)
+        else:
+            self.tensors[unique] = torch.tensor(int(value), dtype=torch.int64)
+        return unique
 
 
 def _identity_int(x: int) -> int:
@@ -54,6 +73,10 @@ class Runtime:
     rounding_generator: torch.Generator = field(init=False)
     dropout_generator: torch.Generator = field(init=False)
     workspace: Workspace = field(init=False, repr=False, compare=False)
+    #: Set by ``niti trace``: every rescale, random draw and tensor handed to ``record`` is kept.
+    recorder: Recorder | None = field(default=None, repr=False, compare=False)
+    #: Where in the step the next records come from (a layer's name, ``input``, ``loss``, a parameter's name).
+    scope: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Distinct, fixed streams per purpose: call order in one cannot shift the other.
@@ -63,6 +86,11 @@ class Runtime:
 
     def mode(self, role: str) -> str:
         return getattr(self.policy, role)
+
+    def record(self, name: str, value: Tensor | int) -> None:
+        """Hand ``value`` to the recorder as ``<scope>.<name>`` (nothing without a recorder)."""
+        if self.recorder is not None:
+            self.recorder.add(f"{self.scope}.{name}" if self.scope else name, value)
 
     def uniform(self, high: int, shape: tuple[int, ...], *, batched: bool, device: torch.device) -> Tensor:
         """Integers uniform in ``[0, high)`` for a tensor of local ``shape``.
@@ -77,6 +105,7 @@ class Runtime:
             local = full[self.rank * n:(self.rank + 1) * n]
         else:
             local = torch.randint(0, high, shape, generator=self.rounding_generator, dtype=torch.int64)
+        self.record("noise", local)
         return local.to(device)
 
     def rounding(self, t: Tensor, target_bits: int, role: str, *,
@@ -90,6 +119,9 @@ class Runtime:
         if batched:
             width = self.reduce_max(width)
         shift = max(0, width - target_bits)
+        if self.recorder is not None:
+            self.record(f"{role}.acc", t)
+            self.record(f"{role}.shift", shift)
         noise = None
         if mode == "stochastic" and shift > 0:
             noise = self.uniform(1 << shift, tuple(t.shape), batched=batched, device=t.device)
@@ -103,6 +135,17 @@ class Runtime:
         """
         mode, shift, noise = self.rounding(t, target_bits, role, batched=batched)
         return fused.round_clip(t, shift, mode, target_bits, int_dtype_for_bits(target_bits), noise), shift
+
+    def rescale_static(self, t: Tensor, target_bits: int, shift: int, role: str) -> Tensor:
+        """``t`` shifted right by a fixed ``shift`` (batch-independent inference, docs/numerics.md §12).
+
+        The role's rounding mode, except that ``stochastic`` becomes ``nearest``: inference draws nothing,
+        so a prediction depends on its image only.
+        """
+        mode = self.mode(role)
+        if mode == "stochastic":
+            mode = "nearest"
+        return fused.round_clip(t, shift, mode, target_bits, int_dtype_for_bits(target_bits))
 
     def state_dict(self) -> dict:
         return {

@@ -196,14 +196,14 @@ class _Converter:
     def flatten(self, node: torch.fx.Node, x: torch.fx.Node) -> int:
         if len(_shape(x)) == 2:  # already (N, features)
             return self.value[x]
-        return self.emit(node.name, nn.Flatten(), [x])
+        return self.emit(_name(node), nn.Flatten(), [x])
 
     def dropout(self, node: torch.fx.Node, x: torch.fx.Node, p: float) -> int:
         if p == 0:
             return self.value[x]
         if p != 0.5:
             raise self.refuse(node, "Dropout", f"p={p}; the integer dropout keeps half the features (p = 0.5)")
-        return self.emit(str(node.target) if node.op == "call_module" else node.name, nn.Dropout(), [x])
+        return self.emit(_name(node), nn.Dropout(), [x])
 
     def add(self, node: torch.fx.Node, what: str) -> int:
         if len(node.args) != 2 or node.kwargs:
@@ -312,6 +312,11 @@ class _Converter:
         if self.value[output] == 0 or not self.nodes:
             raise UnsupportedModule("the module has no layers")
         return nn.Graph(self.nodes, self.value[output]), shape
+
+
+def _name(node: torch.fx.Node) -> str:
+    """A node's name in the integer graph: the module's own path (``classifier.0``) or fx's name (``add_1``)."""
+    return str(node.target) if node.op == "call_module" else node.name
 
 
 def _arguments(args: tuple, kwargs: dict, names: tuple[str, ...]) -> dict:

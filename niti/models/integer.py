@@ -10,13 +10,16 @@ import torch
 from torch import Tensor
 
 from .. import nn
-from ..numerics import INPUT_SCALE_BITS, IntTensor, RoundingPolicy
+from ..numerics import INPUT_SCALE_BITS, IntTensor, RoundingPolicy, calibrate, static_shift
 from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
 from .architectures import Architecture
 from .convert import convert
 
-__all__ = ["IntegerModel", "DEFAULT_MEANS", "DEFAULT_SCALES", "check_pixel_mean", "resolve_gb_offsets"]
+__all__ = ["IntegerModel", "DEFAULT_MEANS", "DEFAULT_SCALES", "INFERENCE_MODES", "check_pixel_mean",
+           "resolve_gb_offsets"]
+
+INFERENCE_MODES = ("static", "batch")
 
 #: Integer per-channel means of the training splits (MNIST 33.3; CIFAR-10 125.3, 122.9, 113.9).
 DEFAULT_MEANS = {"mnist": (33,), "cifar10": (125, 123, 114)}
@@ -67,10 +70,18 @@ class IntegerModel:
                  schedule: GbSchedule | None = None, accumulator_bits: int = 16,
                  total_steps: int | None = None, mean: tuple[int, ...] | None = None,
                  gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
-                 rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True) -> None:
+                 rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True,
+                 inference: str = "static") -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
+        if inference not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {inference!r}")
         self.arch = arch
+        #: "static": predictions use calibrated per-layer shifts, so each image's class is its own
+        #: (docs/numerics.md §12); "batch": every rescale takes the batch's shift, as in training.
+        self.inference = inference
+        #: Running whole-batch bit width of the input conversion (None before the first training step).
+        self.input_calibration: int | None = None
         self.rule = rule or UpdateRule()
         self.softmax = softmax
         self.seed = seed
@@ -167,10 +178,31 @@ class IntegerModel:
     def forward(self, images: Tensor, tape: nn.Tape | None = None) -> IntTensor:
         """Int8 logits and their exponent for uint8 NHWC ``images`` (uses the current mode).
 
-        Given a ``tape`` (training), each layer records there what its backward needs.
+        Given a ``tape`` (training), each layer records there what its backward needs, and the
+        calibrated widths move toward this batch's.
         """
-        x = nn.images_to_int8(images, self.mean, self.runtime, self.scale)
+        fixed = None
+        if not self.net.training and self.inference == "static" and self.input_calibration is not None:
+            fixed = static_shift(self.input_calibration)
+        x = nn.images_to_int8(images, self.mean, self.runtime, self.scale, fixed)
+        self.runtime.record("out", x.m)
+        self.runtime.record("out.e", x.e)
+        if tape is not None:
+            self.input_calibration = calibrate(self.input_calibration, x.e + INPUT_SCALE_BITS + 7)
         return self.net.forward(x, tape)
+
+    def calibration_state(self) -> dict[str, int]:
+        """Every calibrated rescale's running width: ``"input"`` and the graph's nodes by name."""
+        state = {} if self.input_calibration is None else {"input": self.input_calibration}
+        return {**state, **self.net.calibration_state()}
+
+    def _load_calibration(self, state: dict[str, int]) -> None:
+        self.input_calibration = state.get("input")
+        self.net.load_calibration(state)
+
+    def is_calibrated(self) -> bool:
+        """Whether static inference is available (the model has trained at least one step)."""
+        return self.input_calibration is not None
 
     def train_step(self, images: Tensor, labels: Tensor) -> IntTensor:
         """One integer training step; returns the int8 logits (before the update) with their exponent.
@@ -181,11 +213,17 @@ class IntegerModel:
         images = self._check_images(images)
         labels = self._check_labels(labels, images.shape[0])
         saved_rng = self.runtime.state_dict()
+        saved_calibration = self.calibration_state()
+        rt = self.runtime
         try:
             self.net.train(True)
             tape = nn.Tape()
+            if rt.recorder is not None:
+                self._record_inputs(images, labels)
             logits = self.forward(images, tape)
-            err = nn.cross_entropy_backward(logits, labels, self.runtime, self.softmax)
+            rt.scope = "loss"
+            err = nn.cross_entropy_backward(logits, labels, rt, self.softmax)
+            rt.record("err", err.m)
             self.net.backward(err, tape)
             params = self.parameters()
             for p in params:
@@ -194,6 +232,7 @@ class IntegerModel:
             for p in self.parameters():
                 p.grad = None
             self.runtime.load_state_dict(saved_rng)
+            self._load_calibration(saved_calibration)
             raise
         # Every gradient exists and every update is checked first: the loop below cannot stop half-way.
         gb = self.current_gb()
@@ -205,16 +244,49 @@ class IntegerModel:
             for p in params:
                 p.grad = None
             self.runtime.load_state_dict(saved_rng)
+            self._load_calibration(saved_calibration)
             raise
-        for p, offset in zip(params, self.gb_offsets):
+        for (name, p), offset in zip(self.named_parameters(), self.gb_offsets):
+            rt.scope = name
+            if rt.recorder is not None:
+                rt.record("grad", p.grad)
+                before = p.master if p.master is not None else p.m
             apply_update(p, gb + offset, self.runtime, self.rule, batch)
+            if rt.recorder is not None:
+                after = p.master if p.master is not None else p.m
+                rt.record("update", before.to(torch.int32) - after.to(torch.int32))
+                self._record_parameter(name, p, "after")
+        rt.scope = ""
         self.step += 1
         return logits
+
+    def _record_parameter(self, name: str, p: nn.IntParameter, when: str) -> None:
+        rec = self.runtime.recorder
+        assert rec is not None
+        for key, t in p.tensors().items():
+            rec.add(f"{name}.{when}.{key}", t)
+        rec.add(f"{name}.{when}.e", p.e)
+        if p.master_e is not None:
+            rec.add(f"{name}.{when}.master_e", p.master_e)
+
+    def _record_inputs(self, images: Tensor, labels: Tensor) -> None:
+        """The step's inputs and everything it starts from: batch, weights, generator states, calibration."""
+        rec = self.runtime.recorder
+        assert rec is not None
+        rec.add("batch.images", images)
+        rec.add("batch.labels", labels)
+        rec.add("step", self.step)
+        for name, p in self.named_parameters():
+            self._record_parameter(name, p, "before")
+        for key, state in self.runtime.state_dict().items():
+            rec.add(f"generator.{key}", state)
+        self.runtime.scope = "input"
 
     def predict_logits(self, images: Tensor) -> IntTensor:
         images = self._check_images(images)
         was_training = self.net.training
         self.net.eval()
+        self.net.set_static_inference(self.inference == "static")
         try:
             return self.forward(images)
         finally:
@@ -233,7 +305,7 @@ class IntegerModel:
                             "master_e": p.master_e, "velocity": None if p.velocity is None else p.velocity.cpu()}
         return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps,
                 "params": params, "runtime": self.runtime.state_dict(), "mean": self.mean.cpu(),
-                "scale": self.scale.cpu()}
+                "scale": self.scale.cpu(), "calibration": self.calibration_state()}
 
     def _state_params(self, state: dict) -> list[tuple[str, nn.IntParameter, dict]]:
         """Pair each parameter with its saved dict: by name, or by position for checkpoints that kept a list."""
@@ -256,6 +328,11 @@ class IntegerModel:
         if state.get("arch") != self.arch.name:
             raise ValueError(f"state is for model {state.get('arch')!r}, not {self.arch.name!r}")
         pairs = self._state_params(state)
+        calibration = state.get("calibration", {})  # checkpoints before static inference have none
+        if not isinstance(calibration, dict) or any(
+                not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 1 << 16
+                for k, v in calibration.items()):
+            raise ValueError(f"calibration must map layer names to non-negative ints, got {calibration!r}")
         for name, p, s in pairs:
             if tuple(s["m"].shape) != tuple(p.m.shape) or s["m"].dtype != torch.int8:
                 raise ValueError(f"{name}: expected int8 {tuple(p.m.shape)}, got {s['m'].dtype} "
@@ -277,6 +354,7 @@ class IntegerModel:
             velocity = s.get("velocity")
             p.velocity = None if velocity is None else velocity.to(self.device)
             p.grad = None
+        self._load_calibration(calibration)
         self.step = int(state["step"])
         self.total_steps = state["total_steps"]
         self.runtime.load_state_dict(state["runtime"])
@@ -302,4 +380,5 @@ class IntegerModel:
     def __repr__(self) -> str:
         offsets = f", gb_offsets={self.gb_offsets}" if any(self.gb_offsets) else ""
         return (f"IntegerModel({self.arch.name}, policy={self.policy}, schedule={self.schedule}{offsets}, "
+                f"inference={self.inference!r}, "
                 f"rule={self.rule}, softmax={self.softmax!r}, accumulator_bits={self.accumulator_bits})\n{self.net!r}")

@@ -73,6 +73,25 @@ class Graph(Module):
                     out.append((f"{node.name}.{name}", p))
         return out
 
+    def calibration_state(self) -> dict[str, int]:
+        """Each calibrated node's running activation width (``numerics.calibrate``), by node name."""
+        out: dict[str, int] = {}
+        for node in self.nodes:
+            if isinstance(node.op, Graph):
+                out.update({f"{node.name}.{k}": v for k, v in node.op.calibration_state().items()})
+            elif node.op.calibration is not None:
+                out[node.name] = node.op.calibration
+        return out
+
+    def load_calibration(self, state: dict[str, int]) -> None:
+        """Restore ``calibration_state()``; nodes it does not name are uncalibrated."""
+        for node in self.nodes:
+            if isinstance(node.op, Graph):
+                prefix = node.name + "."
+                node.op.load_calibration({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            else:
+                node.op.calibration = state.get(node.name)
+
     def _requires_error(self) -> list[bool]:
         """Per value: does it depend on a weight (so that an error for it is needed)?"""
         needs = [self.propagate_error]
@@ -99,10 +118,17 @@ class Graph(Module):
         uses[self.output] += 1
         if tape is not None:
             tape.contexts = []
+        rt = self.runtime
         for i, node in enumerate(self.nodes):
             ctx = {} if tape is not None else None
             args = [values[v] for v in node.inputs]
-            values.append(node.op.forward(*args, ctx))
+            if rt.recorder is not None:
+                rt.scope = node.name
+            out = node.op.forward(*args, ctx)
+            if rt.recorder is not None:
+                rt.record("out", out.m)
+                rt.record("out.e", out.e)
+            values.append(out)
             if tape is not None:
                 tape.contexts.append(ctx)
             for v in node.inputs:  # free a value once its last reader has run
@@ -130,13 +156,24 @@ class Graph(Module):
             tape.contexts[i] = {}  # free as we go
             if not needs[i + 1] or not pending[i + 1]:
                 continue
+            rt = self.runtime
+            if rt.recorder is not None:
+                rt.scope = f"{node.name}.err_sum"
             out_err = self._sum_errors(pending[i + 1])
             pending[i + 1] = []
+            if rt.recorder is not None:
+                rt.scope = node.name
+                rt.record("err", out_err.m)
+                rt.record("err.e", out_err.e)
             in_errs = node.op.backward(out_err, ctx)
             if in_errs is None:
                 continue
             if isinstance(in_errs, IntTensor):
                 in_errs = (in_errs,)
+            if rt.recorder is not None:
+                for k, e in enumerate(in_errs):
+                    rt.record(f"err_in{k}", e.m)
+                    rt.record(f"err_in{k}.e", e.e)
             for v, e in zip(node.inputs, in_errs):
                 if needs[v]:
                     pending[v].append(e)

@@ -74,7 +74,7 @@ class Conv2d(Module):
         if ctx is not None:
             ctx["cols"], ctx["hw"] = cols, (x.m.shape[1], x.m.shape[2])
         acc, e = _add_bias(acc, x.e + self.weight.e, self.acc_bits, self.bias)
-        out, shift = self.runtime.rescale(acc, 7, "activation")
+        out, shift = self.rescale_activation(acc, ctx)
         return IntTensor(out, e + shift)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
@@ -115,7 +115,7 @@ class Linear(Module):
         if ctx is not None:
             ctx["x"] = xm
         acc, e = _add_bias(acc, x.e + self.weight.e, self.acc_bits, self.bias)
-        out, shift = self.runtime.rescale(acc, 7, "activation")
+        out, shift = self.rescale_activation(acc, ctx)
         return IntTensor(out, e + shift)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
@@ -205,7 +205,7 @@ class AvgPool2d(Module):
         s = kernels.avgpool2d_sum(x.m, self.kernel_size)
         if ctx is not None:
             ctx["shape"] = x.m.shape
-        out, shift = self.runtime.rescale(self._scaled(s), 7, "activation")
+        out, shift = self.rescale_activation(self._scaled(s), ctx)
         return IntTensor(out, x.e - self.q + shift)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
@@ -271,7 +271,7 @@ class Add(Module):
         total, e = aligned_sum([(a.m, a.e, 7), (b.m, b.e, 7)])
         if ctx is not None:
             ctx["seen"] = True
-        out, shift = self.runtime.rescale(total, 7, "activation")
+        out, shift = self.rescale_activation(total, ctx)
         return IntTensor(out, e + shift)
 
     def backward(self, err: IntTensor, ctx: dict) -> tuple[IntTensor, IntTensor]:  # type: ignore[override]

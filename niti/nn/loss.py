@@ -150,6 +150,7 @@ def cross_entropy_backward(logits: IntTensor, labels: Tensor, runtime: Runtime,
         g, shift = softmax_grad(logits, labels), LOSS_SHIFT
     else:  # the first version's 2**11 scale and shift 4: bit-identical to it, random draws included
         g, shift = softmax_grad_coarse(logits, labels), 4
+    runtime.record("softmax_grad", g)
     noise = None
     if runtime.mode("loss") == "stochastic":
         noise = runtime.uniform(1 << shift, tuple(g.shape), batched=True, device=g.device)

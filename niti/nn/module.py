@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..numerics import IntTensor, rescale
+from ..numerics import IntTensor, calibrate, rescale, static_shift
 from ..runtime import Runtime
 
 __all__ = ["IntParameter", "Module", "WEIGHT_LIMIT", "check_weight_range"]
@@ -95,6 +95,23 @@ class Module:
         self.runtime = Runtime()
         #: False where nothing below this layer needs an error (the first weighted layer).
         self.propagate_error = True
+        #: Running whole-batch bit width of this layer's activation rescale (fixed point; None before training).
+        self.calibration: int | None = None
+        #: Evaluation uses the calibrated shift (batch-independent) rather than the batch's own.
+        self.static_inference = False
+
+    def rescale_activation(self, t: Tensor, ctx: dict | None) -> tuple[Tensor, int]:
+        """``rescale(t, 7, act_mode)``: whole-batch shift in training (which updates the calibration when
+        ``ctx`` is given); the calibrated static shift in evaluation when ``static_inference`` is on."""
+        if self.training:
+            out, shift = self.runtime.rescale(t, 7, "activation")
+            if ctx is not None:
+                self.calibration = calibrate(self.calibration, shift + 7)
+            return out, shift
+        if self.static_inference and self.calibration is not None:
+            shift = static_shift(self.calibration)
+            return self.runtime.rescale_static(t, 7, shift, "activation"), shift
+        return self.runtime.rescale(t, 7, "activation")
 
     def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -128,6 +145,11 @@ class Module:
 
     def eval(self) -> "Module":
         return self.train(False)
+
+    def set_static_inference(self, on: bool) -> None:
+        self.static_inference = on
+        for child in self.children():
+            child.set_static_inference(on)
 
     def extra_repr(self) -> str:
         return ""

@@ -2,7 +2,7 @@
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .loop import TrainingInterrupted, build_model, fit, load_model
+from .loop import TrainingInterrupted, build_model, fit, load, load_model
 
-__all__ = ["CheckpointError", "TrainConfig", "TrainingInterrupted", "build_model", "fit", "load_checkpoint",
+__all__ = ["CheckpointError", "TrainConfig", "TrainingInterrupted", "build_model", "fit", "load", "load_checkpoint",
            "load_model", "save_checkpoint"]

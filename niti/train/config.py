@@ -67,6 +67,8 @@ class TrainConfig:
     input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
     #: 2: this numerics; configs without the key are version 1 (the paper's update, coarse softmax, ...).
     numerics: int = 2
+    #: Evaluation shifts: "static" (calibrated per layer, batch-independent) or "batch" (the batch's own).
+    inference: str = "static"
     # float baseline
     lr: float | None = None  # None: the tuned default for the model (results/lr_sweep)
     momentum: float = 0.9
@@ -88,6 +90,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
         if self.softmax not in SOFTMAXES:
             raise ValueError(f"softmax must be one of {SOFTMAXES}, got {self.softmax!r}")
+        if self.inference not in ("static", "batch"):
+            raise ValueError(f"inference must be 'static' or 'batch', got {self.inference!r}")
         if self.numerics not in (1, 2):
             raise ValueError(f"numerics must be 1 or 2, got {self.numerics}")
         self.rule  # validates batch_ref, momentum_shift, decay_shift

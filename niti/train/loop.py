@@ -30,17 +30,18 @@ from .config import TrainConfig, default_val_size
 from .metrics import correct_count, evaluate, loss_sum, write_jsonl
 from .validate import input_shape_of, load_train_state, restore_model
 
-__all__ = ["TrainingInterrupted", "fit", "build_model", "load_model"]
+__all__ = ["TrainingInterrupted", "fit", "build_model", "load", "load_model"]
 
 #: Config fields that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = {"progress", "threads", "data_dir", "download", "out", "log_every", "checkpoint_every"}
+_RESUMABLE_CHANGES = {"progress", "threads", "data_dir", "download", "out", "log_every", "checkpoint_every",
+                      "inference"}
 
 
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after writing a checkpoint; ``--resume`` continues it."""
 
 
-def _default_dataset(config: TrainConfig) -> str:
+def default_dataset(config: TrainConfig) -> str:
     if config.dataset:
         return config.dataset
     if is_factory_path(config.model):
@@ -66,6 +67,7 @@ def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...],
                       accumulator_bits=config.accumulator_bits, total_steps=total_steps, mean=mean,
                       gb_offsets=config.layer_gb_offsets, scale=scale, rule=config.rule, softmax=config.softmax,
                       full_range_init=config.full_range_init, input_shape=input_shape)
+        model.inference = config.inference
     else:
         from ..baseline import build_float
 
@@ -89,6 +91,14 @@ def load_model(checkpoint: str | Path):  # noqa: ANN201
                         input_shape=input_shape_of(state, path))
     restore_model(model, state, path)
     return model, config, state
+
+
+def load(run_or_checkpoint: str | Path):  # noqa: ANN201
+    """The trained model of a run directory or checkpoint file, ready to ``predict`` (``niti.load``).
+
+    An integer model predicts with static, batch-independent shifts unless its run chose ``inference="batch"``.
+    """
+    return load_model(run_or_checkpoint)[0]
 
 
 class _StopFlag:
@@ -127,6 +137,23 @@ def _check_device_available(device: str) -> None:
         raise ValueError(f"device {device!r} requested, but CUDA is not available (torch {torch.__version__})")
     if dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device {device!r} requested, but only {torch.cuda.device_count()} CUDA devices exist")
+
+
+def training_split(config: TrainConfig, ds: niti_data.Dataset, dataset_name: str) -> tuple:
+    """``(x_train, y_train, x_val, y_val, augment)`` of a run (``config.val_size`` resolved)."""
+    x_train, y_train, x_val, y_val = niti_data.split_validation(ds, config.val_size)
+    if config.train_limit:
+        x_train, y_train = x_train[:config.train_limit], y_train[:config.train_limit]
+    augment = config.augment if config.augment is not None else dataset_name == "cifar10"
+    return x_train, y_train, x_val, y_val, augment
+
+
+def training_batches(config: TrainConfig, x_train, y_train, augment: bool, epoch: int, start_batch: int,  # noqa: ANN001
+                     *, prefetch: bool = False) -> niti_data.BatchIterator:
+    """The run's batches of ``epoch`` from ``start_batch`` on (the order a resume continues with)."""
+    return niti_data.BatchIterator(x_train, y_train, config.batch_size, seed=config.seed, epoch=epoch,
+                                   drop_last=True, augment=niti_data.random_crop_flip if augment else None,
+                                   start_batch=start_batch, prefetch=prefetch)
 
 
 def _check_data(ds: niti_data.Dataset, config: TrainConfig) -> None:
@@ -174,19 +201,16 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
         raise ValueError(f"{out} already holds a run (checkpoint.pt); use --resume to continue it or choose "
                          "another --out")
 
-    dataset_name = _default_dataset(config)
+    dataset_name = default_dataset(config)
     ds = niti_data.load_dataset(dataset_name, config.data_dir, download=config.download)
     _check_data(ds, config)
     if config.val_size is None:  # recorded resolved, in config.json, the checkpoint and summary.json
         config = config.replace(val_size=default_val_size(len(ds.x_train)))
     if state:
         _check_resume_config(TrainConfig.from_dict(state["config"]), config)
-    x_train, y_train, x_val, y_val = niti_data.split_validation(ds, config.val_size)
-    if config.train_limit:
-        x_train, y_train = x_train[:config.train_limit], y_train[:config.train_limit]
+    x_train, y_train, x_val, y_val, augment = training_split(config, ds, dataset_name)
     if config.batch_size % world:
         raise ValueError(f"batch size {config.batch_size} does not divide among {world} processes")
-    augment = config.augment if config.augment is not None else dataset_name == "cifar10"
     steps_per_epoch = x_train.shape[0] // config.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {config.batch_size} exceeds the {x_train.shape[0]} training images")
@@ -248,10 +272,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
             atomic_write_bytes(out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
         try:
             while epoch < config.epochs and model.step < total_steps:
-                batches = niti_data.BatchIterator(
-                    x_train, y_train, config.batch_size, seed=config.seed, epoch=epoch, drop_last=True,
-                    augment=niti_data.random_crop_flip if augment else None, start_batch=start_batch,
-                    prefetch=True)
+                batches = training_batches(config, x_train, y_train, augment, epoch, start_batch, prefetch=True)
                 per_epoch = batches.batches_per_epoch
                 bar_total = min(per_epoch, start_batch + total_steps - model.step)
                 bar = _progress(show, bar_total, start_batch, f"epoch {epoch + 1}/{config.epochs}")

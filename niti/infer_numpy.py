@@ -1,0 +1,165 @@
+"""A standalone integer inference runner for models exported by ``niti export`` (numpy only; no torch, no niti).
+
+``niti export`` copies this file to ``DIR/infer.py`` beside ``DIR/model.npz``::
+
+    python DIR/infer.py DIR/model.npz IMAGES.npy -o PRED.npy     # images: uint8 (N, H, W, C)
+
+It predicts exactly what ``niti.load(RUN).predict`` does with static shifts:
+the arithmetic is docs/inference.md (every value an integer ``m · 2**e``,
+products exact in int64, fixed per-layer shifts with the recorded rounding,
+results clipped to ±127).  Read it as the reference for a C or RTL port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+FORMAT = "niti-model"
+VERSION = 1
+
+
+def round_shift(t: np.ndarray, shift: int, mode: str) -> np.ndarray:
+    """``t / 2**shift`` rounded sign-magnitude: nearest (ties away from zero), pseudo_stochastic or truncate."""
+    if shift <= 0:
+        return t
+    a = np.abs(t)
+    q = a >> shift
+    if mode == "nearest":
+        q = q + ((a >> (shift - 1)) & 1)
+    elif mode == "pseudo_stochastic":
+        low = a & ((1 << shift) - 1)
+        h = shift // 2
+        hi, lo = low >> h, low & ((1 << h) - 1)
+        if shift % 2:
+            lo = lo << 1
+        q = q + (hi > lo)
+    elif mode != "truncate":
+        raise ValueError(f"unknown rounding mode {mode!r}")
+    return np.where(t < 0, -q, q)
+
+
+def narrow(t: np.ndarray, shift: int, mode: str) -> np.ndarray:
+    """The static rescale: shift right by the recorded ``shift`` with ``mode``, clip to ±127."""
+    return np.clip(round_shift(t, shift, mode), -127, 127)
+
+
+def shift_to(m: np.ndarray, by: int) -> np.ndarray:
+    """``m · 2**by``: exact left shift, or right shift rounded to nearest (ties away from zero)."""
+    return m << by if by >= 0 else round_shift(m, -by, "nearest")
+
+
+def aligned_sum(terms: list[tuple[np.ndarray, int, int]], headroom: int) -> tuple[np.ndarray, int]:
+    """Terms ``(m, e, bits)`` summed at ``e = max(min e_i, max(e_i + bits_i) + ceil(log2 n) - headroom)``."""
+    top = max(e + b for _, e, b in terms)
+    e = max(min(e for _, e, _ in terms), top + (len(terms) - 1).bit_length() - headroom)
+    total = sum(shift_to(m.astype(np.int64), e_i - e) for m, e_i, _ in terms)
+    return total, e
+
+
+def conv2d(x: np.ndarray, w: np.ndarray, stride: list[int], padding: list[int]) -> np.ndarray:
+    """Exact NHWC convolution in int64; ``w`` is (C_out, kh, kw, C_in)."""
+    n, h, wd, c = x.shape
+    c_out, kh, kw, _ = w.shape
+    (sh, sw), (ph, pw) = stride, padding
+    xp = np.zeros((n, h + 2 * ph, wd + 2 * pw, c), dtype=np.int64)
+    xp[:, ph:ph + h, pw:pw + wd] = x
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (wd + 2 * pw - kw) // sw + 1
+    acc = np.zeros((n, ho, wo, c_out), dtype=np.int64)
+    w64 = w.astype(np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+            acc += patch @ w64[:, i, j, :].T
+    return acc
+
+
+def forward(model: dict, images: np.ndarray) -> tuple[np.ndarray, int]:
+    """Int8 logits (as int64) and their exponent for uint8 NHWC ``images``."""
+    graph, arrays = model["graph"], model["arrays"]
+    mode = graph["activation_rounding"]
+    h, w, c = graph["input_shape"]
+    if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (h, w, c):
+        raise ValueError(f"images must be uint8 (N, {h}, {w}, {c}), got {images.dtype} {images.shape}")
+    inp = graph["input"]
+    centred = (images.astype(np.int64) - np.array(inp["mean"], dtype=np.int64)) * np.array(inp["scale"], dtype=np.int64)
+    values: list = [(narrow(centred, inp["shift"], mode), inp["shift"] - inp["scale_bits"])]
+    for node in graph["nodes"]:
+        op = node["op"]
+        args = [values[i] for i in node["inputs"]]
+        x, e = args[0]
+        if op in ("conv2d", "linear"):
+            wm = arrays[node["weight"]]
+            acc = conv2d(x, wm, node["stride"], node["padding"]) if op == "conv2d" else x @ wm.astype(np.int64).T
+            e_acc = e + node["weight_e"]
+            if node["bias"] is not None:
+                acc, e_acc = aligned_sum([(acc, e_acc, node["acc_bits"]), (arrays[node["bias"]], node["bias_e"], 7)],
+                                         node["headroom"])
+            out = (narrow(acc, node["shift"], mode), e_acc + node["shift"])
+        elif op == "relu":
+            out = (np.maximum(x, 0), e)
+        elif op == "maxpool":
+            k = node["kernel"]
+            n_, hh, ww, cc = x.shape
+            ho, wo = hh // k, ww // k
+            out = (x[:, :ho * k, :wo * k].reshape(n_, ho, k, wo, k, cc).max(axis=(2, 4)), e)
+        elif op == "avgpool":
+            kh, kw = node["kernel"]
+            n_, hh, ww, cc = x.shape
+            ho, wo = hh // kh, ww // kw
+            s = x[:, :ho * kh, :wo * kw].reshape(n_, ho, kh, wo, kw, cc).sum(axis=(2, 4))
+            out = (narrow(s * node["multiplier"], node["shift"], mode), e - node["q"] + node["shift"])
+        elif op == "flatten":
+            out = (x.reshape(x.shape[0], -1), e)
+        elif op == "identity":
+            out = (x, e)
+        elif op == "add":
+            (a, ea), (b, eb) = args
+            total, e_sum = aligned_sum([(a, ea, 7), (b, eb, 7)], node["headroom"])
+            out = (narrow(total, node["shift"], mode), e_sum + node["shift"])
+        else:
+            raise ValueError(f"unknown op {op!r} in node {node['name']!r}")
+        values.append(out)
+    return values[graph["output"]]
+
+
+def load(path: str) -> dict:
+    """``model.npz`` as written by ``niti export`` (no pickles)."""
+    with np.load(path, allow_pickle=False) as f:
+        if "graph" not in f.files:
+            raise ValueError(f"{path} is not a niti model export (no 'graph' entry)")
+        graph = json.loads(str(f["graph"]))
+        if graph.get("format") != FORMAT or graph.get("version") != VERSION:
+            raise ValueError(f"{path}: format {graph.get('format')!r} version {graph.get('version')!r}, "
+                             f"expected {FORMAT!r} version {VERSION}")
+        arrays = {k: f[k] for k in f.files if k != "graph"}
+    return {"graph": graph, "arrays": arrays}
+
+
+def predict(model: dict, images: np.ndarray) -> np.ndarray:
+    """int64 class indices: the first maximum of each image's int8 logits."""
+    logits, _ = forward(model, images)
+    return logits.argmax(axis=1).astype(np.int64)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Integer inference of a niti export (numpy only).")
+    p.add_argument("model", help="model.npz written by `niti export`")
+    p.add_argument("images", help=".npy of uint8 images (N, H, W, C)")
+    p.add_argument("-o", "--output", required=True, help="where to write the int64 predictions (.npy)")
+    p.add_argument("--batch-size", type=int, default=256)
+    a = p.parse_args(argv)
+    model = load(a.model)
+    images = np.load(a.images, allow_pickle=False)
+    if images.ndim == 3 and model["graph"]["input_shape"][2] == 1:
+        images = images[..., None]
+    preds = [predict(model, images[i:i + a.batch_size]) for i in range(0, images.shape[0], a.batch_size)]
+    np.save(a.output, np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
