@@ -21,17 +21,20 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
           accumulator_bits: int = 16, total_steps: int | None = None,
           mean: tuple[int, ...] | None = None, gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None,
           scale: tuple[int, ...] | None = None, rule: UpdateRule | None = None, softmax: str = "precise",
-          full_range_init: bool = True, input_shape: tuple[int, int, int] | None = None) -> IntegerModel:
+          full_range_init: bool = True, input_shape: tuple[int, int, int] | None = None,
+          inference: str = "static") -> IntegerModel:
     """An ``IntegerModel`` for a name in ``ARCHITECTURES`` (``"lenet"``, ``"vgg-small-7"``, ...) or a
     ``MODULE:FACTORY`` path (then ``input_shape`` (H, W, C) is required).
 
     ``mean`` (integer pixel means, one per channel) must lie in [0, 255]; ``scale`` (``round(2**12 / std)``
     per channel) in [1, 4096]; both default to the model's data set's.  ``gb_offsets``: one per parameter
-    tensor, or a mapping from parameter or layer names.
+    tensor, or a mapping from parameter or layer names.  ``inference``: ``"static"`` (calibrated shifts, a
+    prediction depends on its image only) or ``"batch"`` (each batch's own shifts, as in training).
     """
     return IntegerModel(get_architecture(name, input_shape), seed=seed, policy=policy, schedule=schedule,
                         accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean, gb_offsets=gb_offsets,
-                        scale=scale, rule=rule, softmax=softmax, full_range_init=full_range_init)
+                        scale=scale, rule=rule, softmax=softmax, full_range_init=full_range_init,
+                        inference=inference)
 
 
 def from_torch(module: torch.nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,
