@@ -77,6 +77,48 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride: list[int], padding: list[int]) 
     return acc
 
 
+def convert_input(images: np.ndarray, inp: dict, mode: str, shift: int | None = None) -> tuple[np.ndarray, int]:
+    """uint8 NHWC pixels to int8: ``(pixel - mean) · scale`` narrowed by the static (or given) shift."""
+    s = inp["shift"] if shift is None else shift
+    centred = (images.astype(np.int64) - np.array(inp["mean"], dtype=np.int64)) * np.array(inp["scale"], dtype=np.int64)
+    return narrow(centred, s, mode), s - inp["scale_bits"]
+
+
+def apply_node(node: dict, args: list, arrays: dict, mode: str, shift: int | None = None) -> tuple[np.ndarray, int]:
+    """One layer on its inputs ``args`` (``(m, e)`` pairs); ``shift`` overrides the node's static shift."""
+    op = node["op"]
+    s = node.get("shift") if shift is None else shift
+    x, e = args[0]
+    if op in ("conv2d", "linear"):
+        wm = arrays[node["weight"]]
+        acc = conv2d(x, wm, node["stride"], node["padding"]) if op == "conv2d" else x @ wm.astype(np.int64).T
+        e_acc = e + node["weight_e"]
+        if node["bias"] is not None:
+            acc, e_acc = aligned_sum([(acc, e_acc, node["acc_bits"]), (arrays[node["bias"]], node["bias_e"], 7)],
+                                     node["headroom"])
+        return narrow(acc, s, mode), e_acc + s
+    if op == "relu":
+        return np.maximum(x, 0), e
+    if op == "maxpool":
+        k = node["kernel"]
+        n, h, w, c = x.shape
+        return x[:, :h // k * k, :w // k * k].reshape(n, h // k, k, w // k, k, c).max(axis=(2, 4)), e
+    if op == "avgpool":
+        kh, kw = node["kernel"]
+        n, h, w, c = x.shape
+        sums = x[:, :h // kh * kh, :w // kw * kw].reshape(n, h // kh, kh, w // kw, kw, c).sum(axis=(2, 4))
+        return narrow(sums * node["multiplier"], s, mode), e - node["q"] + s
+    if op == "flatten":
+        return x.reshape(x.shape[0], -1), e
+    if op == "identity":
+        return x, e
+    if op == "add":
+        (a, ea), (b, eb) = args
+        total, e_sum = aligned_sum([(a, ea, 7), (b, eb, 7)], node["headroom"])
+        return narrow(total, s, mode), e_sum + s
+    raise ValueError(f"unknown op {op!r} in node {node['name']!r}")
+
+
 def forward(model: dict, images: np.ndarray) -> tuple[np.ndarray, int]:
     """Int8 logits (as int64) and their exponent for uint8 NHWC ``images``."""
     graph, arrays = model["graph"], model["arrays"]
@@ -84,45 +126,9 @@ def forward(model: dict, images: np.ndarray) -> tuple[np.ndarray, int]:
     h, w, c = graph["input_shape"]
     if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (h, w, c):
         raise ValueError(f"images must be uint8 (N, {h}, {w}, {c}), got {images.dtype} {images.shape}")
-    inp = graph["input"]
-    centred = (images.astype(np.int64) - np.array(inp["mean"], dtype=np.int64)) * np.array(inp["scale"], dtype=np.int64)
-    values: list = [(narrow(centred, inp["shift"], mode), inp["shift"] - inp["scale_bits"])]
+    values = [convert_input(images, graph["input"], mode)]
     for node in graph["nodes"]:
-        op = node["op"]
-        args = [values[i] for i in node["inputs"]]
-        x, e = args[0]
-        if op in ("conv2d", "linear"):
-            wm = arrays[node["weight"]]
-            acc = conv2d(x, wm, node["stride"], node["padding"]) if op == "conv2d" else x @ wm.astype(np.int64).T
-            e_acc = e + node["weight_e"]
-            if node["bias"] is not None:
-                acc, e_acc = aligned_sum([(acc, e_acc, node["acc_bits"]), (arrays[node["bias"]], node["bias_e"], 7)],
-                                         node["headroom"])
-            out = (narrow(acc, node["shift"], mode), e_acc + node["shift"])
-        elif op == "relu":
-            out = (np.maximum(x, 0), e)
-        elif op == "maxpool":
-            k = node["kernel"]
-            n_, hh, ww, cc = x.shape
-            ho, wo = hh // k, ww // k
-            out = (x[:, :ho * k, :wo * k].reshape(n_, ho, k, wo, k, cc).max(axis=(2, 4)), e)
-        elif op == "avgpool":
-            kh, kw = node["kernel"]
-            n_, hh, ww, cc = x.shape
-            ho, wo = hh // kh, ww // kw
-            s = x[:, :ho * kh, :wo * kw].reshape(n_, ho, kh, wo, kw, cc).sum(axis=(2, 4))
-            out = (narrow(s * node["multiplier"], node["shift"], mode), e - node["q"] + node["shift"])
-        elif op == "flatten":
-            out = (x.reshape(x.shape[0], -1), e)
-        elif op == "identity":
-            out = (x, e)
-        elif op == "add":
-            (a, ea), (b, eb) = args
-            total, e_sum = aligned_sum([(a, ea, 7), (b, eb, 7)], node["headroom"])
-            out = (narrow(total, node["shift"], mode), e_sum + node["shift"])
-        else:
-            raise ValueError(f"unknown op {op!r} in node {node['name']!r}")
-        values.append(out)
+        values.append(apply_node(node, [values[i] for i in node["inputs"]], arrays, mode))
     return values[graph["output"]]
 
 

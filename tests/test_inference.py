@@ -169,6 +169,11 @@ def test_load_export_and_trace_through_the_cli(tmp_path: Path, mnist_small_npz: 
     assert proc.returncode == 0, proc.stderr
     proc = _niti("trace", "--check", str(trace))
     assert proc.returncode == 0 and "match" in proc.stdout, proc.stderr
+    # A second implementation (the exported numpy runner) checked layer by layer against the trace.
+    example = Path(__file__).resolve().parents[1] / "examples" / "verify_forward_with_trace.py"
+    proc = subprocess.run([sys.executable, str(example), str(tmp_path / "exp"), str(trace)], capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "all 11 layer outputs" in proc.stdout, proc.stdout + proc.stderr
     assert niti.load(run).weights_sha256() == model.weights_sha256()  # tracing changed nothing in the run
 
     with np.load(trace, allow_pickle=False) as f:
