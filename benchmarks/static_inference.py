@@ -4,7 +4,8 @@ For each run directory: test accuracy with both inference modes (batches of
 1,000), how many of the first N test images get a different class when
 predicted alone or in batches of 7 than in one batch of N, and the size of
 the ``niti export`` of the run.  Writes results/static-inference/results.json
-and README.md (with the exact command, date, machine and wall time).
+and the table (with the exact command, date, machine and wall time) as that folder's intro.md, then regenerates
+its README.md with the training runs' table below it (``train_suites.write_report``).
 
     python benchmarks/static_inference.py runs/bench/static-inference/lenet-int-s0 \\
         runs/bench/static-inference/q-int-s0 --data-dir ../shared/data
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from train_suites import machine  # noqa: E402
+from train_suites import machine, write_report  # noqa: E402
 
 import niti  # noqa: E402
 from niti import data as niti_data  # noqa: E402
@@ -94,7 +95,9 @@ def main() -> int:
                      f"{r['static_differ_alone']} / {r['batch_differ_alone']} (N = {r['n_compared']}) | "
                      f"{r['static_differ_batches_of_7']} / {r['batch_differ_batches_of_7']} | "
                      f"{r['export_model_npz_bytes']:,} |")
-    (out / "README.md").write_text("\n".join(lines) + "\n")
+    (out / "intro.md").write_text("\n".join(lines[2:]) + "\n")  # README's title comes from write_report
+    rows_path = out / "runs.json"
+    write_report("static-inference", out, json.loads(rows_path.read_text()) if rows_path.exists() else {})
     print("\n".join(lines))
     return 0
 

@@ -160,6 +160,14 @@ def test_load_export_and_trace_through_the_cli(tmp_path: Path, mnist_small_npz: 
     run = _run_dir(tmp_path, mnist_small_npz)
     model = niti.load(run)
     assert model.step == 6 and model.is_calibrated()
+    evaluated = {}
+    for mode, batch in (("static", "7"), ("static", "1000"), ("batch", "7")):
+        proc = _niti("eval", str(run), "--inference", mode, "--batch-size", batch)
+        assert proc.returncode == 0, proc.stderr
+        evaluated[mode, batch] = json.loads(proc.stdout)
+        assert evaluated[mode, batch]["inference"] == mode
+    # Static shifts: the same test accuracy in batches of 7 as of 1000.
+    assert evaluated["static", "7"]["test_accuracy"] == evaluated["static", "1000"]["test_accuracy"]
     proc = _niti("export", str(run), "-o", str(tmp_path / "exp"))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["bytes"] > 0
