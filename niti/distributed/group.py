@@ -71,8 +71,16 @@ def init_from_env(timeout_s: float = 120.0) -> DistInfo | None:
 
 
 def shutdown() -> None:
-    """Leave the process group (no-op when none exists)."""
+    """Leave the process group (no-op when none exists), after every rank is done communicating.
+
+    The barrier first: a rank that tears its connections down while another
+    still talks to it can abort the other's communication threads.
+    """
     if dist.is_initialized():
+        try:
+            dist.barrier()
+        except RuntimeError:  # a peer already gone: nothing left to wait for
+            pass
         dist.destroy_process_group()
 
 

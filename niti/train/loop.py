@@ -357,6 +357,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     }
     if rank == 0:
         atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    if dist:
+        distributed.shutdown()  # every rank finished; leave the group before the interpreter's teardown
     return summary
 
 
