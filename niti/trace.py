@@ -9,7 +9,7 @@ under names that say where and what (docs/inference.md, "Step traces"):
   ``<param>.before.{m,master,velocity,e,master_e}``: everything the step starts from;
 - ``input.out`` and ``<layer>.out`` (``.out.e``: the exponent): forward outputs;
 - ``<scope>.<role>.acc`` / ``.shift``: each wide tensor before it was narrowed and the shift chosen,
-  ``<scope>.noise``: the random draws of stochastic rounding;
+  ``<scope>.noise``: the random draws of stochastic rounding; ``<layer>.mask``: a dropout mask;
 - ``loss.softmax_grad`` and ``loss.err``: the integer loss gradient;
 - ``<layer>.err`` (error reaching the layer's output), ``<layer>.err_in<k>`` (error to its k-th input),
   ``<layer>.err_sum.*`` (errors of a value read twice, summed);

@@ -216,6 +216,20 @@ def test_trace_of_a_user_model_checks(tmp_path: Path, mnist_small_npz: Path, mon
     assert check_trace(tmp_path / "t.npz") > 30
 
 
+def test_trace_of_a_vgg_run_with_dropout_checks(tmp_path: Path, cifar10: dict) -> None:
+    small = tmp_path / "cifar-small.npz"  # real CIFAR-10 images, few of them: the point is the trace, not accuracy
+    np.savez(small, x_train=cifar10["x_train"][:96], y_train=cifar10["y_train"][:96], x_test=cifar10["x_test"][:16],
+             y_test=cifar10["y_test"][:16])
+    out = tmp_path / "vgg"
+    fit(TrainConfig(model="vgg-small-7-quarter", dataset=str(small), batch_size=8, max_steps=2, val_size=16,
+                    progress=False, out=str(out)))
+    trace = tmp_path / "vgg.npz"
+    fmt = trace_run(out, trace)
+    names = [t["name"] for t in fmt["tensors"]]
+    assert "classifier.1.mask" in names and "features.0.activation.acc" in names
+    assert check_trace(trace) == len(names)
+
+
 def test_bad_or_foreign_files_give_clear_errors(tmp_path: Path, mnist_small_npz: Path) -> None:
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, a=np.zeros(3))

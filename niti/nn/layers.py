@@ -253,6 +253,7 @@ class Dropout(Module):
                              dtype=torch.int8).to(x.m.device)
         if ctx is not None:
             ctx["mask"] = keep
+        self.runtime.record("mask", keep)
         return IntTensor(x.m * keep, x.e + 1)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
