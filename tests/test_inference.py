@@ -152,31 +152,34 @@ def _run_dir(tmp_path: Path, mnist_small_npz: Path, **extra) -> Path:
     return out
 
 
-def _niti(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "niti", *args], capture_output=True, text=True, timeout=600)
+def test_load_export_and_trace_through_the_cli(tmp_path: Path, mnist_small_npz: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from niti.cli import main
 
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
 
-def test_load_export_and_trace_through_the_cli(tmp_path: Path, mnist_small_npz: Path) -> None:
     run = _run_dir(tmp_path, mnist_small_npz)
     model = niti.load(run)
     assert model.step == 6 and model.is_calibrated()
     evaluated = {}
     for mode, batch in (("static", "7"), ("static", "1000"), ("batch", "7")):
-        proc = _niti("eval", str(run), "--inference", mode, "--batch-size", batch)
-        assert proc.returncode == 0, proc.stderr
-        evaluated[mode, batch] = json.loads(proc.stdout)
+        code, out, err = cli("eval", str(run), "--inference", mode, "--batch-size", batch)
+        assert code == 0, err
+        evaluated[mode, batch] = json.loads(out)
         assert evaluated[mode, batch]["inference"] == mode
     # Static shifts: the same test accuracy in batches of 7 as of 1000.
     assert evaluated["static", "7"]["test_accuracy"] == evaluated["static", "1000"]["test_accuracy"]
-    proc = _niti("export", str(run), "-o", str(tmp_path / "exp"))
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["bytes"] > 0
+    code, out, err = cli("export", str(run), "-o", str(tmp_path / "exp"))
+    assert code == 0 and json.loads(out)["bytes"] > 0, err
 
     trace = tmp_path / "trace.npz"
-    proc = _niti("trace", str(run), "-o", str(trace))
-    assert proc.returncode == 0, proc.stderr
-    proc = _niti("trace", "--check", str(trace))
-    assert proc.returncode == 0 and "match" in proc.stdout, proc.stderr
+    code, _, err = cli("trace", str(run), "-o", str(trace))
+    assert code == 0, err
+    code, out, err = cli("trace", "--check", str(trace))
+    assert code == 0 and "match" in out, err
     # A second implementation (the exported numpy runner) checked layer by layer against the trace.
     example = Path(__file__).resolve().parents[1] / "examples" / "verify_forward_with_trace.py"
     proc = subprocess.run([sys.executable, str(example), str(tmp_path / "exp"), str(trace)], capture_output=True,
@@ -197,8 +200,8 @@ def test_load_export_and_trace_through_the_cli(tmp_path: Path, mnist_small_npz: 
     arrays["features.3.weight.grad"] = grad
     bad = tmp_path / "bad.npz"
     np.savez(bad, **arrays)
-    proc = _niti("trace", "--check", str(bad))
-    assert proc.returncode == 1 and "features.3.weight.grad" in proc.stderr
+    code, _, err = cli("trace", "--check", str(bad))
+    assert code == 1 and "features.3.weight.grad" in err
 
 
 def test_trace_of_a_user_model_checks(tmp_path: Path, mnist_small_npz: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,7 +233,8 @@ def test_trace_of_a_vgg_run_with_dropout_checks(tmp_path: Path, cifar10: dict) -
     assert check_trace(trace) == len(names)
 
 
-def test_bad_or_foreign_files_give_clear_errors(tmp_path: Path, mnist_small_npz: Path) -> None:
+def test_bad_or_foreign_files_give_clear_errors(tmp_path: Path, mnist_small_npz: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     foreign = tmp_path / "foreign.npz"
     np.savez(foreign, a=np.zeros(3))
     with pytest.raises(ValueError, match="not a niti trace"):
@@ -239,10 +243,12 @@ def test_bad_or_foreign_files_give_clear_errors(tmp_path: Path, mnist_small_npz:
     garbage.write_bytes(b"not a zip file at all")
     with pytest.raises(ValueError, match="not a readable niti trace"):
         check_trace(garbage)
-    proc = _niti("trace", "--check", str(tmp_path / "missing.npz"))
-    assert proc.returncode == 2 and "no trace" in proc.stderr
-    proc = _niti("export", str(foreign), "-o", str(tmp_path / "e"))
-    assert proc.returncode == 2 and "foreign.npz" in proc.stderr
+    from niti.cli import main
+
+    assert main(["trace", "--check", str(tmp_path / "missing.npz")]) == 2
+    assert "no trace" in capsys.readouterr().err
+    assert main(["export", str(foreign), "-o", str(tmp_path / "e")]) == 2
+    assert "foreign.npz" in capsys.readouterr().err
     float_run = tmp_path / "float"
     fit(TrainConfig(model="lenet", dataset=str(mnist_small_npz), arith="float", batch_size=32, max_steps=2,
                     val_size=300, progress=False, out=str(float_run)))
