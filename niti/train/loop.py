@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import data as niti_data
+from ..kernels import fused
 from ..models import build, get_architecture, is_factory_path
 from ..numerics import INPUT_SCALE_BITS
 from ..optim import format_fraction
@@ -274,7 +275,10 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                 batches = training_batches(config, x_train, y_train, augment, epoch, start_batch, prefetch=True)
                 per_epoch = batches.batches_per_epoch
                 bar_total = min(per_epoch, start_batch + total_steps - model.step)
-                bar = _progress(show, bar_total, start_batch, f"epoch {epoch + 1}/{config.epochs}")
+                desc = f"epoch {epoch + 1}/{config.epochs}"
+                # The first step of a process compiles the fused integer kernels (seconds; cached on disk).
+                compiling = steps_this_call == 0 and fused.compile_enabled()
+                bar = _progress(show, bar_total, start_batch, f"{desc} (compiling kernels)" if compiling else desc)
                 run_loss, run_correct, run_seen = running if start_batch else (0.0, 0, 0)
                 # loss sum, correct, seen since the last steps.jsonl record
                 window = list(state.get("window", (0.0, 0, 0))) if state and start_batch else [0.0, 0, 0]
@@ -307,6 +311,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                     running = (run_loss, run_correct, run_seen)
                     resume_at, at_step = (epoch, b + 1), model.step
                     if bar is not None:
+                        if steps_this_call == 1:
+                            bar.set_description(desc, refresh=False)
                         bar.update(1)
                         bar.set_postfix(loss=f"{run_loss / max(run_seen, 1):.3f}",
                                         acc=f"{100.0 * run_correct / max(run_seen, 1):.1f}%",
