@@ -127,7 +127,6 @@ def _profile_step(model, images, labels) -> dict:  # noqa: ANN001 - an IntegerMo
     update and the input conversion are wrapped in ``record_function`` ranges
     for this one step only (instance/module attributes, restored afterwards).
     """
-    import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from . import nn as inn

@@ -13,7 +13,7 @@ import torch
 
 import niti
 from niti.audit import FloatingPointOpError, integer_only
-from niti.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d, ReLU
+from niti.nn import Conv2d, Dropout, Flatten, Linear, MaxPool2d
 from niti.numerics import IntTensor
 
 MODELS = ["lenet", "vgg-small-7", "vgg-small-8", "vgg-small-9"]

@@ -18,7 +18,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
 import torch
 
 from .. import data as niti_data
