@@ -46,6 +46,13 @@ for s in 0 1 2; do
     launch vgg7-3ep-float-s$s $V7 --epochs 3 --seed $s --arith float --lr 0.05
 done
 wait
+# Issue 15: static vs per-batch inference shifts of a VGG-small-7 run (evaluated on this machine's CPUs).
+for run in "$RUNS"/vgg7-3ep-int-s0 "$RUNS"/vgg7-35ep-int-s0; do
+    if [ -f "$run/summary.json" ]; then
+        timeout 300 python3 benchmarks/static_inference.py "$run" --data-dir "$DATA" --n-alone 200 --threads 8 \
+            --results "$OUT/static-inference-$(basename "$run")" > "$OUT/static-inference-$(basename "$run").log" 2>&1
+    fi
+done
 mkdir -p "$OUT/runs"
 for dir in "$RUNS"/*/; do
     name=$(basename "$dir")
