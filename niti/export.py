@@ -92,8 +92,14 @@ def export(model: IntegerModel, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "model.npz"
-    tmp = out / "model.npz.tmp.npz"
-    np.savez(tmp, graph=np.array(json.dumps(graph)), **arrays)
-    tmp.replace(path)
-    shutil.copyfile(_RUNNER, out / "infer.py")
+    # Both files are written under temporary names first: an interrupted export leaves no half-written file.
+    tmp_npz, tmp_py = out / "model.npz.tmp.npz", out / "infer.py.tmp"
+    try:
+        np.savez(tmp_npz, graph=np.array(json.dumps(graph)), **arrays)
+        shutil.copyfile(_RUNNER, tmp_py)
+        tmp_py.replace(out / "infer.py")
+        tmp_npz.replace(path)
+    finally:
+        tmp_npz.unlink(missing_ok=True)
+        tmp_py.unlink(missing_ok=True)
     return path

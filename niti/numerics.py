@@ -231,8 +231,8 @@ def calibrate(running: int | None, width: int) -> int:
 def static_shift(running: int, target_bits: int = 7) -> int:
     """The inference shift of a calibrated site: ``max(0, round(running width) - target_bits)`` (halves up).
 
-    Rounding, not the ceiling: the typical batch's shift, so a typical image keeps all 7 bits (on LeNet's
-    validation images both gave the same accuracy within 0.2 points; results/static-inference/).
+    Rounding, not the ceiling: the typical batch's shift, so a typical image keeps all 7 bits (the two were
+    compared on the validation split and not separated: results/static-inference/).
     """
     width = (running + (1 << (CALIBRATION_FRAC_BITS - 1))) >> CALIBRATION_FRAC_BITS
     return max(0, width - target_bits)

@@ -28,7 +28,6 @@ class Recorder:
 
     def __init__(self) -> None:
         self.tensors: dict[str, Tensor] = {}
-        self.exponents: dict[str, int] = {}
 
     def add(self, name: str, value: Tensor | int) -> str:
         """Keep a copy of ``value`` (a Python int becomes an int64 scalar) under a unique ``name``; returns it."""

@@ -87,10 +87,13 @@ def trace_run(run: str | Path, out: str | Path) -> dict:
            "weights_sha256_after": model.weights_sha256()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")
-    np.savez(tmp, __format__=np.array(json.dumps(fmt)),
-             **{n: t.numpy() for n, t in recorder.tensors.items()})
-    tmp.replace(out)
+    tmp = out.with_name(out.name + ".tmp.npz")  # an interrupted write leaves no half-written trace
+    try:
+        np.savez(tmp, __format__=np.array(json.dumps(fmt)),
+                 **{n: t.numpy() for n, t in recorder.tensors.items()})
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return fmt
 
 

@@ -17,7 +17,7 @@ from niti.models import build as build_integer
 from niti.optim import GbSchedule
 
 #: IntegerModel methods that only make sense for integer training (rounding runtime, gb schedule).
-INTEGER_ONLY = {"set_runtime", "current_gb", "policy", "calibration_state", "is_calibrated"}
+INTEGER_ONLY = {"set_runtime", "current_gb", "policy", "calibration_state", "is_calibrated", "inference"}
 
 
 #: A small net with every layer kind of VGG-small (dropout included) for quick state and dropout tests.

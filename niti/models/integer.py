@@ -74,12 +74,7 @@ class IntegerModel:
                  inference: str = "static") -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
-        if inference not in INFERENCE_MODES:
-            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {inference!r}")
         self.arch = arch
-        #: "static": predictions use calibrated per-layer shifts, so each image's class is its own
-        #: (docs/numerics.md §12); "batch": every rescale takes the batch's shift, as in training.
-        self.inference = inference
         #: Running whole-batch bit width of the input conversion (None before the first training step).
         self.input_calibration: int | None = None
         self.rule = rule or UpdateRule()
@@ -101,6 +96,7 @@ class IntegerModel:
         self.schedule.check_accumulator_bits(accumulator_bits, self.gb_offsets)
         self.runtime = Runtime(policy or RoundingPolicy(), seed)
         self.net.set_runtime(self.runtime)
+        self.inference = inference
         mean = mean if mean is not None else DEFAULT_MEANS.get(arch.dataset, (0,) * arch.input_shape[2])
         check_pixel_mean(tuple(mean))
         if len(mean) != arch.input_shape[2]:
@@ -116,6 +112,19 @@ class IntegerModel:
     @property
     def policy(self) -> RoundingPolicy:
         return self.runtime.policy
+
+    @property
+    def inference(self) -> str:
+        """``"static"``: predictions use calibrated per-layer shifts, so each image's class is its own
+        (docs/numerics.md §12); ``"batch"``: every rescale takes the batch's shift, as in training."""
+        return self._inference
+
+    @inference.setter
+    def inference(self, mode: str) -> None:
+        if mode not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {INFERENCE_MODES}, got {mode!r}")
+        self._inference = mode
+        self.net.set_static_inference(mode == "static")
 
     def named_parameters(self) -> list[tuple[str, nn.IntParameter]]:
         """``(name, parameter)`` with the torch module's own names (``features.0.weight``), in use order."""
@@ -286,7 +295,6 @@ class IntegerModel:
         images = self._check_images(images)
         was_training = self.net.training
         self.net.eval()
-        self.net.set_static_inference(self.inference == "static")
         try:
             return self.forward(images)
         finally:
