@@ -43,6 +43,21 @@ def rss_bytes() -> int:
     return _status_kb("VmRSS") * 1024
 
 
+def settled_rss_bytes() -> int:
+    """RSS after collecting garbage and returning freed heap pages to the kernel: a baseline that later
+    frees cannot undercut (otherwise a small model's peak can read below a baseline that still held
+    the warm-up's freed memory)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return rss_bytes()
+
+
 def peak_rss_bytes() -> int:
     return _status_kb("VmHWM") * 1024
 
@@ -73,7 +88,7 @@ def run(spec: dict, batch_size: int, threads: int, steps: int, warmup: int, prec
     h, w, c = spec["input_shape"]
     x = torch.randn(batch_size, c, h, w).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, spec["num_classes"], (batch_size,))
-    rss0 = rss_bytes()
+    rss0 = settled_rss_bytes()
     model = build(spec).to(memory_format=torch.channels_last).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()

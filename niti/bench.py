@@ -243,7 +243,7 @@ def _integer_worker(req: dict) -> dict:
         warm.train_step(*batch(2))
     del warm
     images, labels = batch(bs)
-    rss0 = mem.rss_bytes()
+    rss0 = mem.settled_rss_bytes()
     model = build(name, input_shape=shape)
     for _ in range(req["warmup"]):
         model.train_step(images, labels)
