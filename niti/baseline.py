@@ -191,6 +191,7 @@ class FloatModel:
         """
         images = self._check_images(images)
         labels = self._check_labels(labels, images.shape[0])
+        saved_buffers = self._buffers()  # batch-norm running statistics move in the forward
         try:
             self.net.train(True)
             self.optimizer.zero_grad(set_to_none=True)
@@ -201,6 +202,7 @@ class FloatModel:
             F.cross_entropy(logits, labels).backward()
         except BaseException:
             self.optimizer.zero_grad(set_to_none=True)
+            self._load_buffers(saved_buffers)
             raise
         self.rng_state = rng_after
         lr = self.current_lr()
@@ -231,6 +233,15 @@ class FloatModel:
         return {"lr": s.lr, "decay": tuple(s.decay), "boundaries": tuple(s.boundaries),
                 "momentum": self.momentum, "weight_decay": self.weight_decay}
 
+    def _buffers(self) -> dict[str, Tensor]:
+        """The module's buffers (batch-norm running statistics), CPU copies; empty for most zoo networks."""
+        return {name: b.detach().cpu().clone() for name, b in self.net.named_buffers()}
+
+    def _load_buffers(self, buffers: dict[str, Tensor]) -> None:
+        with torch.no_grad():
+            for name, b in self.net.named_buffers():
+                b.copy_(buffers[name])
+
     def state_dict(self) -> dict:
         """Weights, momentum buffers, step, dropout generator and hyperparameters: a bit-identical resume on CPU.
 
@@ -239,7 +250,7 @@ class FloatModel:
         weights = {name: p.detach().cpu().clone() for name, p in self.net.named_parameters()}
         momentum = [None if buf is None else buf.detach().cpu().clone() for buf in self._momentum_buffers()]
         return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps, "weights": weights,
-                "momentum": momentum, "dropout_generator": self.rng_state.clone(),
+                "momentum": momentum, "dropout_generator": self.rng_state.clone(), "buffers": self._buffers(),
                 "hyper": self._hyper(), "mean": self.mean.cpu().clone(), "std": self.std.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -262,6 +273,12 @@ class FloatModel:
             if buf is not None and (buf.dtype != torch.float32 or buf.shape != p.shape):
                 raise ValueError(f"momentum buffer: expected float32 {tuple(p.shape)}, got {buf.dtype} "
                                  f"{tuple(buf.shape)}")
+        buffers = state.get("buffers", {})  # checkpoints of networks without buffers may lack the key
+        own = dict(self.net.named_buffers())
+        if sorted(buffers) != sorted(own) or any(buffers[k].dtype != b.dtype or buffers[k].shape != b.shape
+                                                 for k, b in own.items()):
+            raise ValueError(f"state's buffers {sorted(buffers)} do not match the model's {sorted(own)} "
+                             "(names, dtypes and shapes)")
         rng = state["dropout_generator"]
         expected = self.rng_state
         if not isinstance(rng, Tensor) or rng.dtype != expected.dtype or rng.shape != expected.shape:
@@ -274,6 +291,7 @@ class FloatModel:
             for name, p in named.items():
                 p.copy_(state["weights"][name])
         self._set_momentum_buffers(state["momentum"])
+        self._load_buffers(buffers)
         self.step = int(state["step"])
         self.total_steps = state["total_steps"]
         self.rng_state = rng.clone()
@@ -285,6 +303,10 @@ class FloatModel:
         for i, (name, p) in enumerate(self.net.named_parameters()):
             arr = np.ascontiguousarray(p.detach().cpu().numpy())
             h.update(f"{i}:{name}:{arr.dtype.str}:{arr.shape}:".encode())
+            h.update(arr.tobytes())
+        for name, b in self.net.named_buffers():  # running statistics (none in networks without batch norm)
+            arr = np.ascontiguousarray(b.detach().cpu().numpy())
+            h.update(f"{name}:{arr.dtype.str}:{arr.shape}:".encode())
             h.update(arr.tobytes())
         return h.hexdigest()
 

@@ -24,7 +24,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="lenet", type=_model_name, metavar="{" + ",".join(sorted(ARCHITECTURES)) + "} or MODULE:FACTORY",
                    help="a built-in network, or MODULE:FACTORY: an importable function returning a torch.nn.Module "
                         "(e.g. mynets:small_cnn; give --dataset)")
-    p.add_argument("--dataset", default=None, help="mnist, cifar10 or a path to an .npz (default: the model's own)")
+    p.add_argument("--dataset", default=None, help="mnist, cifar10, a path to an .npz, or an image folder DIR with "
+                   "DIR/train/<class>/* and DIR/val/<class>/* (ImageNet layout) (default: the model's own)")
     p.add_argument("--data-dir", default=None, help="where the data lives (default: $NITI_DATA, then ~/.cache/niti)")
     p.add_argument("--no-download", action="store_true", help="never download data; fail if it is not found")
     p.add_argument("--epochs", type=int, default=1)
@@ -39,6 +40,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule fits them)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=None,
+                   help="image folders: decode to this square size (default: the model's input size, else 224)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image folders: decoding processes (default: the CPU count, at most 8; 0: in-process)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torch.distributed)")
     for role, default in (("act", "nearest"), ("err", "nearest"), ("grad", "pseudo_stochastic"),
@@ -108,7 +113,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        out=out, arith=args.arith,
                        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, val_size=args.val_size,
                        augment=args.augment, max_steps=args.max_steps, train_limit=args.train_limit,
-                       threads=args.threads, device=args.device, gb_schedule=args.gb_schedule,
+                       threads=args.threads, image_size=args.image_size, workers=args.workers, device=args.device, gb_schedule=args.gb_schedule,
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, softmax=args.softmax,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
@@ -185,8 +190,8 @@ def _check_threads(threads: int | None) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from . import data
     from .train import load_model
+    from .train.loop import eval_images, load_run_data
     from .train.metrics import evaluate
 
     _check_threads(args.threads)
@@ -200,10 +205,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     name = args.dataset or config.dataset or model.arch.dataset
     if name is None:
         raise ValueError(f"run {args.checkpoint} trained a user model without naming its data set: give --dataset")
-    ds = data.load_dataset(name, args.data_dir or config.data_dir)
+    ds = load_run_data(config.replace(data_dir=args.data_dir or config.data_dir), name)
     if len(ds.x_test) == 0:
         raise ValueError(f"data set {name} has an empty test split (x_test has 0 images): nothing to evaluate")
-    x, y = torch.from_numpy(ds.x_test.copy()), torch.from_numpy(ds.y_test.copy())
+    x, y = eval_images(ds.x_test), torch.from_numpy(ds.y_test.copy())
     correct = evaluate(model, x, y, args.batch_size)
     result = {"checkpoint": str(args.checkpoint), "model": config.model, "arith": config.arith, "dataset": name,
               "inference": getattr(model, "inference", None), "batch_size": args.batch_size,

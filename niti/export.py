@@ -50,7 +50,7 @@ def _node(node: nn.Node, arrays: dict[str, np.ndarray]) -> dict:
     elif isinstance(op, nn.ReLU):
         out["op"] = "relu"
     elif isinstance(op, nn.MaxPool2d):
-        out.update(op="maxpool", kernel=op.kernel_size)
+        out.update(op="maxpool", kernel=op.kernel_size, stride=op.stride, padding=op.padding)
     elif isinstance(op, nn.AvgPool2d):
         out.update(op="avgpool", kernel=list(op.kernel_size), multiplier=op.multiplier, q=op.q,
                    shift=_shift(op, node.name))

@@ -100,9 +100,14 @@ def apply_node(node: dict, args: list, arrays: dict, mode: str, shift: int | Non
     if op == "relu":
         return np.maximum(x, 0), e
     if op == "maxpool":
-        k = node["kernel"]
+        k, st, p = node["kernel"], node.get("stride", node["kernel"]), node.get("padding", 0)
         n, h, w, c = x.shape
-        return x[:, :h // k * k, :w // k * k].reshape(n, h // k, k, w // k, k, c).max(axis=(2, 4)), e
+        if st == k and p == 0:
+            return x[:, :h // k * k, :w // k * k].reshape(n, h // k, k, w // k, k, c).max(axis=(2, 4)), e
+        xp = np.pad(x, ((0, 0), (p, p), (p, p), (0, 0)), constant_values=-128)  # padding never wins a window
+        ho, wo = (h + 2 * p - k) // st + 1, (w + 2 * p - k) // st + 1
+        taps = [xp[:, i:i + st * (ho - 1) + 1:st, j:j + st * (wo - 1) + 1:st] for i in range(k) for j in range(k)]
+        return np.max(np.stack(taps), axis=0), e
     if op == "avgpool":
         kh, kw = node["kernel"]
         n, h, w, c = x.shape

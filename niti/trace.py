@@ -58,11 +58,10 @@ def record_step(model, images: torch.Tensor, labels: torch.Tensor) -> Recorder: 
 
 
 def _next_batch(config, state: dict) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-    from . import data as niti_data
-    from .train.loop import default_dataset, training_batches, training_split
+    from .train.loop import default_dataset, load_run_data, training_batches, training_split
 
     name = default_dataset(config)
-    ds = niti_data.load_dataset(name, config.data_dir, download=config.download)
+    ds = load_run_data(config, name)
     x_train, y_train, _, _, augment = training_split(config, ds, name)
     epoch, batch = state["epoch"], state["batch"]
     if batch >= x_train.shape[0] // config.batch_size:
@@ -141,7 +140,9 @@ def _rebuild(fmt: dict, arrays: dict[str, np.ndarray]):  # noqa: ANN202
     model.load_state_dict({"arch": model.arch.name, "step": int(arrays["step"]), "total_steps": start["total_steps"],
                            "params": params, "runtime": runtime, "mean": torch.tensor(start["mean"], dtype=torch.int16),
                            "scale": torch.tensor(start["scale"], dtype=torch.int32),
-                           "calibration": start["calibration"]})
+                           "calibration": start["calibration"],
+                           "buffers": {k[len("buffers.before."):]: torch.from_numpy(v.copy()) for k, v in arrays.items()
+                                       if k.startswith("buffers.before.")}})
     return model
 
 

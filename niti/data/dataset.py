@@ -24,9 +24,17 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     return view
 
 
+def _is_images(x: object) -> bool:
+    from .folder import FolderImages
+
+    return isinstance(x, (np.ndarray, FolderImages))
+
+
 @dataclass(frozen=True, eq=False, repr=False)
 class Dataset:
     """A train/test split: images uint8 ``(N, H, W, C)``, labels int64 ``(N,)`` in ``[0, num_classes)``.
+
+    Images are numpy arrays, or ``FolderImages`` (an image folder, decoded on demand) in ImageNet mode.
 
     The arrays are read-only views, so a loaded data set cannot be changed by accident.
     """
@@ -42,7 +50,7 @@ class Dataset:
         where = f"data set {self.name!r}"
         for split in ("train", "test"):
             x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-            if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
+            if not _is_images(x) or x.dtype != np.uint8 or x.ndim != 4:
                 raise ValueError(f"{where}: x_{split} must be a uint8 array (N, H, W, C), got "
                                  f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
             if not isinstance(y, np.ndarray) or y.dtype != np.int64 or y.ndim != 1:
@@ -53,7 +61,8 @@ class Dataset:
             if len(y) and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
                 raise ValueError(f"{where}: {split} labels span [{int(y.min())}, {int(y.max())}], "
                                  f"outside [0, {self.num_classes})")
-            object.__setattr__(self, f"x_{split}", _frozen(x))
+            if isinstance(x, np.ndarray):  # folder images are decoded on demand: nothing to freeze
+                object.__setattr__(self, f"x_{split}", _frozen(x))
             object.__setattr__(self, f"y_{split}", _frozen(y))
         if self.x_train.shape[1:] != self.x_test.shape[1:]:
             raise ValueError(f"{where}: train images are {self.x_train.shape[1:]} but test images are "
@@ -84,10 +93,18 @@ def split_validation(ds: Dataset, n_val: int = 5000) -> tuple[np.ndarray, np.nda
     return ds.x_train[:cut], ds.y_train[:cut], ds.x_train[cut:], ds.y_train[cut:]
 
 
+def _stats_array(x: object) -> np.ndarray:
+    """The images input statistics are computed from: all of an array, an evenly spaced sample of a folder."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if hasattr(x, "stats_sample"):
+        return x.stats_sample()
+    return x  # type: ignore[return-value]
+
+
 def channel_means(x: np.ndarray | torch.Tensor) -> tuple[int, ...]:
     """Per-channel mean of uint8 ``(N, H, W, C)`` images, rounded half up, from exact integer sums (docs/numerics.md §8)."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+    x = _stats_array(x)
     if x.dtype != np.uint8 or x.ndim != 4:
         raise ValueError(f"channel_means needs uint8 images (N, H, W, C), got {x.dtype} {x.shape}")
     count = x.shape[0] * x.shape[1] * x.shape[2]
@@ -106,8 +123,7 @@ def channel_scales(x: np.ndarray | torch.Tensor, mean: tuple[int, ...]) -> tuple
     integer sums and an integer square root (no floats).  It is floored at one
     pixel unit, so a constant channel gets the identity scale ``2**INPUT_SCALE_BITS``.
     """
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
+    x = _stats_array(x)
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[3] != len(mean):
         raise ValueError(f"channel_scales needs uint8 images (N, H, W, {len(mean)}), got {x.dtype} {x.shape}")
     count = x.shape[0] * x.shape[1] * x.shape[2]

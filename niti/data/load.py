@@ -15,6 +15,7 @@ from typing import Callable
 
 from .cifar import CIFAR10_ARCHIVE, CIFAR10_FOLDER, find_cifar10, read_cifar10
 from .dataset import DataNotFoundError, Dataset
+from .folder import is_image_folder, read_image_folder
 from .download import CIFAR10_REMOTES, MNIST_REMOTES, Remote, fetch
 from .idx import MNIST_FILES, find_mnist, read_mnist
 from .npz import read_npz
@@ -78,19 +79,28 @@ def _not_found(name: str, known: _Known, dirs: list[Path], download_error: str |
         f"{name}.npz or {known.originals}; or place those files in {cache_dir()}.")
 
 
-def load_dataset(name: str | os.PathLike, data_dir: str | Path | None = None, *, download: bool = True) -> Dataset:
-    """The data set ``name`` ("mnist", "cifar10", or a path to an ``.npz``), found as the module docstring says.
+def load_dataset(name: str | os.PathLike, data_dir: str | Path | None = None, *, download: bool = True,
+                 image_shape: tuple[int, int, int] = (224, 224, 3), workers: int | None = None) -> Dataset:
+    """The data set ``name`` ("mnist", "cifar10", a path to an ``.npz``, or an image folder), found as the module
+    docstring says.  An image folder (``DIR/train/<class>/*``, ``DIR/val/<class>/*``) is decoded on demand at
+    ``image_shape`` by ``workers`` processes (``niti.data.folder``).
 
     Raises ``DataNotFoundError`` saying where it looked when no copy exists and
     the originals cannot be downloaded; ``ValueError`` for a corrupt copy.
     """
     path = Path(name)
     if str(name) not in DATASETS:
+        if is_image_folder(path):
+            return read_image_folder(path, image_shape, workers=workers)
         if path.suffix == ".npz":
             if not path.is_file():
                 raise DataNotFoundError(f"{path}: no such .npz file")
             return read_npz(path)
-        raise ValueError(f"unknown data set {str(name)!r}: use one of {sorted(DATASETS)} or a path to an .npz file")
+        if path.is_dir():
+            raise DataNotFoundError(f"{path} is a directory but not an image folder: it needs train/<class>/ and "
+                                    "val/<class>/ sub-folders of JPEG or PNG files")
+        raise ValueError(f"unknown data set {str(name)!r}: use one of {sorted(DATASETS)}, a path to an .npz file "
+                         "or an image folder (DIR/train/<class>/*, DIR/val/<class>/*)")
     name = str(name)
     known = DATASETS[name]
     dirs = _search_dirs(data_dir)

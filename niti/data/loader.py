@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .folder import FolderImages
+
 __all__ = ["BatchIterator", "derived_generator"]
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
@@ -48,7 +50,7 @@ class BatchIterator:
     batches are identical either way.
     """
 
-    def __init__(self, images: np.ndarray | Tensor, labels: np.ndarray | Tensor, batch_size: int, *,
+    def __init__(self, images: np.ndarray | Tensor | FolderImages, labels: np.ndarray | Tensor, batch_size: int, *,
                  seed: int = 0, epoch: int = 0, shuffle: bool = True, drop_last: bool = False,
                  augment: Augment | None = None, start_batch: int = 0, prefetch: bool = False) -> None:
         if isinstance(images, Tensor):
@@ -80,8 +82,12 @@ class BatchIterator:
         if not 0 <= index < self.batches_per_epoch:
             raise IndexError(f"batch {index} outside [0, {self.batches_per_epoch})")
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size].numpy()
-        x = torch.from_numpy(self.images[rows])  # fancy indexing copies: a fresh, writable array
         y = torch.from_numpy(self.labels[rows])
+        if self.augment is not None and hasattr(self.images, "load_augmented"):
+            # An image folder crops while it decodes (random-resized crop from the full-size image).
+            generator = derived_generator(self.seed, "augment", self.epoch, index)
+            return torch.from_numpy(self.images.load_augmented(rows, generator)), y
+        x = torch.from_numpy(self.images[rows])  # fancy indexing copies: a fresh, writable array
         if self.augment is not None:
             x = self.augment(x, derived_generator(self.seed, "augment", self.epoch, index))
         return x, y

@@ -2,7 +2,8 @@
 
 from .conv import conv2d, conv2d_grad_input, conv2d_grad_weight, im2col, pair
 from .matmul import MAX_K_INT32, int_matmul
-from .pool import avgpool2d_backward, avgpool2d_sum, maxpool2d, maxpool2d_backward
+from .pool import (avgpool2d_backward, avgpool2d_sum, maxpool2d, maxpool2d_backward, maxpool2d_strided,
+                   maxpool2d_strided_backward)
 
 __all__ = [
     "MAX_K_INT32",
@@ -15,5 +16,7 @@ __all__ = [
     "avgpool2d_sum",
     "maxpool2d",
     "maxpool2d_backward",
+    "maxpool2d_strided",
+    "maxpool2d_strided_backward",
     "pair",
 ]

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from . import fused
 
-__all__ = ["avgpool2d_backward", "avgpool2d_sum", "maxpool2d", "maxpool2d_backward"]
+__all__ = ["avgpool2d_backward", "avgpool2d_sum", "maxpool2d", "maxpool2d_backward", "maxpool2d_strided",
+           "maxpool2d_strided_backward"]
 
 
 def maxpool2d(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -57,3 +58,44 @@ def avgpool2d_backward(err: Tensor, kernel: tuple[int, int], input_shape: torch.
     out = err.new_zeros((n, h, w, c))
     out[:, :ho * kh, :wo * kw] = spread
     return out
+
+
+def _taps(h: int, w: int, k: int, stride: int, padding: int) -> tuple[int, int, list[tuple[int, int]]]:
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"a {k}x{k} pool with padding {padding} does not fit a {h}x{w} input")
+    return ho, wo, [(i, j) for i in range(k) for j in range(k)]
+
+
+def maxpool2d_strided(x: Tensor, k: int, stride: int, padding: int) -> tuple[Tensor, Tensor]:
+    """k×k max pool of NHWC int8 ``x`` with any stride and padding (windows may overlap, as ResNet's 3×3/2 stem
+    pool): (output, row-major index of each window's first maximum, int8).  Padding never wins a window: every
+    window holds at least one input element, and padded cells read -128 (below any clipped int8)."""
+    n, h, w, c = x.shape
+    ho, wo, taps = _taps(h, w, k, stride, padding)
+    xp = torch.constant_pad_nd(x, (0, 0, padding, padding, padding, padding), -128) if padding else x
+    best = index = None
+    for t, (i, j) in enumerate(taps):
+        tap = xp[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+        if best is None:
+            best, index = tap.clone(), torch.zeros(tap.shape, dtype=torch.int8, device=x.device)
+        else:
+            better = tap > best  # strictly greater: ties keep the first maximum
+            best = torch.where(better, tap, best)
+            index = torch.where(better, torch.full_like(index, t), index)
+    assert best is not None and index is not None
+    return best, index
+
+
+def maxpool2d_strided_backward(err: Tensor, index: Tensor, k: int, stride: int, padding: int,
+                               input_shape: torch.Size) -> Tensor:
+    """The int32 sum, per input element, of the errors of the windows whose first maximum it is (overlapping
+    windows can route several errors to one element); the caller narrows it to int8."""
+    n, h, w, c = input_shape
+    ho, wo, taps = _taps(h, w, k, stride, padding)
+    out = torch.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=torch.int32, device=err.device)
+    e32 = err.to(torch.int32)
+    zero = torch.zeros((), dtype=torch.int32, device=err.device)
+    for t, (i, j) in enumerate(taps):
+        out[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride] += torch.where(index == t, e32, zero)
+    return out[:, padding:padding + h, padding:padding + w]

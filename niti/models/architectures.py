@@ -41,8 +41,8 @@ class Architecture:
 
 
 def _zoo(name: str, factory: Callable[[], torch.nn.Module], input_shape: tuple[int, int, int],
-         dataset: str) -> Architecture:
-    return Architecture(name, input_shape, 10, dataset, factory)
+         dataset: str | None, classes: int = 10) -> Architecture:
+    return Architecture(name, input_shape, classes, dataset, factory)
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -51,6 +51,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "vgg-small-8": _zoo("vgg-small-8", zoo.vgg_small_8, (32, 32, 3), "cifar10"),
     "vgg-small-7-quarter": _zoo("vgg-small-7-quarter", zoo.vgg_small_7_quarter, (32, 32, 3), "cifar10"),
     "vgg-small-9": _zoo("vgg-small-9", zoo.vgg_small_9, (32, 32, 3), "cifar10"),
+    "resnet-20": _zoo("resnet-20", zoo.resnet_20, (32, 32, 3), "cifar10"),
+    # ImageNet: no default data set (an ImageFolder directory is given with --dataset).
+    "resnet-18": _zoo("resnet-18", zoo.resnet_18, (224, 224, 3), None, 1000),
 }
 
 

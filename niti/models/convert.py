@@ -26,7 +26,9 @@ __all__ = ["SUPPORTED", "UnsupportedModule", "convert", "output_shape"]
 
 #: What ``convert`` accepts, for error messages and the README.
 SUPPORTED = ("Conv2d (groups=1, dilation=1, zero padding; bias optional)", "Linear (bias optional)",
-             "ReLU / F.relu / torch.relu / .relu()", "MaxPool2d (stride = kernel, no padding)",
+             "ReLU / F.relu / torch.relu / .relu()",
+             "BatchNorm2d (affine, running statistics; integer L1 batch norm)",
+             "MaxPool2d (square, padding <= kernel/2, no dilation)",
              "AvgPool2d (stride = kernel, no padding)", "AdaptiveAvgPool2d (sizes dividing the input)",
              "global average pooling (.mean((2, 3)))", "Flatten / torch.flatten(x, 1) / .view(N, -1)",
              "Dropout (p = 0.5, or 0)", "Identity", "tensor addition (+, torch.add)")
@@ -131,7 +133,7 @@ class _Converter:
         if node.kwargs or len(node.args) != 1:
             raise self.refuse(node, kind, "called with more than one argument")
         name = str(node.target)
-        if isinstance(sub, (tnn.Conv2d, tnn.Linear)):
+        if isinstance(sub, (tnn.Conv2d, tnn.Linear, tnn.BatchNorm2d)):
             if name in self.weighted_targets:
                 raise self.refuse(node, kind, "the module is called twice; shared weights are not supported")
             self.weighted_targets.add(name)
@@ -151,14 +153,16 @@ class _Converter:
                            full_range_init=self.full_range_init, bias=sub.bias is not None)
         elif type(sub) is tnn.ReLU:
             op = nn.ReLU()
+        elif type(sub) is tnn.BatchNorm2d:
+            if not sub.affine or not sub.track_running_stats:
+                raise self.refuse(node, kind, f"affine={sub.affine}, track_running_stats={sub.track_running_stats}; "
+                                  "niti normalises with learned scale and shift and keeps running statistics")
+            # eps and momentum have no integer counterpart: see docs/numerics.md §13.
+            op = nn.BatchNorm2d(sub.num_features, accumulator_bits=self.acc)
         elif type(sub) is tnn.MaxPool2d:
-            k, s = _pair(sub.kernel_size), _pair(sub.stride if sub.stride is not None else sub.kernel_size)
-            if k[0] != k[1] or s != k or _pair(sub.padding) != (0, 0) or _pair(sub.dilation) != (1, 1) \
-                    or sub.ceil_mode or sub.return_indices:
-                raise self.refuse(node, kind, f"kernel_size={sub.kernel_size}, stride={sub.stride}, "
-                                  f"padding={sub.padding}: niti pools square non-overlapping windows "
-                                  "(stride = kernel_size, no padding, no dilation, floor mode)")
-            op = nn.MaxPool2d(k[0])
+            op = self.maxpool(node, kind, {"kernel_size": sub.kernel_size, "stride": sub.stride,
+                                           "padding": sub.padding, "dilation": sub.dilation,
+                                           "ceil_mode": sub.ceil_mode, "return_indices": sub.return_indices})
         elif type(sub) is tnn.AvgPool2d:
             op = self.avgpool(node, sub.kernel_size, sub.stride, sub.padding, sub.ceil_mode, sub.divisor_override)
         elif type(sub) is tnn.AdaptiveAvgPool2d:
@@ -175,6 +179,18 @@ class _Converter:
         else:
             raise self.refuse(node, kind)
         return self.emit(name, op, [x])
+
+    def maxpool(self, node: torch.fx.Node, what: str, a: dict) -> nn.Module:
+        k = _pair(a.get("kernel_size"))
+        stride = a.get("stride")
+        st = k if stride is None or stride == [] else _pair(stride)
+        p = _pair(a.get("padding", 0))
+        if k[0] != k[1] or st[0] != st[1] or p[0] != p[1] or p[0] > k[0] // 2 or _pair(a.get("dilation", 1)) != (1, 1) \
+                or a.get("ceil_mode") or a.get("return_indices"):
+            raise self.refuse(node, what, f"kernel_size={a.get('kernel_size')}, stride={stride}, padding="
+                              f"{a.get('padding', 0)}: niti pools square windows with equal strides, padding at "
+                              "most half the kernel, no dilation, floor mode")
+        return nn.MaxPool2d(k[0], st[0], p[0])
 
     def avgpool(self, node: torch.fx.Node, kernel: Any, stride: Any, padding: Any = 0, ceil_mode: bool = False,
                 divisor: Any = None) -> nn.Module:
@@ -239,14 +255,7 @@ class _Converter:
                                                      a.get("ceil_mode", False), a.get("divisor_override")), [x])
         if fn in (F.max_pool2d, torch.max_pool2d):
             a = _arguments(rest, kw, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"))
-            k = _pair(a.get("kernel_size"))
-            stride = a.get("stride")
-            stride = k if stride is None or stride == [] else _pair(stride)
-            if k[0] != k[1] or stride != k or _pair(a.get("padding", 0)) != (0, 0) \
-                    or _pair(a.get("dilation", 1)) != (1, 1) or a.get("ceil_mode") or a.get("return_indices"):
-                raise self.refuse(node, name, f"{a}: niti pools square non-overlapping windows (stride = kernel, "
-                                  "no padding, no dilation, floor mode)")
-            return self.emit(node.name, nn.MaxPool2d(k[0]), [x])
+            return self.emit(node.name, self.maxpool(node, name, a), [x])
         raise self.refuse(node, name)
 
     def method(self, node: torch.fx.Node) -> int | None:
@@ -301,7 +310,7 @@ class _Converter:
                     self.value[node] = v
             elif node.op == "get_attr":
                 raise self.refuse(node, f"direct use of the attribute {node.target!r}",
-                                  "weights must belong to Conv2d or Linear modules")
+                                  "weights must belong to Conv2d, Linear or BatchNorm2d modules")
             elif node.op == "output":
                 output = node.args[0]
         if not isinstance(output, torch.fx.Node) or output not in self.value:

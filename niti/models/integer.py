@@ -209,6 +209,10 @@ class IntegerModel:
         self.input_calibration = state.get("input")
         self.net.load_calibration(state)
 
+    def buffers(self) -> dict[str, Tensor]:
+        """Running statistics of normalisation layers by name (``layer1.0.bn1.running_mean``); copies, on the CPU."""
+        return {name: t.cpu().clone() for name, t in self.net.named_buffers()}
+
     def is_calibrated(self) -> bool:
         """Whether static inference is available (the model has trained at least one step)."""
         return self.input_calibration is not None
@@ -223,6 +227,7 @@ class IntegerModel:
         labels = self._check_labels(labels, images.shape[0])
         saved_rng = self.runtime.state_dict()
         saved_calibration = self.calibration_state()
+        saved_buffers = self.buffers()
         rt = self.runtime
         try:
             self.net.train(True)
@@ -242,6 +247,7 @@ class IntegerModel:
                 p.grad = None
             self.runtime.load_state_dict(saved_rng)
             self._load_calibration(saved_calibration)
+            self.net.load_buffers({k: v.to(self.device) for k, v in saved_buffers.items()})
             raise
         # Every gradient exists and every update is checked first: the loop below cannot stop half-way.
         gb = self.current_gb()
@@ -254,6 +260,7 @@ class IntegerModel:
                 p.grad = None
             self.runtime.load_state_dict(saved_rng)
             self._load_calibration(saved_calibration)
+            self.net.load_buffers({k: v.to(self.device) for k, v in saved_buffers.items()})
             raise
         for (name, p), offset in zip(self.named_parameters(), self.gb_offsets):
             rt.scope = name
@@ -266,6 +273,9 @@ class IntegerModel:
                 rt.record("update", before.to(torch.int32) - after.to(torch.int32))
                 self._record_parameter(name, p, "after")
         rt.scope = ""
+        if rt.recorder is not None:
+            for name, t in self.net.named_buffers():
+                rt.record(f"buffers.after.{name}", t)
         self.step += 1
         return logits
 
@@ -289,6 +299,8 @@ class IntegerModel:
             self._record_parameter(name, p, "before")
         for key, state in self.runtime.state_dict().items():
             rec.add(f"generator.{key}", state)
+        for name, t in self.net.named_buffers():
+            rec.add(f"buffers.before.{name}", t)
         self.runtime.scope = "input"
 
     def predict_logits(self, images: Tensor) -> IntTensor:
@@ -313,7 +325,8 @@ class IntegerModel:
                             "master_e": p.master_e, "velocity": None if p.velocity is None else p.velocity.cpu()}
         return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps,
                 "params": params, "runtime": self.runtime.state_dict(), "mean": self.mean.cpu(),
-                "scale": self.scale.cpu(), "calibration": self.calibration_state()}
+                "scale": self.scale.cpu(), "calibration": self.calibration_state(),
+                "buffers": self.buffers()}
 
     def _state_params(self, state: dict) -> list[tuple[str, nn.IntParameter, dict]]:
         """Pair each parameter with its saved dict: by name, or by position for checkpoints that kept a list."""
@@ -355,6 +368,15 @@ class IntegerModel:
             if velocity is not None and (velocity.dtype != torch.int32 or velocity.shape != p.m.shape):
                 raise ValueError(f"{name}: velocity must be int32 {tuple(p.m.shape)}, got {velocity.dtype} "
                                  f"{tuple(velocity.shape)}")
+        buffers = state.get("buffers", {})  # checkpoints before normalisation layers have none
+        if not isinstance(buffers, dict) or any(not isinstance(v, Tensor) for v in buffers.values()):
+            raise ValueError("buffers must map names to integer tensors")
+        saved_buffers = self.buffers()
+        try:  # checks names, dtypes and shapes; a refused state leaves the old buffers
+            self.net.load_buffers({k: v.to(self.device) for k, v in buffers.items()})
+        except ValueError:
+            self.net.load_buffers({k: v.to(self.device) for k, v in saved_buffers.items()})
+            raise
         for _, p, s in pairs:
             p.m, p.e = s["m"].to(self.device), int(s["e"])
             if s["master"] is not None:
@@ -383,6 +405,10 @@ class IntegerModel:
                 h.update(f"{i}:{name}:{arr.dtype.str}:{arr.shape}:".encode())
                 h.update(arr.tobytes())
             h.update(f"{i}:e={p.e}:master_e={p.master_e};".encode())
+        for name, t in self.net.named_buffers():  # running statistics (none in networks without normalisation)
+            arr = np.ascontiguousarray(t.cpu().numpy())
+            h.update(f"{name}:{arr.dtype.str}:{arr.shape}:".encode())
+            h.update(arr.tobytes())
         return h.hexdigest()
 
     def __repr__(self) -> str:

@@ -1,9 +1,10 @@
-"""The built-in networks as ordinary ``torch.nn`` modules: LeNet and the NITI paper's VGG-small family.
+"""The built-in networks as ordinary ``torch.nn`` modules: LeNet, the NITI paper's VGG-small family, ResNets.
 
 They go through ``niti.models.convert`` like any user model (the integer
 side) and are trained as they are (the float side).  This file imports
 torch only, so the float benchmark can load it in an interpreter that never
-imports niti.  No biases, as in the NITI paper.
+imports niti.  LeNet and VGG have no biases, as in the NITI paper; the ResNets are He et al.'s
+(batch norm after every convolution, a biased linear classifier).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections import OrderedDict
 
 from torch import nn
 
-__all__ = ["lenet", "vgg_small", "vgg_small_7", "vgg_small_7_quarter", "vgg_small_8", "vgg_small_9"]
+__all__ = ["BasicBlock", "lenet", "resnet", "resnet_18", "resnet_20", "vgg_small", "vgg_small_7",
+           "vgg_small_7_quarter", "vgg_small_8", "vgg_small_9"]
 
 
 def lenet() -> nn.Module:
@@ -55,3 +57,51 @@ def vgg_small_9() -> nn.Module:
 def vgg_small_7_quarter() -> nn.Module:
     """VGG-small-7's shape with a quarter of the channels: a CIFAR-10 model that converges on a 2-core CPU."""
     return vgg_small([32, 32, "M", 64, 64, "M", 128, 128, "M"])
+
+
+class BasicBlock(nn.Module):
+    """Two 3×3 convolutions with batch norm, added to the input (a 1×1 strided projection with batch norm
+    when the shape changes: He et al.'s option B), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):  # noqa: ANN001, ANN201 - traced by torch.fx
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+def resnet(stem: nn.Module, widths: list, blocks: list, classes: int) -> nn.Module:
+    """``stem``, then stages of ``blocks[i]`` basic blocks of ``widths[i]`` channels (stride 2 from the second
+    stage on), global average pooling and a linear classifier."""
+    layers, cin = OrderedDict(stem=stem), widths[0]
+    for i, (w, b) in enumerate(zip(widths, blocks)):
+        stage = [BasicBlock(cin, w, 1 if i == 0 else 2)] + [BasicBlock(w, w) for _ in range(b - 1)]
+        layers[f"layer{i + 1}"] = nn.Sequential(*stage)
+        cin = w
+    layers["pool"] = nn.AdaptiveAvgPool2d(1)
+    layers["flatten"] = nn.Flatten()
+    layers["fc"] = nn.Linear(cin, classes)
+    return nn.Sequential(layers)
+
+
+def resnet_20() -> nn.Module:
+    """He et al. (2016) ResNet-20 for 32×32 CIFAR images: 3 stages × 3 blocks of 16, 32, 64 channels."""
+    stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+    return resnet(stem, [16, 32, 64], [3, 3, 3], 10)
+
+
+def resnet_18() -> nn.Module:
+    """He et al. (2016) ResNet-18 for 224×224 ImageNet images (1000 classes), torchvision's layout."""
+    stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.MaxPool2d(3, 2, 1))
+    return resnet(stem, [64, 128, 256, 512], [2, 2, 2, 2], 1000)

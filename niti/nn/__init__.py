@@ -3,6 +3,7 @@
 from .input import images_to_int8
 from .graph import Graph, Node, Sequential, Tape
 from .layers import Add, AvgPool2d, Conv2d, Dropout, Flatten, Identity, Linear, MaxPool2d, ReLU
+from .norm import BatchNorm2d
 from .loss import SOFTMAXES, cross_entropy_backward, softmax_grad
 from .module import IntParameter, Module
 
@@ -10,6 +11,7 @@ __all__ = [
     "SOFTMAXES",
     "Add",
     "AvgPool2d",
+    "BatchNorm2d",
     "Conv2d",
     "Dropout",
     "Flatten",

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from torch import Tensor
+
 from ..numerics import IntTensor, aligned_sum
 from .module import IntParameter, Module
 
@@ -72,6 +74,22 @@ class Graph(Module):
                     seen.add(id(p))
                     out.append((f"{node.name}.{name}", p))
         return out
+
+    def named_buffers(self) -> list[tuple[str, Tensor]]:
+        """Every node's buffers (running statistics), named ``<node>.<buffer>``."""
+        return [(f"{node.name}.{name}", t) for node in self.nodes for name, t in node.op.named_buffers()]
+
+    def load_buffers(self, state: dict[str, Tensor]) -> None:
+        """Restore ``named_buffers()``; a name no node has is an error, a node not named has none."""
+        mine: dict[str, dict[str, Tensor]] = {node.name: {} for node in self.nodes}
+        for key, value in state.items():
+            owners = [name for name in mine if key.startswith(name + ".")]
+            if not owners:
+                raise ValueError(f"buffer {key!r} names no layer of the model")
+            owner = max(owners, key=len)  # "a.b.running_mean" belongs to node "a.b", not to a node "a"
+            mine[owner][key[len(owner) + 1:]] = value
+        for node in self.nodes:
+            node.op.load_buffers(mine[node.name])
 
     def calibration_state(self) -> dict[str, int]:
         """Each calibrated node's running activation width (``numerics.calibrate``), by node name."""

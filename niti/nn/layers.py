@@ -155,26 +155,44 @@ class ReLU(Module):
 
 
 class MaxPool2d(Module):
-    """Non-overlapping k×k max pooling; backward routes to the first maximum (row-major)."""
+    """k×k max pooling; backward routes each window's error to its first maximum (row-major).
 
-    def __init__(self, kernel_size: int = 2, stride: int | None = None) -> None:
+    Non-overlapping windows (stride = kernel, no padding) run the fused kernel and need no rescale. Other
+    strides and paddings (ResNet's 3×3, stride 2, padding 1) may route several errors to one element: their
+    exact int32 sum is rescaled to int8 (docs/numerics.md §4).
+    """
+
+    def __init__(self, kernel_size: int = 2, stride: int | None = None, padding: int = 0) -> None:
         super().__init__()
-        if stride is not None and stride != kernel_size:
-            raise ValueError("only non-overlapping pooling (stride == kernel_size) is supported")
-        self.kernel_size = kernel_size
+        stride = kernel_size if stride is None else stride
+        if kernel_size < 1 or stride < 1 or not 0 <= padding <= kernel_size // 2:
+            raise ValueError(f"max pool needs kernel_size, stride >= 1 and 0 <= padding <= kernel_size // 2, got "
+                             f"{kernel_size}, {stride}, {padding}")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.tiled = stride == kernel_size and padding == 0
 
     def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
-        out, index = kernels.maxpool2d(x.m, self.kernel_size)
+        if self.tiled:
+            out, index = kernels.maxpool2d(x.m, self.kernel_size)
+        else:
+            out, index = kernels.maxpool2d_strided(x.m, self.kernel_size, self.stride, self.padding)
         if ctx is not None:
             ctx["index"], ctx["shape"] = index, x.m.shape
         return x.with_m(out)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
         ctx = _saved(ctx, self)
-        return err.with_m(kernels.maxpool2d_backward(err.m, ctx["index"], self.kernel_size, ctx["shape"]))
+        if self.tiled:
+            return err.with_m(kernels.maxpool2d_backward(err.m, ctx["index"], self.kernel_size, ctx["shape"]))
+        total = kernels.maxpool2d_strided_backward(err.m, ctx["index"], self.kernel_size, self.stride, self.padding,
+                                                   ctx["shape"])
+        out, shift = self.runtime.rescale(total, 7, "error")
+        return IntTensor(out, err.e + shift)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}"
+        if self.tiled:
+            return f"kernel_size={self.kernel_size}"
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class AvgPool2d(Module):

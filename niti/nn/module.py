@@ -129,6 +129,15 @@ class Module:
     def parameters(self) -> list[IntParameter]:
         return [p for _, p in self.named_parameters()]
 
+    def named_buffers(self) -> list[tuple[str, Tensor]]:
+        """Integer state that is not learned by the update (running statistics), by name; empty for most layers."""
+        return []
+
+    def load_buffers(self, state: dict[str, Tensor]) -> None:
+        """Restore ``named_buffers()``; names it lacks leave the layer without them (as before training)."""
+        if state:
+            raise ValueError(f"{type(self).__name__} has no buffers, got {sorted(state)}")
+
     def children(self) -> list["Module"]:
         return []
 

@@ -50,6 +50,8 @@ class TrainConfig:
     max_steps: int | None = None  # stop early (a fraction of an epoch), for smoke tests
     train_limit: int | None = None  # use only the first N training images
     threads: int | None = None
+    image_size: int | None = None  # image folders: the square input size (default: the model's, else 224)
+    workers: int | None = None  # image folders: decoding processes (default: CPU count, at most 8)
     device: str = "cpu"
     # integer numerics
     act_round: str = "nearest"
@@ -103,8 +105,9 @@ class TrainConfig:
     def _check_counts(self) -> None:
         """Every count is an int in its range; ``None`` where the field allows it."""
         ranges = {"epochs": 1, "batch_size": 1, "log_every": 1, "checkpoint_every": 0, "accumulator_bits": 8,
-                  "max_steps": 1, "train_limit": 1, "threads": 1, "val_size": 0, "seed": 0}
-        optional = {"max_steps", "train_limit", "threads", "val_size"}
+                  "max_steps": 1, "train_limit": 1, "threads": 1, "val_size": 0, "seed": 0, "image_size": 8,
+                  "workers": 0}
+        optional = {"max_steps", "train_limit", "threads", "val_size", "image_size", "workers"}
         for name, low in ranges.items():
             value = getattr(self, name)
             if value is None and name in optional:

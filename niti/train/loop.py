@@ -34,7 +34,7 @@ __all__ = ["TrainingInterrupted", "fit", "build_model", "load", "load_model"]
 
 #: Config fields that may differ between a run and its resumption.
 _RESUMABLE_CHANGES = {"progress", "threads", "data_dir", "download", "out", "log_every", "checkpoint_every",
-                      "inference"}
+                      "inference", "workers"}
 
 
 class TrainingInterrupted(Exception):
@@ -138,12 +138,35 @@ def _check_device_available(device: str) -> None:
         raise ValueError(f"device {device!r} requested, but only {torch.cuda.device_count()} CUDA devices exist")
 
 
+def folder_image_shape(config: TrainConfig) -> tuple[int, int, int]:
+    """The size image-folder data is decoded at: ``--image-size``, else the built-in model's input, else 224."""
+    if config.image_size:
+        return (config.image_size, config.image_size, 3)
+    if not is_factory_path(config.model):
+        return get_architecture(config.model).input_shape
+    return (224, 224, 3)
+
+
+def load_run_data(config: TrainConfig, dataset_name: str) -> niti_data.Dataset:
+    """The run's data set (an image folder decoded at the model's input size)."""
+    return niti_data.load_dataset(dataset_name, config.data_dir, download=config.download,
+                                  image_shape=folder_image_shape(config), workers=config.workers)
+
+
+def eval_images(x) -> "torch.Tensor | niti_data.folder.FolderTensors":  # noqa: ANN001
+    """Evaluation images as a tensor, or (image folders) a view that decodes each slice."""
+    if isinstance(x, niti_data.FolderImages):
+        return x.tensors()
+    return torch.from_numpy(x.copy())  # a copy: the data set's arrays are read-only, torch wants writable memory
+
+
 def training_split(config: TrainConfig, ds: niti_data.Dataset, dataset_name: str) -> tuple:
     """``(x_train, y_train, x_val, y_val, augment)`` of a run (``config.val_size`` resolved)."""
     x_train, y_train, x_val, y_val = niti_data.split_validation(ds, config.val_size)
     if config.train_limit:
         x_train, y_train = x_train[:config.train_limit], y_train[:config.train_limit]
-    augment = config.augment if config.augment is not None else dataset_name == "cifar10"
+    default = dataset_name == "cifar10" or isinstance(ds.x_train, niti_data.FolderImages)
+    augment = config.augment if config.augment is not None else default
     return x_train, y_train, x_val, y_val, augment
 
 
@@ -201,7 +224,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                          "another --out")
 
     dataset_name = default_dataset(config)
-    ds = niti_data.load_dataset(dataset_name, config.data_dir, download=config.download)
+    ds = load_run_data(config, dataset_name)
     _check_data(ds, config)
     if config.val_size is None:  # recorded resolved, in config.json, the checkpoint and summary.json
         config = config.replace(val_size=default_val_size(len(ds.x_train)))
@@ -235,9 +258,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
         best_val, best_epoch = state["best_val"], state["best_epoch"]
         running = tuple(state["running"])
 
-    # Copies: the data set's arrays are read-only and torch wants writable memory.
-    xt_val, yt_val = torch.from_numpy(x_val.copy()), torch.from_numpy(y_val.copy())
-    xt_test, yt_test = torch.from_numpy(ds.x_test.copy()), torch.from_numpy(ds.y_test.copy())
+    xt_val, yt_val = eval_images(x_val), torch.from_numpy(y_val.copy())
+    xt_test, yt_test = eval_images(ds.x_test), torch.from_numpy(ds.y_test.copy())
     flag = _StopFlag()
     steps_this_call = 0
 

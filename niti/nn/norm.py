@@ -1,0 +1,237 @@
+"""Integer batch normalisation: L1 batch norm with exact integer statistics (docs/numerics.md §13).
+
+Per channel, over the whole batch (every data-parallel rank): the integer
+mean is kept as the exact fraction ``S / n`` (centred values ``c = n·x − S``
+need no division), the spread is the mean absolute deviation ``D / n²``
+(``D = Σ|c|``: no squares, no square root), and
+
+    x̂ = (x − μ) / (√(π/2) · MAD)
+
+which has unit standard deviation for Gaussian data, as ``x̂`` of float
+BatchNorm does.  This is the L1 batch norm of Hoffer, Banner, Golan and
+Soudry ("Norm matters: efficient and accurate normalization schemes in deep
+networks", NeurIPS 2018), proposed there precisely for low-precision
+training: it replaces the variance by a sum of absolute values.  The one
+division per channel becomes an integer reciprocal ``R_c · 2**-W_c`` with 31
+significant bits, so the per-element work is one multiply and one rounding
+shift.  ``x̂`` has 12 fractional bits and is clipped to ±128; ``γ x̂ + β``
+(int8 ``γ`` and ``β``, both ``IntParameter``) is rescaled to int8 like every
+activation.  Backward is the exact derivative of that formula, computed with
+integer per-channel sums and rounded per-channel constants; running mean and
+MAD (fixed point, 2⁻²⁴ units) serve batch-independent inference.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum, bits
+from .module import IntParameter, Module
+
+__all__ = ["BatchNorm2d", "KAPPA", "KAPPA_BITS", "NORM_FRAC_BITS", "RUNNING_EXPONENT", "round_div"]
+
+#: ``√(2/π)`` with 15 fractional bits: ``x̂ = c · n · KAPPA / (D · 2**15)`` has unit variance for Gaussian data.
+KAPPA_BITS = 15
+KAPPA = 26145  # round(2**15 * sqrt(2 / pi)), checked by the tests with integer square roots
+#: Fractional bits of ``x̂`` (and of the backward's per-channel means).
+NORM_FRAC_BITS = 12
+#: ``|x̂| < 2**XHAT_BITS`` in units of 2**-NORM_FRAC_BITS (±128 standard units).
+XHAT_BITS = NORM_FRAC_BITS + 7
+#: Running statistics are integers in units of 2**RUNNING_EXPONENT (real values, independent of any exponent).
+RUNNING_EXPONENT = -24
+#: Significant bits of the backward's per-channel multiplier.
+MULTIPLIER_BITS = 15
+
+
+def round_div(a: int, b: int) -> int:
+    """``a / b`` rounded to nearest, ties away from zero, for Python ints with ``b > 0``."""
+    q = (2 * abs(a) + b) // (2 * b)
+    return q if a >= 0 else -q
+
+
+def _shift(a: int, by: int) -> int:
+    """``a · 2**by`` rounded to nearest (ties away from zero) when ``by < 0``."""
+    return a << by if by >= 0 else round_div(a, 1 << -by)
+
+
+def _reciprocals(num: int, dens: list[int], rbits: int) -> tuple[list[int], list[int]]:
+    """Per channel ``R · 2**-W ≈ num / den`` with ``R < 2**rbits`` (``W ≥ 0``); a zero ``den`` gives ``R = 0``."""
+    rs, ws = [], []
+    for den in dens:
+        if den <= 0:
+            rs.append(0)
+            ws.append(0)
+            continue
+        w = max(0, rbits - 1 - num.bit_length() + den.bit_length())
+        r = round_div(num << w, den)
+        while r >= 1 << rbits and w > 0:  # at most once: the estimate above is off by at most one bit
+            w -= 1
+            r = round_div(num << w, den)
+        if w > 61:  # the quotient is below 2**-30: every |c| · R · 2**-W rounds to 0 (and 2**W would not fit)
+            r, w = 0, 0
+        rs.append(r)
+        ws.append(w)
+    return rs, ws
+
+
+def _common_mantissas(nums: list[int], shifts: list[int], nbits: int) -> tuple[list[int], int]:
+    """``v_c = nums[c] · 2**-shifts[c]`` as mantissas ``k_c`` with one exponent ``E``: ``v_c ≈ k_c · 2**E``,
+    ``|k_c| ≤ 2**nbits`` (nearest rounding)."""
+    tops = [abs(a).bit_length() - s for a, s in zip(nums, shifts) if a]
+    if not tops:
+        return [0] * len(nums), 0
+    exp = max(tops) - nbits
+    return [_shift(a, -s - exp) for a, s in zip(nums, shifts)], exp
+
+
+def _normalise(c: Tensor, r: list[int], w: list[int]) -> Tensor:
+    """``clip(round(c · R_c · 2**-W_c), ±(2**XHAT_BITS - 1))`` per channel (last dim), int32."""
+    rt = torch.tensor(r, dtype=torch.int64, device=c.device)
+    wt = torch.tensor(w, dtype=torch.int64, device=c.device)
+    v = c * rt
+    a = v.abs()
+    half = torch.bitwise_right_shift(torch.bitwise_left_shift(torch.ones_like(wt), wt), 1)
+    q = torch.bitwise_right_shift(a + half, wt)
+    limit = (1 << XHAT_BITS) - 1
+    return torch.where(v < 0, -q, q).clamp(-limit, limit).to(torch.int32)
+
+
+class BatchNorm2d(Module):
+    """Integer L1 batch normalisation of NHWC int8 activations, learned int8 ``γ`` (weight) and ``β`` (bias)."""
+
+    def __init__(self, num_features: int, *, accumulator_bits: int = 16) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        self.num_features = num_features
+        # γ = 1 (64 · 2**-6) and β = 0, both able to reach ±2 (the int16 master saturates at 127 · 2**e).
+        self.weight = IntParameter(torch.full((num_features,), 64, dtype=torch.int8), -6, accumulator_bits)
+        self.bias = IntParameter(torch.zeros(num_features, dtype=torch.int8), -6, accumulator_bits)
+        #: Running mean and MAD in units of 2**RUNNING_EXPONENT (int64, per channel); None before training.
+        self.running_mean: Tensor | None = None
+        self.running_mad: Tensor | None = None
+
+    # ------------------------------------------------------------------ state
+    def named_parameters(self) -> list[tuple[str, IntParameter]]:
+        return [("weight", self.weight), ("bias", self.bias)]
+
+    def named_buffers(self) -> list[tuple[str, Tensor]]:
+        if self.running_mean is None or self.running_mad is None:
+            return []
+        return [("running_mean", self.running_mean), ("running_mad", self.running_mad)]
+
+    def load_buffers(self, state: dict[str, Tensor]) -> None:
+        mean, mad = state.get("running_mean"), state.get("running_mad")
+        if (mean is None) != (mad is None):
+            raise ValueError("running_mean and running_mad must be given together")
+        for name, t in (("running_mean", mean), ("running_mad", mad)):
+            if t is not None and (t.dtype != torch.int64 or tuple(t.shape) != (self.num_features,)):
+                raise ValueError(f"{name} must be int64 ({self.num_features},), got {t.dtype} {tuple(t.shape)}")
+        if mad is not None and int(mad.min()) < 0:
+            raise ValueError("running_mad must be non-negative")
+        device = self.weight.m.device
+        self.running_mean = None if mean is None else mean.to(device)
+        self.running_mad = None if mad is None else mad.to(device)
+
+    # ---------------------------------------------------------------- compute
+    def _affine(self, xhat: Tensor, shape: torch.Size, ctx: dict | None) -> IntTensor:
+        g, b = self.weight, self.bias
+        prod = xhat * g.m.to(torch.int32)  # |x̂| < 2**19, |γ| ≤ 127: < 2**26
+        total, e = aligned_sum([(prod, g.e - NORM_FRAC_BITS, XHAT_BITS + 7), (b.m, b.e, 7)])
+        out, shift = self.rescale_activation(total.reshape(shape), ctx)
+        return IntTensor(out, e + shift)
+
+    def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
+        if x.m.dim() != 4 or x.m.shape[-1] != self.num_features:
+            raise ValueError(f"BatchNorm2d({self.num_features}) needs NHWC input with {self.num_features} channels, "
+                             f"got shape {tuple(x.m.shape)}")
+        if not self.training and self.running_mean is not None:
+            return self._forward_running(x, ctx)
+        rt = self.runtime
+        shape, ch = x.m.shape, self.num_features
+        rows = x.m.reshape(-1, ch)
+        n = rows.shape[0] * rt.world_size
+        s = rt.reduce_sum(rows.sum(dim=0, dtype=torch.int64))
+        c = rows.to(torch.int64) * n - s
+        d = rt.reduce_sum(c.abs().sum(dim=0))
+        sums, devs = s.tolist(), d.tolist()
+        # |c| ≤ D / 2 (the c sum to zero), so |c| · R stays below 2**62 with 31-bit reciprocals.
+        cbits = rt.reduce_max(bits(c))
+        r, w = _reciprocals(n * KAPPA << NORM_FRAC_BITS, [dv << KAPPA_BITS for dv in devs], min(31, 62 - cbits))
+        xhat = _normalise(c, r, w)
+        rt.record("xhat", xhat)
+        if ctx is not None:
+            ctx.update(xhat=xhat, sign=torch.sign(c).to(torch.int8), r=r, w=w, n=n, e=x.e, shape=shape)
+            self._update_running(sums, devs, n, x.e)
+        return self._affine(xhat, shape, ctx)
+
+    def _update_running(self, sums: list[int], devs: list[int], n: int, e: int) -> None:
+        """Move the running mean ``S/n`` and MAD ``D/n²`` (in 2**RUNNING_EXPONENT units) 2**-4 toward the batch's."""
+        up = e - RUNNING_EXPONENT
+        mean = [_shift(round_div(s << max(up, 0), n), min(up, 0)) for s in sums]
+        mad = [_shift(round_div(dv << max(up, 0), n * n), min(up, 0)) for dv in devs]
+        if self.running_mean is None or self.running_mad is None:
+            new_mean, new_mad = mean, mad
+        else:
+            k = CALIBRATION_DECAY_SHIFT
+            new_mean = [r + ((b - r) >> k) for r, b in zip(self.running_mean.tolist(), mean)]
+            new_mad = [r + ((b - r) >> k) for r, b in zip(self.running_mad.tolist(), mad)]
+        device = self.weight.m.device
+        self.running_mean = torch.tensor(new_mean, dtype=torch.int64, device=device)
+        self.running_mad = torch.tensor(new_mad, dtype=torch.int64, device=device)
+
+    def _forward_running(self, x: IntTensor, ctx: dict | None) -> IntTensor:
+        """Evaluation with the running statistics: every image is normalised alone (batch-independent)."""
+        assert self.running_mean is not None and self.running_mad is not None
+        shape, ch = x.m.shape, self.num_features
+        up = x.e - RUNNING_EXPONENT
+        rows = x.m.reshape(-1, ch).to(torch.int64)
+        scaled = rows << up if up >= 0 else _round_shift_nearest(rows, -up)
+        c = scaled - self.running_mean
+        mean_max = int(self.running_mean.abs().max()) if ch else 0
+        # A bound from the formats alone (not from this batch), so the rounding is the same for any batch.
+        cbits = (max(_shift(127, up), 1) + mean_max).bit_length()
+        r, w = _reciprocals(KAPPA << NORM_FRAC_BITS, [m << KAPPA_BITS for m in self.running_mad.tolist()],
+                            min(31, 62 - cbits))
+        return self._affine(_normalise(c, r, w), shape, ctx)
+
+    def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
+        """The exact derivative of L1 batch norm (Hoffer et al. 2018) in integers (docs/numerics.md §13):
+
+        ``dx = γ/s · (g − mean(g) − √(π/2) · mean(g·x̂) · (sign(c) − mean(sign(c))))``, ``s = √(π/2) · MAD``.
+        """
+        if not ctx:
+            raise RuntimeError(f"{self!r}.backward called without a training-mode forward (no saved context)")
+        rt, ch, q = self.runtime, self.num_features, NORM_FRAC_BITS
+        g = err.m.reshape(-1, ch)
+        xhat, sign, n = ctx["xhat"], ctx["sign"], ctx["n"]
+        a_local = g.sum(dim=0, dtype=torch.int64)
+        g2_local = (g.to(torch.int32) * xhat).sum(dim=0, dtype=torch.int64)  # |g·x̂| < 2**26 per element
+        # The gradients stay local: the model sums every gradient over the ranks after backward.
+        self.weight.grad, self.bias.grad = g2_local, a_local
+        if not self.propagate_error:
+            return None
+        a_sum, g2_sum = rt.reduce_sum(a_local).tolist(), rt.reduce_sum(g2_local).tolist()
+        sg_sum = rt.reduce_sum(sign.sum(dim=0, dtype=torch.int64)).tolist()
+        mean_g = torch.tensor([round_div(a << q, n) for a in a_sum], dtype=torch.int64, device=g.device)
+        # √(π/2) · mean(g·x̂) · 2**q = G2 · 2**q / (n · 2**q_x̂ · KAPPA / 2**15), with q_x̂ = q.
+        slope = torch.tensor([round_div(v << KAPPA_BITS, n * KAPPA) for v in g2_sum], dtype=torch.int64,
+                             device=g.device)
+        mean_sign = torch.tensor([round_div(v << q, n) for v in sg_sum], dtype=torch.int64, device=g.device)
+        z = (((g.to(torch.int64) << q) - mean_g) << q) - slope * ((sign.to(torch.int64) << q) - mean_sign)
+        # γ / s per x mantissa unit: γ_m · n · R_c · 2**-(W_c + q) (R from the forward), one exponent for all.
+        k, k_e = _common_mantissas([gm * n * r for gm, r in zip(self.weight.m.tolist(), ctx["r"])], ctx["w"],
+                                   MULTIPLIER_BITS)
+        wide = z * torch.tensor(k, dtype=torch.int64, device=g.device)  # |z| < 2**40, |k| ≤ 2**15
+        out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")
+        return IntTensor(out, err.e + self.weight.e + k_e - q - 2 * q - ctx["e"] + shift)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}"
+
+
+def _round_shift_nearest(t: Tensor, s: int) -> Tensor:
+    a = t.abs()
+    q = (a + (1 << (s - 1))) >> s
+    return torch.where(t < 0, -q, q)

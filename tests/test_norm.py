@@ -1,0 +1,258 @@
+"""Integer L1 batch norm (docs/numerics.md §13) against float references of the same formula, and the ResNets.
+
+The float references live here only: the integer ``m · 2**e`` values are
+turned into float64 and pushed through the L1 batch-norm formula of Hoffer
+et al. (2018), ``x̂ = (x − mean) / (√(π/2) · mean|x − mean|)`` (with √(2/π)
+as niti's 15-bit constant), with autograd for the backward.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn as tnn
+
+import niti
+from niti.audit import integer_only
+from niti.models.convert import UnsupportedModule
+from niti.nn import BatchNorm2d, MaxPool2d, Tape
+from niti.nn.norm import KAPPA, KAPPA_BITS, NORM_FRAC_BITS, RUNNING_EXPONENT, round_div
+from niti.numerics import IntTensor, RoundingPolicy
+from niti.runtime import Runtime
+
+
+def _x(shape: tuple[int, ...], seed: int, lo: int = -127, hi: int = 127) -> torch.Tensor:
+    return torch.randint(lo, hi + 1, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.int8)
+
+
+def _value(t: IntTensor) -> torch.Tensor:
+    return t.m.to(torch.float64) * (2.0 ** t.e)
+
+
+def _l1_bn(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Float L1 batch norm over all but the last (channel) dimension, with niti's √(2/π) (KAPPA / 2**15)."""
+    dims = tuple(range(x.dim() - 1))
+    mu = x.mean(dim=dims, keepdim=True)
+    mad = (x - mu).abs().mean(dim=dims, keepdim=True)
+    return (x - mu) * (KAPPA / 2 ** KAPPA_BITS) / mad * gamma + beta
+
+
+def _layer(channels: int, seed: int = 0) -> BatchNorm2d:
+    bn = BatchNorm2d(channels)
+    bn.set_runtime(Runtime(policy=RoundingPolicy.all("nearest"), seed=seed))
+    # Non-trivial γ and β (mantissas at exponent -6).
+    bn.weight.m = _x((channels,), seed + 1, 20, 120)
+    bn.bias.m = _x((channels,), seed + 2, -60, 60)
+    return bn
+
+
+def test_constants_and_rounding() -> None:
+    assert KAPPA == round(2 ** KAPPA_BITS * math.sqrt(2 / math.pi))
+    for a in range(-50, 51):
+        for b in (1, 2, 3, 7, 10):
+            q = abs(a) / b
+            want = math.floor(q + 0.5) * (1 if a >= 0 else -1)
+            assert round_div(a, b) == want, (a, b)
+
+
+@pytest.mark.parametrize("shape,e", [((8, 5, 5, 6), -3), ((3, 4, 4, 4), 2), ((64, 2, 2, 3), -9)])
+def test_forward_matches_float_formula(shape: tuple[int, ...], e: int) -> None:
+    bn = _layer(shape[-1])
+    x = IntTensor(_x(shape, 5), e)
+    ctx: dict = {}
+    out = bn.forward(x, ctx)
+    xf = _value(x)
+    gamma, beta = _value(IntTensor(bn.weight.m, bn.weight.e)), _value(IntTensor(bn.bias.m, bn.bias.e))
+    want_xhat = _l1_bn(xf, torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+    got_xhat = ctx["xhat"].reshape(shape).to(torch.float64) / 2 ** NORM_FRAC_BITS
+    # x̂ is rounded to 2**-12 and the reciprocal has >= 30 significant bits.
+    assert (got_xhat - want_xhat).abs().max() <= 2 ** -NORM_FRAC_BITS * 0.51 + 1e-6 * want_xhat.abs().max()
+    want = _l1_bn(xf, gamma, beta)
+    lsb = 2.0 ** out.e
+    assert out.m.dtype == torch.int8 and int(out.m.abs().max()) <= 127
+    assert (_value(out) - want).abs().max() <= lsb * 0.51 + 2 ** -NORM_FRAC_BITS * float(gamma.abs().max())
+
+
+@pytest.mark.parametrize("shape", [(8, 5, 5, 6), (16, 3, 3, 4)])
+def test_backward_is_the_derivative_of_l1_batch_norm(shape: tuple[int, ...]) -> None:
+    bn = _layer(shape[-1], seed=3)
+    x = IntTensor(_x(shape, 7), -4)
+    ctx: dict = {}
+    bn.forward(x, ctx)
+    err = IntTensor(_x(shape, 8), -10)
+    dx = bn.backward(err, ctx)
+    xf = _value(x).requires_grad_(True)
+    gamma = _value(IntTensor(bn.weight.m, bn.weight.e)).requires_grad_(True)
+    beta = _value(IntTensor(bn.bias.m, bn.bias.e)).requires_grad_(True)
+    _l1_bn(xf, gamma, beta).backward(_value(err))
+    want = xf.grad
+    scale = float(want.abs().max())
+    # The integer error is int8 (one LSB is 2**-7 of the largest) plus the per-channel constants' rounding.
+    assert (_value(dx) - want).abs().max() <= scale * 2 ** -5
+    # γ and β gradients are exact integer sums: Σ g·x̂ (x̂ at 2**-12) and Σ g.
+    g = err.m.reshape(-1, shape[-1]).to(torch.int64)
+    assert torch.equal(bn.bias.grad, g.sum(0))
+    assert torch.equal(bn.weight.grad, (g * ctx["xhat"].to(torch.int64)).sum(0))
+    xhat = ctx["xhat"].to(torch.float64) / 2 ** NORM_FRAC_BITS
+    want_dgamma = (_value(err).reshape(-1, shape[-1]) * xhat).sum(0)
+    assert torch.allclose(bn.weight.grad.to(torch.float64) * 2.0 ** (err.e - NORM_FRAC_BITS), want_dgamma)
+    assert torch.allclose(gamma.grad.flatten(), want_dgamma, rtol=1e-3, atol=scale * 1e-3 + 1e-9)
+
+
+def test_constant_channel_normalises_to_zero_and_passes_no_error() -> None:
+    bn = _layer(2)
+    m = _x((4, 3, 3, 2), 1)
+    m[..., 1] = 9
+    ctx: dict = {}
+    bn.forward(IntTensor(m, -2), ctx)
+    assert int(ctx["xhat"][:, 1].abs().max()) == 0
+    dx = bn.backward(IntTensor(_x((4, 3, 3, 2), 2), 0), ctx)
+    assert int(dx.m[..., 1].abs().max()) == 0 and int(dx.m[..., 0].abs().max()) > 0
+
+
+def test_running_statistics_and_batch_independent_evaluation() -> None:
+    bn = _layer(3)
+    x = IntTensor(_x((32, 4, 4, 3), 11, -40, 100), -5)
+    bn.forward(x, {})
+    xf = _value(x).reshape(-1, 3)
+    mean = bn.running_mean.to(torch.float64) * 2.0 ** RUNNING_EXPONENT
+    mad = bn.running_mad.to(torch.float64) * 2.0 ** RUNNING_EXPONENT
+    assert torch.allclose(mean, xf.mean(0), atol=2.0 ** -20)
+    assert torch.allclose(mad, (xf - xf.mean(0)).abs().mean(0), atol=2.0 ** -20)
+    first = bn.running_mean.clone()
+    bn.forward(IntTensor(x.m // 2, -5), {})  # a second step moves the statistics 1/16 of the way
+    assert torch.equal(bn.running_mean, first + ((((x.m // 2).to(torch.float64).reshape(-1, 3).mean(0) * 2 ** 19)
+                                                  .round().to(torch.int64) - first) >> 4))
+    bn.eval()
+    bn.set_static_inference(True)
+    together = bn.forward(x)
+    alone = [bn.forward(IntTensor(x.m[i:i + 1], x.e)) for i in range(4)]
+    assert all(a.e == together.e and torch.equal(a.m, together.m[i:i + 1]) for i, a in enumerate(alone))
+
+
+def test_strided_max_pool_matches_torch() -> None:
+    # Distinct values: torch and niti then agree on which element is each window's maximum.
+    perm = torch.randperm(9 * 9 * 3, generator=torch.Generator().manual_seed(0))
+    m = (perm - 127).to(torch.int8).reshape(1, 9, 9, 3)
+    pool = MaxPool2d(3, 2, 1)
+    pool.set_runtime(Runtime(policy=RoundingPolicy.all("nearest")))
+    ctx: dict = {}
+    out = pool.forward(IntTensor(m, 0), ctx)
+    xf = m.permute(0, 3, 1, 2).to(torch.float64).requires_grad_(True)
+    want = tnn.functional.max_pool2d(xf, 3, 2, 1)
+    assert torch.equal(out.m.permute(0, 3, 1, 2).to(torch.float64), want.detach())
+    err = _x(tuple(out.m.shape), 4, -40, 40)
+    want.backward(err.permute(0, 3, 1, 2).to(torch.float64))
+    dx = pool.backward(IntTensor(err, 0), ctx)
+    assert torch.equal(_value(dx), xf.grad.permute(0, 2, 3, 1))
+
+
+def test_converter_refuses_batch_norm_without_affine_or_statistics() -> None:
+    for bn in (tnn.BatchNorm2d(4, affine=False), tnn.BatchNorm2d(4, track_running_stats=False)):
+        net = tnn.Sequential(tnn.Conv2d(1, 4, 3), bn, tnn.Flatten(), tnn.Linear(4 * 6 * 6, 3))
+        with pytest.raises(UnsupportedModule, match="BatchNorm2d"):
+            niti.from_torch(net, input_shape=(8, 8, 1))
+
+
+def _tiny_resnet() -> tnn.Module:
+    from niti.models.zoo import resnet
+
+    stem = tnn.Sequential(tnn.Conv2d(3, 8, 3, 1, 1, bias=False), tnn.BatchNorm2d(8), tnn.ReLU(),
+                          tnn.MaxPool2d(3, 2, 1))
+    return resnet(stem, [8, 16], [1, 1], 10)
+
+
+def _batch(n: int, hw: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (n, hw, hw, 3), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (n,), generator=g))
+
+
+def test_resnet_steps_are_integer_only_thread_independent_and_resumable() -> None:
+    images, labels = _batch(8, 16)
+    hashes = []
+    for threads in (1, 2):
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            model = niti.from_torch(_tiny_resnet(), input_shape=(16, 16, 3), seed=1)
+            with integer_only():
+                for _ in range(2):
+                    model.train_step(images, labels)
+            hashes.append(model.weights_sha256())
+        finally:
+            torch.set_num_threads(old)
+    assert hashes[0] == hashes[1]
+    assert len(model.buffers()) == 2 * 6  # 6 batch norms (stem, 2 per block, 1 projection)
+    # A state round trip keeps the running statistics; a third step then agrees bit for bit.
+    state = model.state_dict()
+    twin = niti.from_torch(_tiny_resnet(), input_shape=(16, 16, 3), seed=1)
+    twin.load_state_dict(state)
+    assert twin.weights_sha256() == model.weights_sha256()
+    model.train_step(images, labels)
+    twin.train_step(images, labels)
+    assert twin.weights_sha256() == model.weights_sha256()
+    # Evaluation uses the running statistics: a prediction does not depend on its batch.
+    logits = model.predict_logits(images)
+    assert torch.equal(model.predict_logits(images[:1]).m, logits.m[:1])
+
+
+def test_state_with_bad_buffers_is_refused_and_changes_nothing() -> None:
+    model = niti.from_torch(_tiny_resnet(), input_shape=(16, 16, 3), seed=1)
+    model.train_step(*_batch(4, 16))
+    before = model.weights_sha256()
+    state = model.state_dict()
+    state["buffers"]["stem.1.running_mean"] = state["buffers"]["stem.1.running_mean"].to(torch.int32)
+    with pytest.raises(ValueError, match="running_mean"):
+        model.load_state_dict(state)
+    state = model.state_dict()
+    state["buffers"]["nowhere.running_mean"] = torch.zeros(3, dtype=torch.int64)
+    with pytest.raises(ValueError, match="nowhere"):
+        model.load_state_dict(state)
+    assert model.weights_sha256() == before
+
+
+def test_failed_step_restores_running_statistics() -> None:
+    model = niti.from_torch(_tiny_resnet(), input_shape=(16, 16, 3), seed=1)
+    model.train_step(*_batch(4, 16))
+    before = model.weights_sha256()
+    images, labels = _batch(4, 16, seed=1)
+    labels[0] = 10  # out of range: refused before the step
+    with pytest.raises(ValueError):
+        model.train_step(images, labels)
+    # A failure inside backward (after the forward moved the statistics) restores them too.
+    fc = model.net.nodes[-1].op
+
+    def broken(err, ctx):  # noqa: ANN001, ANN202
+        raise RuntimeError("injected")
+
+    original = fc.backward
+    fc.backward = broken
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            model.train_step(*_batch(4, 16, seed=2))
+    finally:
+        fc.backward = original
+    assert model.weights_sha256() == before
+
+
+def test_builtin_resnets() -> None:
+    r20 = niti.build("resnet-20")
+    assert r20.num_classes == 10 and r20.arch.input_shape == (32, 32, 3)
+    assert sum(p.m.numel() for p in r20.parameters()) == sum(p.numel() for p in r20.arch.module().parameters())
+    r18 = niti.build("resnet-18")
+    assert r18.num_classes == 1000 and r18.arch.input_shape == (224, 224, 3) and r18.accumulator_bits == 16
+    assert all(p.accumulator_bits == 16 for p in r18.parameters())
+    assert sum(p.m.numel() for p in r18.parameters()) == sum(p.numel() for p in r18.arch.module().parameters())
+
+
+def test_resnet18_step_at_224_is_integer_only() -> None:
+    model = niti.build("resnet-18", seed=0)
+    images = torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([3, 999])
+    with integer_only():
+        logits = model.train_step(images, labels)
+    assert logits.m.shape == (2, 1000) and logits.m.dtype == torch.int8
+    assert all(p.grad is None for p in model.parameters()) and model.step == 1
