@@ -154,6 +154,17 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                                           "--arith", arith, "--epochs", str(a.epochs),
                                           "--batch-size", str(a.batch_size or 64), "--seed", str(s)])
                 for arith in ("int", "float") for s in seeds]
+    if name == "resnet-norm":  # issue 14: normalisation choices on a short ResNet-20 run (--max-steps)
+        common = ["--dataset", "cifar10", "--batch-size", str(a.batch_size or 64), "--max-steps", str(a.max_steps or 200)]
+        return ([(f"r20-l1bn-int-s{s}", ["--model", "resnet-20", *common, "--seed", str(s)]) for s in seeds]
+                + [(f"r20-nonorm-int-s{s}", ["--model", "benchmarks.resnet_variants:resnet20_no_norm", *common,
+                                             "--seed", str(s)]) for s in seeds]
+                + [(f"r20-float-lr{lr}-s{s}", ["--model", "resnet-20", "--arith", "float", "--lr", lr, *common,
+                                                "--seed", str(s)]) for lr in ("0.05", "0.1", "0.2") for s in seeds])
+    if name == "resnet20-cifar":  # issue 14: ResNet-20 to convergence (resumable: --resume)
+        common = ["--model", "resnet-20", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
+        return ([(f"r20-int-s{s}", [*common, "--seed", str(s)]) for s in seeds]
+                + [(f"r20-float-s{s}", [*common, "--arith", "float", "--seed", str(s)]) for s in seeds])
     raise SystemExit(f"unknown suite {name!r}")
 
 
@@ -161,10 +172,14 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
                                       "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke",
-                                      "user-model", "static-inference"])
+                                      "user-model", "static-inference", "resnet-norm", "resnet20-cifar"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
+    p.add_argument("--max-steps", type=int, default=None, help="resnet-norm: steps per run (default 200)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs whose run directory holds a checkpoint (niti train --resume) instead of "
+                        "starting them again")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--lr", type=float, default=None, help="float runs: learning rate (default: niti's tuned value)")
     p.add_argument("--gb-schedule", default=None, help="integer runs: gradient bit-width schedule (default: niti's)")
@@ -187,10 +202,14 @@ def main() -> int:
 
     def one(run: str, args: list[str]) -> int:
         out = Path(a.runs_dir) / a.suite / run
-        if out.exists():
-            shutil.rmtree(out)
-        cmd = [sys.executable, "-m", "niti", "train", *args, "--data-dir", a.data_dir, "--threads", str(a.threads),
-               "--out", str(out), "--no-progress"]
+        if a.resume and (out / "checkpoint.pt").exists():
+            cmd = [sys.executable, "-m", "niti", "train", "--resume", str(out), "--threads", str(a.threads),
+                   "--no-progress"]
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            cmd = [sys.executable, "-m", "niti", "train", *args, "--data-dir", a.data_dir, "--threads",
+                   str(a.threads), "--out", str(out), "--no-progress"]
         print("$", shlex.join(cmd), flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=ROOT)

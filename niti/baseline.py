@@ -191,7 +191,7 @@ class FloatModel:
         """
         images = self._check_images(images)
         labels = self._check_labels(labels, images.shape[0])
-        saved_buffers = self._buffers()  # batch-norm running statistics move in the forward
+        saved_buffers = self.buffers()  # batch-norm running statistics move in the forward
         try:
             self.net.train(True)
             self.optimizer.zero_grad(set_to_none=True)
@@ -233,7 +233,7 @@ class FloatModel:
         return {"lr": s.lr, "decay": tuple(s.decay), "boundaries": tuple(s.boundaries),
                 "momentum": self.momentum, "weight_decay": self.weight_decay}
 
-    def _buffers(self) -> dict[str, Tensor]:
+    def buffers(self) -> dict[str, Tensor]:
         """The module's buffers (batch-norm running statistics), CPU copies; empty for most zoo networks."""
         return {name: b.detach().cpu().clone() for name, b in self.net.named_buffers()}
 
@@ -250,7 +250,7 @@ class FloatModel:
         weights = {name: p.detach().cpu().clone() for name, p in self.net.named_parameters()}
         momentum = [None if buf is None else buf.detach().cpu().clone() for buf in self._momentum_buffers()]
         return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps, "weights": weights,
-                "momentum": momentum, "dropout_generator": self.rng_state.clone(), "buffers": self._buffers(),
+                "momentum": momentum, "dropout_generator": self.rng_state.clone(), "buffers": self.buffers(),
                 "hyper": self._hyper(), "mean": self.mean.cpu().clone(), "std": self.std.cpu().clone()}
 
     def load_state_dict(self, state: dict) -> None:

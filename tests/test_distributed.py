@@ -37,6 +37,8 @@ CONFIGS = {
     "default-acc16": ("lenet", "mnist", RoundingPolicy(), 16, 32, 4),
     # Dropout (a mask per feature shared by the batch) and 3-channel input; a smaller batch keeps it quick.
     "vgg-stochastic": ("vgg-small-7", "cifar10", RoundingPolicy.all("stochastic"), 8, 4, 2),
+    # Integer batch norm: per-channel sums over both ranks (mean, deviation, the backward's means), running stats.
+    "resnet-20": ("resnet-20", "cifar10", RoundingPolicy(), 16, 8, 2),
 }
 PREDICT_BATCH = 64
 EVAL_IMAGES = 67  # batches of 32, 32 and 3: the last cannot be split over 2 ranks

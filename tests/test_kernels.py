@@ -90,11 +90,14 @@ def ref_conv_grad_weight(err: torch.Tensor, x: torch.Tensor, kernel: tuple[int, 
 
 
 # --------------------------------------------------------------------------- matmul
-@pytest.fixture(params=["int_mm", "int32"])
+@pytest.fixture(params=["int_mm", "int32", "avx2"])
 def cpu_path(request, monkeypatch) -> str:
-    """Both exact CPU products: int8 ``_int_mm`` (VNNI) and the widened int32 ``torch.mm`` (no VNNI)."""
+    """Every exact CPU product: int8 ``_int_mm`` (VNNI), the widened int32 ``torch.mm`` and niti's AVX2 kernel."""
     import niti.kernels.matmul as matmul
+    from niti.kernels import cpu_gemm
 
+    if request.param == "avx2" and cpu_gemm.load() is None:
+        pytest.skip("the AVX2 kernel cannot be built here (no AVX2 or no C compiler)")
     monkeypatch.setattr(matmul, "cpu_matmul_path", lambda: request.param)
     return request.param
 
@@ -102,17 +105,50 @@ def cpu_path(request, monkeypatch) -> str:
 def test_cpu_matmul_path_env_override(monkeypatch) -> None:
     import niti.kernels.matmul as matmul
 
-    for value in ("int_mm", "int32"):
+    from niti.kernels import cpu_gemm
+
+    for value in ("int_mm", "int32") + (("avx2",) if cpu_gemm.load() is not None else ()):
         monkeypatch.setenv(matmul.CPU_MATMUL_ENV, value)
         matmul.cpu_matmul_path.cache_clear()
         assert matmul.cpu_matmul_path() == value
     monkeypatch.setenv(matmul.CPU_MATMUL_ENV, "float")
     matmul.cpu_matmul_path.cache_clear()
-    with pytest.raises(ValueError, match="int_mm or int32"):
+    with pytest.raises(ValueError, match="int_mm, avx2 or int32"):
         matmul.cpu_matmul_path()
     monkeypatch.delenv(matmul.CPU_MATMUL_ENV)
     matmul.cpu_matmul_path.cache_clear()
-    assert matmul.cpu_matmul_path() in ("int_mm", "int32")
+    assert matmul.cpu_matmul_path() in ("int_mm", "avx2", "int32")
+
+
+def test_avx2_kernel_is_exact_for_any_shape_and_layout() -> None:
+    """The C kernel against an int64 reference: odd K, K not a multiple of its blocks, M and N off its tile sizes,
+    row- and column-major operands and row-strided slices, the full int8 range (-128 included)."""
+    from hypothesis import given, settings, strategies as st
+
+    from niti.kernels import cpu_gemm
+
+    if cpu_gemm.load() is None:
+        pytest.skip("the AVX2 kernel cannot be built here (no AVX2 or no C compiler)")
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(1, 70), st.integers(1, 700), st.integers(1, 70), st.booleans(), st.booleans(),
+           st.integers(0, 2**31 - 1))
+    def check(m: int, k: int, n: int, a_cols: bool, b_cols: bool, seed: int) -> None:
+        a, b = _int8((m, k), seed, lo=-128), _int8((k, n), seed + 1, lo=-128)
+        if a_cols:
+            a = a.t().contiguous().t()
+        if b_cols:
+            b = b.t().contiguous().t()
+        assert torch.equal(cpu_gemm.gemm(a, b).to(torch.int64), ref_matmul(a, b))
+
+    check()
+    # Long K across many K blocks, with worst-case magnitudes (the int32 lanes sum 2 · 128² per pair).
+    k = 9_001
+    a = torch.full((5, k), -128, dtype=torch.int8)
+    b = torch.full((k, 17), -128, dtype=torch.int8)
+    assert cpu_gemm.gemm(a, b).unique().tolist() == [k * 16384]
+    sliced = _int8((50, 60), 9)[5:45, 10:30]
+    assert torch.equal(cpu_gemm.gemm(_int8((3, 40), 8), sliced).to(torch.int64), ref_matmul(_int8((3, 40), 8), sliced))
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5), (64, 300, 48), (17, 1000, 129)])

@@ -199,9 +199,10 @@ def test_maxpool_matches_float_autograd() -> None:
     assert torch.equal(to_float(gx), nhwc(xf.grad))
 
 
-def test_maxpool_rejects_overlapping_windows() -> None:
-    with pytest.raises(ValueError, match="non-overlapping"):
-        MaxPool2d(3, stride=2)
+def test_maxpool_rejects_impossible_windows() -> None:
+    for args in ((3, 2, 2), (0, 1, 0), (2, 0, 0)):  # padding beyond half the kernel, empty kernel, zero stride
+        with pytest.raises(ValueError, match="max pool needs"):
+            MaxPool2d(*args)
 
 
 def test_flatten_is_nhwc_order_and_backward_restores_shape() -> None:

@@ -7,10 +7,11 @@ chunks whose worst case fits int32, summing the partials in int64.
 
 On a CPU without VNNI (no ``avx512_vnni`` / ``avx_vnni`` flag), PyTorch's
 ``_int_mm`` falls back to a slow reference loop (measured on a 2-core AVX2
-EPYC: 0.6 G multiply-adds/s, 11x slower than an int32 ``mm``).  There the
-operands are widened to int32 and multiplied with ``torch.mm``: the same
-exact int32 accumulation, so the same bits.  ``NITI_CPU_MATMUL=int_mm`` or
-``=int32`` forces either path.
+EPYC: 0.6 G multiply-adds/s, 11x slower than an int32 ``mm``).  There niti
+uses its own AVX2 kernel (``cpu_gemm``: int16 ``vpmaddwd`` products, int32
+sums) when it compiles, else widens the operands to int32 and multiplies them
+with ``torch.mm``: the same exact int32 accumulation either way, so the same
+bits.  ``NITI_CPU_MATMUL=int_mm``, ``=avx2`` or ``=int32`` forces a path.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 
 import torch
 from torch import Tensor
+
+from . import cpu_gemm
 
 __all__ = ["INT32_MAX", "MAX_K_INT32", "int_matmul", "check_int_mm_layout"]
 
@@ -60,11 +63,14 @@ CPU_MATMUL_ENV = "NITI_CPU_MATMUL"
 
 @functools.lru_cache(maxsize=1)
 def cpu_matmul_path() -> str:
-    """``"int_mm"`` (int8 VNNI) or ``"int32"`` (widened ``torch.mm``): the faster exact CPU product here."""
+    """``"int_mm"`` (int8 VNNI), ``"avx2"`` (niti's kernel) or ``"int32"`` (widened ``torch.mm``): the fastest exact
+    CPU product here."""
     forced = os.environ.get(CPU_MATMUL_ENV, "").strip()
     if forced:
-        if forced not in ("int_mm", "int32"):
-            raise ValueError(f"{CPU_MATMUL_ENV} must be int_mm or int32, got {forced!r}")
+        if forced not in ("int_mm", "avx2", "int32"):
+            raise ValueError(f"{CPU_MATMUL_ENV} must be int_mm, avx2 or int32, got {forced!r}")
+        if forced == "avx2" and cpu_gemm.load() is None:
+            raise ValueError(f"{CPU_MATMUL_ENV}=avx2, but the AVX2 kernel cannot be built or run here")
         return forced
     try:
         with open("/proc/cpuinfo") as f:
@@ -72,14 +78,19 @@ def cpu_matmul_path() -> str:
     except OSError:
         return "int_mm"
     has_vnni = any(flag in flags for flag in (" avx512_vnni", " avx_vnni", " amx_int8"))
-    return "int_mm" if has_vnni else "int32"
+    if has_vnni:
+        return "int_mm"
+    return "avx2" if cpu_gemm.load() is not None else "int32"
 
 
 def _mm(a: Tensor, b: Tensor, out: Tensor | None = None) -> Tensor:
     if a.device.type == "cuda":
         from .cuda import int_mm_cuda  # lazy: the CPU path must not need it
         return int_mm_cuda(a, b)
-    if cpu_matmul_path() == "int32":
+    path = cpu_matmul_path()
+    if path == "avx2":
+        return cpu_gemm.gemm(a, b, out)
+    if path == "int32":
         # Exact: every partial sum is an integer below 2**31 (K <= MAX_K_INT32), as in _int_mm.
         if out is not None:
             return torch.mm(a.to(torch.int32), b.to(torch.int32), out=out)

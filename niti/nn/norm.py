@@ -40,6 +40,8 @@ NORM_FRAC_BITS = 12
 XHAT_BITS = NORM_FRAC_BITS + 7
 #: Running statistics are integers in units of 2**RUNNING_EXPONENT (real values, independent of any exponent).
 RUNNING_EXPONENT = -24
+#: Values per channel and batch (N·H·W over all ranks) must stay below this: 254 · n² < 2**63.
+MAX_COUNT = 1 << 27
 #: Significant bits of the backward's per-channel multiplier.
 MULTIPLIER_BITS = 15
 
@@ -152,6 +154,9 @@ class BatchNorm2d(Module):
         shape, ch = x.m.shape, self.num_features
         rows = x.m.reshape(-1, ch)
         n = rows.shape[0] * rt.world_size
+        if n >= MAX_COUNT:
+            raise ValueError(f"BatchNorm2d: {n} values per channel in one batch; at most {MAX_COUNT - 1} keep "
+                             "D = Σ|n·x − S| ≤ 254·n² below 2**63 (use a smaller batch)")
         s = rt.reduce_sum(rows.sum(dim=0, dtype=torch.int64))
         c = rows.to(torch.int64) * n - s
         d = rt.reduce_sum(c.abs().sum(dim=0))

@@ -212,6 +212,9 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
         dist = distributed.init_from_env()
         if config.arith != "int":
             raise ValueError("distributed training is implemented for the integer model only (--arith int)")
+        device = torch.device(config.device)
+        if device.type == "cuda" and device.index is None:  # one GPU per local rank (torchrun --nproc-per-node)
+            torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME

@@ -1,0 +1,140 @@
+/* Exact int8 x int8 -> int32 matrix product for AVX2 CPUs without VNNI (docs/numerics.md §1).
+ *
+ * C (M x N, int32, row-major) = A (M x K, int8, any strides) * B (K x N, int8, any strides).
+ * Operands are widened to int16 and multiplied with vpmaddwd: each 32-bit lane receives
+ * a[k]*b[k][j] + a[k+1]*b[k+1][j], exact (|sum| <= 2 * 128 * 128 = 32768 fits int32), and lanes are
+ * accumulated with vpaddd.  The caller guarantees K * 127 * 127 < 2**31 (niti splits longer K), so no
+ * partial sum can wrap.  Integer instructions only.
+ *
+ * Layout: B is packed once into panels of 16 columns, K in pairs: panel[p][j][2] = (b[2p][j], b[2p+1][j]).
+ * A is packed per 4-row block and K block into int16 pairs.  The 4x16 micro-kernel keeps 8 accumulators.
+ */
+#include <immintrin.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MR 4
+#define NR 16
+#define KC 256 /* K pairs per block: a B panel block is 256 * 16 * 2 * 2 = 16 KiB */
+
+static void pack_b(const int8_t *b, long K, long N, long sb0, long sb1, int16_t *out, long kp_total, int nt) {
+    long panels = (N + NR - 1) / NR;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long q = 0; q < panels; q++) {
+        int16_t *dst = out + q * kp_total * NR * 2;
+        for (long p = 0; p < kp_total; p++) {
+            for (long j = 0; j < NR; j++) {
+                long col = q * NR + j;
+                long k0 = 2 * p, k1 = 2 * p + 1;
+                int16_t v0 = 0, v1 = 0;
+                if (col < N) {
+                    if (k0 < K) v0 = b[k0 * sb0 + col * sb1];
+                    if (k1 < K) v1 = b[k1 * sb0 + col * sb1];
+                }
+                dst[(p * NR + j) * 2] = v0;
+                dst[(p * NR + j) * 2 + 1] = v1;
+            }
+        }
+    }
+}
+
+static inline void kernel_4x16(const int16_t *a, long kp, const int16_t *bp, int32_t *c, long ldc, int mr, int nr,
+                               int first) {
+    __m256i c00 = _mm256_setzero_si256(), c01 = _mm256_setzero_si256();
+    __m256i c10 = _mm256_setzero_si256(), c11 = _mm256_setzero_si256();
+    __m256i c20 = _mm256_setzero_si256(), c21 = _mm256_setzero_si256();
+    __m256i c30 = _mm256_setzero_si256(), c31 = _mm256_setzero_si256();
+    const int32_t *a32 = (const int32_t *)a; /* rows of kp int16 pairs, row r at a32 + r * kp */
+    for (long p = 0; p < kp; p++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(bp + p * 32));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(bp + p * 32 + 16));
+        __m256i x;
+        x = _mm256_set1_epi32(a32[p]);
+        c00 = _mm256_add_epi32(c00, _mm256_madd_epi16(x, b0));
+        c01 = _mm256_add_epi32(c01, _mm256_madd_epi16(x, b1));
+        x = _mm256_set1_epi32(a32[kp + p]);
+        c10 = _mm256_add_epi32(c10, _mm256_madd_epi16(x, b0));
+        c11 = _mm256_add_epi32(c11, _mm256_madd_epi16(x, b1));
+        x = _mm256_set1_epi32(a32[2 * kp + p]);
+        c20 = _mm256_add_epi32(c20, _mm256_madd_epi16(x, b0));
+        c21 = _mm256_add_epi32(c21, _mm256_madd_epi16(x, b1));
+        x = _mm256_set1_epi32(a32[3 * kp + p]);
+        c30 = _mm256_add_epi32(c30, _mm256_madd_epi16(x, b0));
+        c31 = _mm256_add_epi32(c31, _mm256_madd_epi16(x, b1));
+    }
+    int32_t tile[MR][NR];
+    _mm256_storeu_si256((__m256i *)&tile[0][0], c00); _mm256_storeu_si256((__m256i *)&tile[0][8], c01);
+    _mm256_storeu_si256((__m256i *)&tile[1][0], c10); _mm256_storeu_si256((__m256i *)&tile[1][8], c11);
+    _mm256_storeu_si256((__m256i *)&tile[2][0], c20); _mm256_storeu_si256((__m256i *)&tile[2][8], c21);
+    _mm256_storeu_si256((__m256i *)&tile[3][0], c30); _mm256_storeu_si256((__m256i *)&tile[3][8], c31);
+    for (int r = 0; r < mr; r++) {
+        int32_t *row = c + r * ldc;
+        if (first) {
+            for (int j = 0; j < nr; j++) row[j] = tile[r][j];
+        } else {
+            for (int j = 0; j < nr; j++) row[j] += tile[r][j];
+        }
+    }
+}
+
+/* Returns 0 on success, 1 when a scratch allocation failed (C is then unspecified). */
+int niti_int8_gemm(const int8_t *a, const int8_t *b, int32_t *c, long M, long N, long K, long sa0, long sa1,
+                   long sb0, long sb1, int nt) {
+    if (M <= 0 || N <= 0) return 0;
+    if (K <= 0) {
+        memset(c, 0, sizeof(int32_t) * M * N);
+        return 0;
+    }
+    long kp_total = (K + 1) / 2;
+    long panels = (N + NR - 1) / NR;
+    int16_t *bp = (int16_t *)aligned_alloc(64, ((sizeof(int16_t) * panels * kp_total * NR * 2 + 63) / 64) * 64);
+    if (!bp) return 1;
+    pack_b(b, K, N, sb0, sb1, bp, kp_total, nt);
+    long blocks = (M + MR - 1) / MR;
+#pragma omp parallel num_threads(nt)
+    {
+        int16_t ap[MR * KC * 2]; /* 4 KiB: one 4-row block of A, one K block, as int16 pairs */
+#pragma omp for schedule(static)
+        for (long ib = 0; ib < blocks; ib++) {
+            long i0 = ib * MR;
+            int mr = (int)(M - i0 < MR ? M - i0 : MR);
+            for (long p0 = 0; p0 < kp_total; p0 += KC) {
+                long kp = kp_total - p0 < KC ? kp_total - p0 : KC;
+                /* pack 4 rows x kp pairs (rows past M and k past K are zero) */
+                for (int r = 0; r < MR; r++) {
+                    int16_t *dst = ap + r * kp * 2;
+                    if (r < mr && sa1 == 1) { /* a contiguous row: its int16 widening is already the pair layout */
+                        const int8_t *src = a + (i0 + r) * sa0 + 2 * p0;
+                        long n = 2 * kp, k_left = K - 2 * p0, t = 0;
+                        if (n > k_left) n = k_left;
+                        for (; t + 16 <= n; t += 16)
+                            _mm256_storeu_si256((__m256i *)(dst + t),
+                                                _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(src + t))));
+                        for (; t < n; t++) dst[t] = src[t];
+                        for (; t < 2 * kp; t++) dst[t] = 0;
+                        continue;
+                    }
+                    for (long p = 0; p < kp; p++) {
+                        long k0 = 2 * (p0 + p), k1 = k0 + 1;
+                        int16_t v0 = 0, v1 = 0;
+                        if (r < mr) {
+                            const int8_t *row = a + (i0 + r) * sa0;
+                            v0 = row[k0 * sa1];
+                            if (k1 < K) v1 = row[k1 * sa1];
+                        }
+                        dst[2 * p] = v0;
+                        dst[2 * p + 1] = v1;
+                    }
+                }
+                for (long q = 0; q < panels; q++) {
+                    long j0 = q * NR;
+                    int nr = (int)(N - j0 < NR ? N - j0 : NR);
+                    kernel_4x16(ap, kp, bp + (q * kp_total + p0) * NR * 2, c + i0 * N + j0, N, mr, nr, p0 == 0);
+                }
+            }
+        }
+    }
+    free(bp);
+    return 0;
+}
