@@ -154,8 +154,8 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                                           "--arith", arith, "--epochs", str(a.epochs),
                                           "--batch-size", str(a.batch_size or 64), "--seed", str(s)])
                 for arith in ("int", "float") for s in seeds]
-    if name == "resnet-norm":  # issue 14: normalisation choices on a short ResNet-20 run (--max-steps)
-        common = ["--dataset", "cifar10", "--batch-size", str(a.batch_size or 64), "--max-steps", str(a.max_steps or 200)]
+    if name == "resnet-norm":  # issue 14: normalisation choices (and the float twin's lr) on a short ResNet-20 run
+        common = ["--dataset", "cifar10", "--batch-size", str(a.batch_size or 128), "--epochs", str(a.epochs)]
         return ([(f"r20-l1bn-int-s{s}", ["--model", "resnet-20", *common, "--seed", str(s)]) for s in seeds]
                 + [(f"r20-nonorm-int-s{s}", ["--model", "benchmarks.resnet_variants:resnet20_no_norm", *common,
                                              "--seed", str(s)]) for s in seeds]
@@ -176,7 +176,6 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
-    p.add_argument("--max-steps", type=int, default=None, help="resnet-norm: steps per run (default 200)")
     p.add_argument("--resume", action="store_true",
                    help="continue runs whose run directory holds a checkpoint (niti train --resume) instead of "
                         "starting them again")
