@@ -13,7 +13,9 @@ under names that say where and what (docs/inference.md, "Step traces"):
 - ``loss.softmax_grad`` and ``loss.err``: the integer loss gradient;
 - ``<layer>.err`` (error reaching the layer's output), ``<layer>.err_in<k>`` (error to its k-th input),
   ``<layer>.err_sum.*`` (errors of a value read twice, summed);
-- ``<param>.grad``, ``<param>.update`` (accumulator before − after) and ``<param>.after.*``.
+- ``<param>.grad``, ``<param>.update`` (accumulator before − after) and ``<param>.after.*``;
+- ``buffers.before.<name>`` / ``buffers.after.<name>``: batch-norm running statistics, ``<layer>.xhat``: its
+  normalised values.
 
 ``__format__`` holds a JSON description (each tensor's name, dtype and shape
 in order, plus the run's config and starting state).  ``check_trace``

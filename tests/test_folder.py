@@ -82,6 +82,14 @@ def test_folder_trains_and_evaluates_through_the_cli(folder: Path, tmp_path: Pat
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == str(folder)
     assert main(["eval", str(out)]) == 0
+    # Golden vectors of a batch-norm ResNet step on folder data: running statistics included, recomputed exactly.
+    trace = tmp_path / "step.npz"
+    assert main(["trace", str(out), "-o", str(trace)]) == 0
+    with np.load(trace) as z:
+        names = list(z.keys())
+    assert "buffers.before.stem.1.running_mean" in names and "buffers.after.stem.1.running_mad" in names
+    assert any(n.endswith(".xhat") for n in names)
+    assert main(["trace", "--check", str(trace)]) == 0
 
 
 def test_corrupt_image_is_reported_by_name(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
