@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["COMPILE_ENV", "Fused", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
-           "maxpool", "maxpool_backward", "col2im"]
+           "maxpool", "maxpool_backward", "col2im", "bn_deviation", "bn_normalise", "bn_grad_sums", "bn_backward"]
 
 #: Set to "0" to run every chain eagerly.
 COMPILE_ENV = "NITI_COMPILE"
@@ -348,3 +348,64 @@ def _col2im_chain(cols: Tensor, *, kernel: tuple[int, int], padding: tuple[int, 
 col2im = Fused(_col2im_chain, dynamic=False)  # 2-3x faster with known sizes (c = 20 in LeNet)
 col2im.__doc__ = ("Stride-1 col2im: sum each kernel tap's slice of ``cols`` (n, ho, wo, kh, kw, c) into the NHWC "
                   "input it came from (n, ho + kh - 1 - 2ph, wo + kw - 1 - 2pw, c), in ``cols``' dtype.")
+
+
+# ------------------------------------------------------------ batch norm (docs/numerics.md §13)
+
+
+def _bn_deviation_chain(x: Tensor, n: Tensor, s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # x (rows, C) int8, n 0-d, s (C,) int64: c = n·x − S; per channel Σ|c| and Σ sign(c), and max |c|.
+    c = x.to(torch.int64) * n - s
+    a = c.abs()
+    return a.sum(dim=0), torch.sign(c).sum(dim=0), a.amax()
+
+
+def _bn_normalise_chain(x: Tensor, n: Tensor, s: Tensor, r: Tensor, w: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
+    # x̂ = clip(round(c · R · 2**-W), ±limit) per channel, nearest (ties away from zero), and sign(c).
+    c = x.to(torch.int64) * n - s
+    a = c.abs() * r
+    q = torch.minimum((a + (torch.bitwise_left_shift(torch.ones_like(w), w) >> 1)) >> w, limit)
+    return torch.where(c < 0, -q, q).to(torch.int32), torch.sign(c).to(torch.int8)
+
+
+def _bn_grad_sums_chain(g: Tensor, xhat: Tensor) -> tuple[Tensor, Tensor]:
+    # Σ g and Σ g · x̂ per channel (int64; |g · x̂| < 2**26 per term).
+    return g.to(torch.int64).sum(dim=0), (g.to(torch.int32) * xhat).to(torch.int64).sum(dim=0)
+
+
+def _bn_backward_chain(g: Tensor, sign: Tensor, mean_g: Tensor, slope: Tensor, mean_sign: Tensor, k: Tensor, *,
+                       q: int) -> Tensor:
+    # z · k with z = ((g·2**q − a)·2**q) − b·(sign·2**q − m_s): |z| < 2**40, |k| ≤ 2**15.
+    z = (((g.to(torch.int64) << q) - mean_g) << q) - slope * ((sign.to(torch.int64) << q) - mean_sign)
+    return z * k
+
+
+_bn_deviation = Fused(_bn_deviation_chain)
+_bn_normalise = Fused(_bn_normalise_chain)
+_bn_grad_sums = Fused(_bn_grad_sums_chain)
+_bn_backward = Fused(_bn_backward_chain)
+
+
+def bn_deviation(x: Tensor, n: int, s: Tensor) -> tuple[Tensor, Tensor, int]:
+    """For int8 ``x`` (rows, C) and int64 channel sums ``s``: per channel ``Σ|n·x − s|`` and ``Σ sign(n·x − s)``
+    (int64), and ``max |n·x − s|`` as a Python int."""
+    d, sg, top = _bn_deviation(x, _scalar(n, torch.int64, "bn.n", x.device), s)
+    return d, sg, int(top)
+
+
+def bn_normalise(x: Tensor, n: int, s: Tensor, r: Tensor, w: Tensor, limit: int) -> tuple[Tensor, Tensor]:
+    """``(x̂ int32, sign int8)``: ``clip(round((n·x − s) · r · 2**-w), ±limit)`` per channel, and the sign of
+    ``n·x − s``; ``r``, ``w`` int64 (C,), ``w ≥ 0``, ``|n·x − s| · r < 2**62``."""
+    return _bn_normalise(x, _scalar(n, torch.int64, "bn.n", x.device), s, r, w,
+                         _scalar(limit, torch.int64, "bn.limit", x.device))
+
+
+def bn_grad_sums(g: Tensor, xhat: Tensor) -> tuple[Tensor, Tensor]:
+    """Per channel ``Σ g`` and ``Σ g · x̂`` (int64) of int8 errors ``g`` and int32 ``x̂`` (rows, C)."""
+    return _bn_grad_sums(g, xhat)
+
+
+def bn_backward(g: Tensor, sign: Tensor, mean_g: Tensor, slope: Tensor, mean_sign: Tensor, k: Tensor,
+                q: int) -> Tensor:
+    """The batch-norm input error before its rescale, int64 (rows, C) (docs/numerics.md §13)."""
+    return _bn_backward(g, sign, mean_g, slope, mean_sign, k, q=q)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum, bits
+from ..kernels import fused
+from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum
 from .module import IntParameter, Module
 
 __all__ = ["BatchNorm2d", "KAPPA", "KAPPA_BITS", "NORM_FRAC_BITS", "RUNNING_EXPONENT", "round_div"]
@@ -87,8 +88,13 @@ def _common_mantissas(nums: list[int], shifts: list[int], nbits: int) -> tuple[l
     return [_shift(a, -s - exp) for a, s in zip(nums, shifts)], exp
 
 
+def _channel_tensor(values: list[int], like: Tensor) -> Tensor:
+    return torch.tensor(values, dtype=torch.int64, device=like.device)
+
+
 def _normalise(c: Tensor, r: list[int], w: list[int]) -> Tensor:
-    """``clip(round(c · R_c · 2**-W_c), ±(2**XHAT_BITS - 1))`` per channel (last dim), int32."""
+    """``clip(round(c · R_c · 2**-W_c), ±(2**XHAT_BITS - 1))`` per channel (last dim), int32 (evaluation's path;
+    training's is ``fused.bn_normalise``, the same arithmetic)."""
     rt = torch.tensor(r, dtype=torch.int64, device=c.device)
     wt = torch.tensor(w, dtype=torch.int64, device=c.device)
     v = c * rt
@@ -158,16 +164,17 @@ class BatchNorm2d(Module):
             raise ValueError(f"BatchNorm2d: {n} values per channel in one batch; at most {MAX_COUNT - 1} keep "
                              "D = Σ|n·x − S| ≤ 254·n² below 2**63 (use a smaller batch)")
         s = rt.reduce_sum(rows.sum(dim=0, dtype=torch.int64))
-        c = rows.to(torch.int64) * n - s
-        d = rt.reduce_sum(c.abs().sum(dim=0))
+        d, sign_sum, top = fused.bn_deviation(rows, n, s)  # c = n·x − S is recomputed, never stored
+        d = rt.reduce_sum(d)
         sums, devs = s.tolist(), d.tolist()
         # |c| ≤ D / 2 (the c sum to zero), so |c| · R stays below 2**62 with 31-bit reciprocals.
-        cbits = rt.reduce_max(bits(c))
+        cbits = rt.reduce_max(top.bit_length())
         r, w = _reciprocals(n * KAPPA << NORM_FRAC_BITS, [dv << KAPPA_BITS for dv in devs], min(31, 62 - cbits))
-        xhat = _normalise(c, r, w)
+        xhat, sign = fused.bn_normalise(rows, n, s, _channel_tensor(r, x.m), _channel_tensor(w, x.m),
+                                        (1 << XHAT_BITS) - 1)
         rt.record("xhat", xhat)
         if ctx is not None:
-            ctx.update(xhat=xhat, sign=torch.sign(c).to(torch.int8), r=r, w=w, n=n, e=x.e, shape=shape)
+            ctx.update(xhat=xhat, sign=sign, sign_sum=sign_sum, r=r, w=w, n=n, e=x.e, shape=shape)
             self._update_running(sums, devs, n, x.e)
         return self._affine(xhat, shape, ctx)
 
@@ -211,24 +218,23 @@ class BatchNorm2d(Module):
         rt, ch, q = self.runtime, self.num_features, NORM_FRAC_BITS
         g = err.m.reshape(-1, ch)
         xhat, sign, n = ctx["xhat"], ctx["sign"], ctx["n"]
-        a_local = g.sum(dim=0, dtype=torch.int64)
-        g2_local = (g.to(torch.int32) * xhat).sum(dim=0, dtype=torch.int64)  # |g·x̂| < 2**26 per element
+        a_local, g2_local = fused.bn_grad_sums(g, xhat)  # |g·x̂| < 2**26 per element
         # The gradients stay local: the model sums every gradient over the ranks after backward.
         self.weight.grad, self.bias.grad = g2_local, a_local
         if not self.propagate_error:
             return None
         a_sum, g2_sum = rt.reduce_sum(a_local).tolist(), rt.reduce_sum(g2_local).tolist()
-        sg_sum = rt.reduce_sum(sign.sum(dim=0, dtype=torch.int64)).tolist()
+        sg_sum = rt.reduce_sum(ctx["sign_sum"]).tolist()
         mean_g = torch.tensor([round_div(a << q, n) for a in a_sum], dtype=torch.int64, device=g.device)
         # √(π/2) · mean(g·x̂) · 2**q = G2 · 2**q / (n · 2**q_x̂ · KAPPA / 2**15), with q_x̂ = q.
         slope = torch.tensor([round_div(v << KAPPA_BITS, n * KAPPA) for v in g2_sum], dtype=torch.int64,
                              device=g.device)
         mean_sign = torch.tensor([round_div(v << q, n) for v in sg_sum], dtype=torch.int64, device=g.device)
-        z = (((g.to(torch.int64) << q) - mean_g) << q) - slope * ((sign.to(torch.int64) << q) - mean_sign)
         # γ / s per x mantissa unit: γ_m · n · R_c · 2**-(W_c + q) (R from the forward), one exponent for all.
         k, k_e = _common_mantissas([gm * n * r for gm, r in zip(self.weight.m.tolist(), ctx["r"])], ctx["w"],
                                    MULTIPLIER_BITS)
-        wide = z * torch.tensor(k, dtype=torch.int64, device=g.device)  # |z| < 2**40, |k| ≤ 2**15
+        # z = ((g·2**q − mean_g)·2**q) − slope·(sign·2**q − mean_sign), |z| < 2**40, times k (|k| ≤ 2**15).
+        wide = fused.bn_backward(g, sign, mean_g, slope, mean_sign, _channel_tensor(k, g), q)
         out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")
         return IntTensor(out, err.e + self.weight.e + k_e - q - 2 * q - ctx["e"] + shift)
 
