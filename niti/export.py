@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import nn
+from .nn import norm
 from .infer_numpy import FORMAT, VERSION
 from .kernels.matmul import MAX_K_INT32
 from .models.integer import IntegerModel
@@ -54,6 +55,17 @@ def _node(node: nn.Node, arrays: dict[str, np.ndarray]) -> dict:
     elif isinstance(op, nn.AvgPool2d):
         out.update(op="avgpool", kernel=list(op.kernel_size), multiplier=op.multiplier, q=op.q,
                    shift=_shift(op, node.name))
+    elif isinstance(op, nn.BatchNorm2d):
+        if op.running_mean is None or op.running_mad is None:
+            raise ValueError(f"layer {node.name!r} has no running statistics: train at least one step first")
+        for part in ("weight", "bias", "running_mean", "running_mad"):
+            value = getattr(op, part)
+            arrays[f"{node.name}.{part}"] = (value.m if part in ("weight", "bias") else value).cpu().numpy()
+        out.update(op="batchnorm", weight=f"{node.name}.weight", weight_e=op.weight.e, bias=f"{node.name}.bias",
+                   bias_e=op.bias.e, running_mean=f"{node.name}.running_mean",
+                   running_mad=f"{node.name}.running_mad", running_exponent=norm.RUNNING_EXPONENT,
+                   kappa=norm.KAPPA, kappa_bits=norm.KAPPA_BITS, frac_bits=norm.NORM_FRAC_BITS,
+                   xhat_bits=norm.XHAT_BITS, shift=_shift(op, node.name))
     elif isinstance(op, nn.Flatten):
         out["op"] = "flatten"
     elif isinstance(op, (nn.Dropout, nn.Identity)):

@@ -77,6 +77,52 @@ def conv2d(x: np.ndarray, w: np.ndarray, stride: list[int], padding: list[int]) 
     return acc
 
 
+def round_div(a: int, b: int) -> int:
+    """``a / b`` rounded to nearest, ties away from zero (Python ints, ``b > 0``)."""
+    q = (2 * abs(a) + b) // (2 * b)
+    return q if a >= 0 else -q
+
+
+def reciprocals(num: int, dens: list[int], rbits: int) -> tuple[list[int], list[int]]:
+    """Per channel ``R · 2**-W ≈ num / den``, ``R < 2**rbits``, ``W ≥ 0`` (docs/numerics.md §13)."""
+    rs, ws = [], []
+    for den in dens:
+        if den <= 0:
+            rs.append(0)
+            ws.append(0)
+            continue
+        w = max(0, rbits - 1 - num.bit_length() + den.bit_length())
+        r = round_div(num << w, den)
+        while r >= 1 << rbits and w > 0:
+            w -= 1
+            r = round_div(num << w, den)
+        if w > 61:
+            r, w = 0, 0
+        rs.append(r)
+        ws.append(w)
+    return rs, ws
+
+
+def batchnorm(x: np.ndarray, e: int, node: dict, arrays: dict, mode: str, s: int) -> tuple[np.ndarray, int]:
+    """Integer L1 batch norm with running statistics (docs/numerics.md §13), then the static rescale."""
+    mean, mad = arrays[node["running_mean"]].astype(np.int64), arrays[node["running_mad"]]
+    up = e - node["running_exponent"]
+    rows = x.reshape(-1, x.shape[-1]).astype(np.int64)
+    c = (rows << up if up >= 0 else round_shift(rows, -up, "nearest")) - mean
+    top = (127 << up) if up >= 0 else max(int(round_shift(np.array([127]), -up, "nearest")[0]), 1)
+    cbits = (max(top, 1) + int(np.abs(mean).max())).bit_length()
+    r, w = reciprocals(node["kappa"] << node["frac_bits"], [int(m) << node["kappa_bits"] for m in mad.tolist()],
+                       min(31, 62 - cbits))
+    v = np.abs(c) * np.array(r, dtype=np.int64)
+    wt = np.array(w, dtype=np.int64)
+    q = np.minimum((v + ((np.int64(1) << wt) >> 1)) >> wt, (1 << node["xhat_bits"]) - 1)
+    xhat = np.where(c < 0, -q, q)
+    gamma = arrays[node["weight"]].astype(np.int64)
+    total, e_sum = aligned_sum([(xhat * gamma, node["weight_e"] - node["frac_bits"], node["xhat_bits"] + 7),
+                                (arrays[node["bias"]], node["bias_e"], 7)], 30)
+    return narrow(total, s, mode).reshape(x.shape), e_sum + s
+
+
 def convert_input(images: np.ndarray, inp: dict, mode: str, shift: int | None = None) -> tuple[np.ndarray, int]:
     """uint8 NHWC pixels to int8: ``(pixel - mean) · scale`` narrowed by the static (or given) shift."""
     s = inp["shift"] if shift is None else shift
@@ -113,6 +159,8 @@ def apply_node(node: dict, args: list, arrays: dict, mode: str, shift: int | Non
         n, h, w, c = x.shape
         sums = x[:, :h // kh * kh, :w // kw * kw].reshape(n, h // kh, kh, w // kw, kw, c).sum(axis=(2, 4))
         return narrow(sums * node["multiplier"], s, mode), e - node["q"] + s
+    if op == "batchnorm":
+        return batchnorm(x, e, node, arrays, mode, s)
     if op == "flatten":
         return x.reshape(x.shape[0], -1), e
     if op == "identity":

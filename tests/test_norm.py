@@ -256,3 +256,21 @@ def test_resnet18_step_at_224_is_integer_only() -> None:
         logits = model.train_step(images, labels)
     assert logits.m.shape == (2, 1000) and logits.m.dtype == torch.int8
     assert all(p.grad is None for p in model.parameters()) and model.step == 1
+
+
+def test_exported_numpy_runner_matches_predict_on_a_batch_norm_resnet(tmp_path, shared_data_dir) -> None:
+    """The numpy-only runner (niti export) reproduces a trained ResNet's static-inference logits bit for bit."""
+    import numpy as np
+
+    from niti import infer_numpy
+    from niti.export import export
+
+    with np.load(shared_data_dir / "cifar10.npz") as z:
+        images = torch.from_numpy(z["x_test"][:64].copy())
+        labels = torch.from_numpy(z["y_test"][:64].astype(np.int64))
+    model = niti.from_torch(_tiny_resnet(), input_shape=(32, 32, 3), seed=2)
+    for i in range(3):
+        model.train_step(images[i * 16:(i + 1) * 16], labels[i * 16:(i + 1) * 16])
+    want = model.predict_logits(images)
+    got_m, got_e = infer_numpy.forward(infer_numpy.load(str(export(model, tmp_path / "deploy"))), images.numpy())
+    assert got_e == want.e and np.array_equal(got_m, want.m.numpy())
