@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from niti.bench import format_report, run_bench  # noqa: E402
 
 #: (model, batch size) of issue 4, and its targets: speed-up over fp32, goal, faster than bf16.
-CONFIGS = {"vgg-small-7": 128, "lenet": 256}
+CONFIGS = {"vgg-small-7": 128, "lenet": 256, "resnet-20": 128, "resnet-18": 32}  # ResNets: issue 14's timing
 TARGET_SPEEDUP = {"vgg-small-7": 2.5, "lenet": 1.2}
 GOAL_SPEEDUP = {"vgg-small-7": 3.0}
 
