@@ -26,6 +26,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+# One definition of the per-channel integer arithmetic shared with the exported numpy runner (pure Python ints).
+from ..infer_numpy import reciprocals as _reciprocals
+from ..infer_numpy import round_div
 from ..kernels import fused
 from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum
 from .module import IntParameter, Module
@@ -34,7 +37,7 @@ __all__ = ["BatchNorm2d", "KAPPA", "KAPPA_BITS", "NORM_FRAC_BITS", "RUNNING_EXPO
 
 #: ``√(2/π)`` with 15 fractional bits: ``x̂ = c · n · KAPPA / (D · 2**15)`` has unit variance for Gaussian data.
 KAPPA_BITS = 15
-KAPPA = 26145  # round(2**15 * sqrt(2 / pi)), checked by the tests with integer square roots
+KAPPA = 26145  # round(2**15 * sqrt(2 / pi)), checked by tests/test_norm.py
 #: Fractional bits of ``x̂`` (and of the backward's per-channel means).
 NORM_FRAC_BITS = 12
 #: ``|x̂| < 2**XHAT_BITS`` in units of 2**-NORM_FRAC_BITS (±128 standard units).
@@ -47,35 +50,9 @@ MAX_COUNT = 1 << 27
 MULTIPLIER_BITS = 15
 
 
-def round_div(a: int, b: int) -> int:
-    """``a / b`` rounded to nearest, ties away from zero, for Python ints with ``b > 0``."""
-    q = (2 * abs(a) + b) // (2 * b)
-    return q if a >= 0 else -q
-
-
 def _shift(a: int, by: int) -> int:
     """``a · 2**by`` rounded to nearest (ties away from zero) when ``by < 0``."""
     return a << by if by >= 0 else round_div(a, 1 << -by)
-
-
-def _reciprocals(num: int, dens: list[int], rbits: int) -> tuple[list[int], list[int]]:
-    """Per channel ``R · 2**-W ≈ num / den`` with ``R < 2**rbits`` (``W ≥ 0``); a zero ``den`` gives ``R = 0``."""
-    rs, ws = [], []
-    for den in dens:
-        if den <= 0:
-            rs.append(0)
-            ws.append(0)
-            continue
-        w = max(0, rbits - 1 - num.bit_length() + den.bit_length())
-        r = round_div(num << w, den)
-        while r >= 1 << rbits and w > 0:  # at most once: the estimate above is off by at most one bit
-            w -= 1
-            r = round_div(num << w, den)
-        if w > 61:  # the quotient is below 2**-30: every |c| · R · 2**-W rounds to 0 (and 2**W would not fit)
-            r, w = 0, 0
-        rs.append(r)
-        ws.append(w)
-    return rs, ws
 
 
 def _common_mantissas(nums: list[int], shifts: list[int], nbits: int) -> tuple[list[int], int]:
