@@ -223,6 +223,8 @@ def _profile_step(model, images, labels) -> dict:  # noqa: ANN001 - an IntegerMo
         "relu": kind_sum(lambda k: ":ReLU/" in k),
         "pool": kind_sum(lambda k: ":MaxPool2d/" in k or ":AvgPool2d/" in k),
         "add": kind_sum(lambda k: ":Add/" in k),
+        "norm": kind_sum(lambda k: ":BatchNorm2d/" in k)
+        - sum(v["rescale_seconds"] for k, v in rows.items() if ":BatchNorm2d/" in k),
         "flatten_dropout": kind_sum(lambda k: ":Flatten/" in k or ":Dropout/" in k),
         "loss": kind_sum(lambda k: k == "loss"),
         "update": kind_sum(lambda k: k == "update"),
