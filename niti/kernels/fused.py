@@ -360,7 +360,8 @@ def _bn_deviation_chain(x: Tensor, n: Tensor, s: Tensor) -> tuple[Tensor, Tensor
     return a.sum(dim=0), torch.sign(c).sum(dim=0), a.amax()
 
 
-def _bn_normalise_chain(x: Tensor, n: Tensor, s: Tensor, r: Tensor, w: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
+def _bn_normalise_chain(x: Tensor, n: Tensor, s: Tensor, r: Tensor, w: Tensor,
+                        limit: Tensor) -> tuple[Tensor, Tensor]:
     # x̂ = clip(round(c · R · 2**-W), ±limit) per channel, nearest (ties away from zero), and sign(c).
     c = x.to(torch.int64) * n - s
     a = c.abs() * r

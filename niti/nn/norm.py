@@ -30,7 +30,7 @@ from torch import Tensor
 from ..infer_numpy import reciprocals as _reciprocals
 from ..infer_numpy import round_div
 from ..kernels import fused
-from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum
+from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum, round_shift
 from .module import IntParameter, Module
 
 __all__ = ["BatchNorm2d", "KAPPA", "KAPPA_BITS", "NORM_FRAC_BITS", "RUNNING_EXPONENT", "round_div"]
@@ -67,19 +67,6 @@ def _common_mantissas(nums: list[int], shifts: list[int], nbits: int) -> tuple[l
 
 def _channel_tensor(values: list[int], like: Tensor) -> Tensor:
     return torch.tensor(values, dtype=torch.int64, device=like.device)
-
-
-def _normalise(c: Tensor, r: list[int], w: list[int]) -> Tensor:
-    """``clip(round(c · R_c · 2**-W_c), ±(2**XHAT_BITS - 1))`` per channel (last dim), int32 (evaluation's path;
-    training's is ``fused.bn_normalise``, the same arithmetic)."""
-    rt = torch.tensor(r, dtype=torch.int64, device=c.device)
-    wt = torch.tensor(w, dtype=torch.int64, device=c.device)
-    v = c * rt
-    a = v.abs()
-    half = torch.bitwise_right_shift(torch.bitwise_left_shift(torch.ones_like(wt), wt), 1)
-    q = torch.bitwise_right_shift(a + half, wt)
-    limit = (1 << XHAT_BITS) - 1
-    return torch.where(v < 0, -q, q).clamp(-limit, limit).to(torch.int32)
 
 
 class BatchNorm2d(Module):
@@ -175,15 +162,19 @@ class BatchNorm2d(Module):
         assert self.running_mean is not None and self.running_mad is not None
         shape, ch = x.m.shape, self.num_features
         up = x.e - RUNNING_EXPONENT
-        rows = x.m.reshape(-1, ch).to(torch.int64)
-        scaled = rows << up if up >= 0 else _round_shift_nearest(rows, -up)
-        c = scaled - self.running_mean
+        rows = x.m.reshape(-1, ch)
+        # c = x · 2**up − running_mean, in the training chain's form n·x − s (a negative up rounds x first).
+        scale = 1 << up if up >= 0 else 1
+        if up < 0:
+            rows = round_shift(rows.to(torch.int64), -up, "nearest")
         mean_max = int(self.running_mean.abs().max()) if ch else 0
         # A bound from the formats alone (not from this batch), so the rounding is the same for any batch.
         cbits = (max(_shift(127, up), 1) + mean_max).bit_length()
         r, w = _reciprocals(KAPPA << NORM_FRAC_BITS, [m << KAPPA_BITS for m in self.running_mad.tolist()],
                             min(31, 62 - cbits))
-        return self._affine(_normalise(c, r, w), shape, ctx)
+        xhat, _ = fused.bn_normalise(rows, scale, self.running_mean, _channel_tensor(r, x.m),
+                                     _channel_tensor(w, x.m), (1 << XHAT_BITS) - 1)
+        return self._affine(xhat, shape, ctx)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
         """The exact derivative of L1 batch norm (Hoffer et al. 2018) in integers (docs/numerics.md §13):
@@ -217,9 +208,3 @@ class BatchNorm2d(Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}"
-
-
-def _round_shift_nearest(t: Tensor, s: int) -> Tensor:
-    a = t.abs()
-    q = (a + (1 << (s - 1))) >> s
-    return torch.where(t < 0, -q, q)
