@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from .models.architectures import Architecture, get_architecture
 from .models.integer import IntegerModel
@@ -212,6 +214,38 @@ class FloatModel:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         return logits.detach()
+
+    def has_batch_norm(self) -> bool:
+        return any(isinstance(m, _BatchNorm) for m in self.net.modules())
+
+    def recalibrate_norm(self, batches: Iterable[Tensor]) -> int:
+        """Replace every batch norm's running statistics by their average over ``batches`` (uint8 NHWC), with
+        the other layers in evaluation mode: the integer model's ``recalibrate_norm`` (PreciseBN), in float."""
+        norms = [m for m in self.net.modules() if isinstance(m, _BatchNorm)]
+        if not norms:
+            return 0
+        saved, was_training, momenta = self.buffers(), self.net.training, [m.momentum for m in norms]
+        count = 0
+        try:
+            self.net.eval()
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the batches
+                m.train(True)
+            with torch.no_grad():
+                for images in batches:
+                    self.forward(self._check_images(images))
+                    count += 1
+            if count == 0:
+                self._load_buffers(saved)
+        except BaseException:
+            self._load_buffers(saved)
+            raise
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            self.net.train(was_training)
+        return count
 
     def predict_logits(self, images: Tensor) -> Tensor:
         images = self._check_images(images)

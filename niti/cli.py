@@ -77,6 +77,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inference", choices=["static", "batch"], default=defaults.inference,
                    help="how the integer model is evaluated: calibrated static shifts, so a prediction depends on "
                         "its image only (default), or each batch's own shifts")
+    p.add_argument("--norm-recalibration", type=int, default=defaults.norm_recalibration, metavar="IMAGES",
+                   help=f"before each evaluation, batch norm's running statistics become the average over this many "
+                        f"training images, with the current weights (default {defaults.norm_recalibration}; 0: keep "
+                        f"the running averages; no effect without batch norm)")
     p.add_argument("--lr", type=float, default=None, help="float baseline learning rate (default: tuned value)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
@@ -117,7 +121,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, softmax=args.softmax,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
-                       inference=args.inference,
+                       inference=args.inference, norm_recalibration=args.norm_recalibration,
                        momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress,
                        **_given(args, "checkpoint_every", "log_every"), **rounds)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn as tnn
@@ -274,3 +275,116 @@ def test_exported_numpy_runner_matches_predict_on_a_batch_norm_resnet(tmp_path, 
     want = model.predict_logits(images)
     got_m, got_e = infer_numpy.forward(infer_numpy.load(str(export(model, tmp_path / "deploy"))), images.numpy())
     assert got_e == want.e and np.array_equal(got_m, want.m.numpy())
+
+
+def test_recalibration_stores_the_exact_average_of_the_batches_statistics() -> None:
+    bn = _layer(3)
+    xs = [IntTensor(_x((16, 3, 3, 3), 20 + i, -50, 90), -4) for i in range(3)]
+    bn.forward(xs[0], {})  # running averages exist; recalibration replaces them
+    bn.begin_recalibration()
+    for x in xs:
+        bn.forward(x)  # training mode without a context: statistics only, nothing for a backward
+    bn.end_recalibration()
+    # Each batch's mean and MAD in 2**-24 units, rounded to nearest, then their nearest-rounded average.
+    n = 16 * 9
+    means, mads = [], []
+    for x in xs:
+        rows = [[int(v) for v in row] for row in x.m.reshape(-1, 3).tolist()]
+        s = [sum(r[c] for r in rows) for c in range(3)]
+        d = [sum(abs(n * r[c] - s[c]) for r in rows) for c in range(3)]
+        up = x.e - RUNNING_EXPONENT
+        means.append([round_div(v << up, n) for v in s])
+        mads.append([round_div(v << up, n * n) for v in d])
+    assert bn.running_mean.tolist() == [round_div(sum(m[c] for m in means), 3) for c in range(3)]
+    assert bn.running_mad.tolist() == [round_div(sum(m[c] for m in mads), 3) for c in range(3)]
+    # Outside a recalibration a context-free training forward leaves the statistics alone.
+    before = bn.running_mean.clone()
+    bn.forward(xs[0])
+    assert torch.equal(bn.running_mean, before)
+
+
+def test_model_recalibration_changes_only_the_running_statistics() -> None:
+    model = niti.from_torch(_tiny_resnet(), input_shape=(16, 16, 3), seed=1)
+    images, labels = _batch(8, 16)
+    for _ in range(2):
+        model.train_step(images, labels)
+    params = {k: v for k, v in model.state_dict().items() if k != "buffers"}
+    calibration, generators, old = model.calibration_state(), model.runtime.state_dict(), model.buffers()
+    mode = model.net.training
+    batches = [_batch(8, 16, seed=s)[0] for s in (5, 6)]
+    with integer_only():
+        assert model.recalibrate_norm(iter(batches)) == 2
+    new = model.buffers()
+    assert sorted(new) == sorted(old) and any(not torch.equal(new[k], old[k]) for k in new)
+    state = model.state_dict()
+    assert all(_same(state[k], v) for k, v in params.items())
+    assert model.calibration_state() == calibration and _same(model.runtime.state_dict(), generators)
+    assert model.net.training == mode
+    # Deterministic: a twin recalibrated on the same batches holds the same bits; the order does not matter
+    # for the average but the batches do.
+    twin = niti.from_torch(_tiny_resnet(), input_shape=(16, 16, 3), seed=1)
+    twin.load_state_dict(state)
+    twin.recalibrate_norm(reversed(batches))
+    assert all(torch.equal(twin.buffers()[k], new[k]) for k in new)
+    # Evaluation stays batch-independent; no batches change nothing; a bad batch is refused and restores.
+    logits = model.predict_logits(images)
+    assert torch.equal(model.predict_logits(images[:1]).m, logits.m[:1])
+    assert model.recalibrate_norm([]) == 0 and all(torch.equal(model.buffers()[k], new[k]) for k in new)
+    with pytest.raises(ValueError, match="uint8"):
+        model.recalibrate_norm([batches[0], batches[1].to(torch.int32)])
+    assert all(torch.equal(model.buffers()[k], new[k]) for k in new)
+    assert not any(bn._collected for bn in model.net.modules() if isinstance(bn, BatchNorm2d))
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and sorted(a) == sorted(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_float_twin_recalibration_averages_batch_statistics() -> None:
+    from niti.baseline import FloatModel
+    from niti.models.architectures import Architecture
+
+    arch = Architecture("tiny-resnet", (16, 16, 3), 10, None, _tiny_resnet)
+    model = FloatModel(arch, seed=1)
+    images, labels = _batch(8, 16)
+    model.train_step(images, labels)
+    batches = [_batch(8, 16, seed=s)[0] for s in (5, 6)]
+    weights = {k: v.clone() for k, v in model.net.state_dict().items() if "running" not in k and "tracked" not in k}
+    assert model.recalibrate_norm(batches) == 2
+    # The stem's batch norm sees the first conv's output: its running mean is the two batches' average mean.
+    stem_bn, conv = model.net.stem[1], model.net.stem[0]
+    with torch.no_grad():
+        outs = [conv(model.normalise(b)) for b in batches]
+    mean = torch.stack([o.mean(dim=(0, 2, 3)) for o in outs]).mean(0)
+    assert torch.allclose(stem_bn.running_mean, mean, atol=1e-5)
+    assert stem_bn.momentum == 0.1 and stem_bn.training  # restored
+    assert all(torch.equal(model.net.state_dict()[k], v) for k, v in weights.items())
+
+
+def test_training_recalibrates_batch_norm_before_evaluating(tmp_path, cifar10) -> None:  # noqa: ANN001
+    from niti.train import TrainConfig, fit
+    from niti.train.loop import recalibration_batches
+
+    data = tmp_path / "cifar-slice.npz"
+    np.savez(data, x_train=cifar10["x_train"][:48], y_train=cifar10["y_train"][:48],
+             x_test=cifar10["x_test"][:16], y_test=cifar10["y_test"][:16])
+    runs = {}
+    for images in (0, 16):
+        config = TrainConfig(model="resnet-20", dataset=str(data), out=str(tmp_path / f"r{images}"), batch_size=8,
+                             max_steps=3, val_size=16, norm_recalibration=images, progress=False, threads=1)
+        summary = fit(config)
+        runs[images] = niti.load(config.out)
+    plain, recalibrated = runs[0], runs[16]
+    assert summary["steps"] == 3
+    same = {k: v for k, v in plain.state_dict().items() if k != "buffers"}
+    assert all(_same(recalibrated.state_dict()[k], v) for k, v in same.items())  # training is not affected
+    assert any(not torch.equal(plain.buffers()[k], v) for k, v in recalibrated.buffers().items())
+    # What the loop stored is the average over the first 16 training images, in batches of 8.
+    assert plain.recalibrate_norm(recalibration_batches(config, cifar10["x_train"][:32])) == 2
+    assert all(torch.equal(plain.buffers()[k], v) for k, v in recalibrated.buffers().items())

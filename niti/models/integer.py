@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 
 import numpy as np
@@ -302,6 +302,44 @@ class IntegerModel:
         for name, t in self.net.named_buffers():
             rec.add(f"buffers.before.{name}", t)
         self.runtime.scope = "input"
+
+    def has_batch_norm(self) -> bool:
+        return any(isinstance(m, nn.BatchNorm2d) for m in self.net.modules())
+
+    def recalibrate_norm(self, batches: Iterable[Tensor]) -> int:
+        """Replace every batch norm's running mean and MAD by their exact average over ``batches`` (uint8 NHWC).
+
+        The running averages trail the weights, by far when the steps are large
+        (results/resnet20-cifar); re-estimating them with the current weights
+        before evaluation is PreciseBN (Wu & Johnson, "Rethinking 'Batch' in
+        BatchNorm", 2021).  Every other layer runs as in evaluation (static
+        shifts, no dropout), so the statistics are those the evaluation sees.
+        Weights, calibration and generators are untouched.  Returns the number
+        of batches used (0: nothing changed, e.g. a model without batch norm).
+        """
+        norms = [m for m in self.net.modules() if isinstance(m, nn.BatchNorm2d)]
+        if not norms:
+            return 0
+        saved_rng, saved_buffers, was_training = self.runtime.state_dict(), self.buffers(), self.net.training
+        count, done = 0, False
+        try:
+            self.net.eval()
+            for bn in norms:
+                bn.train(True)
+                bn.begin_recalibration()
+            for images in batches:
+                self.forward(self._check_images(images))
+                count += 1
+            done = True
+        except BaseException:
+            self.net.load_buffers({k: v.to(self.device) for k, v in saved_buffers.items()})
+            raise
+        finally:
+            for bn in norms:
+                bn.end_recalibration(store=done)
+            self.net.train(was_training)
+            self.runtime.load_state_dict(saved_rng)
+        return count
 
     def predict_logits(self, images: Tensor) -> IntTensor:
         images = self._check_images(images)

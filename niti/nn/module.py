@@ -141,6 +141,10 @@ class Module:
     def children(self) -> list["Module"]:
         return []
 
+    def modules(self) -> list["Module"]:
+        """This layer and every layer inside it, depth first."""
+        return [self] + [m for child in self.children() for m in child.modules()]
+
     def set_runtime(self, runtime: Runtime) -> None:
         self.runtime = runtime
         for child in self.children():

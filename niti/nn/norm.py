@@ -83,6 +83,8 @@ class BatchNorm2d(Module):
         #: Running mean and MAD in units of 2**RUNNING_EXPONENT (int64, per channel); None before training.
         self.running_mean: Tensor | None = None
         self.running_mad: Tensor | None = None
+        #: While recalibrating: per-channel sums of the batches' means and MADs, and the batch count.
+        self._collected: tuple[list[int], list[int], int] | None = None
 
     # ------------------------------------------------------------------ state
     def named_parameters(self) -> list[tuple[str, IntParameter]]:
@@ -139,14 +141,34 @@ class BatchNorm2d(Module):
         rt.record("xhat", xhat)
         if ctx is not None:
             ctx.update(xhat=xhat, sign=sign, sign_sum=sign_sum, r=r, w=w, n=n, e=x.e, shape=shape)
+        if ctx is not None or self._collected is not None:
             self._update_running(sums, devs, n, x.e)
         return self._affine(xhat, shape, ctx)
 
+    def begin_recalibration(self) -> None:
+        """Collect the statistics of the coming training-mode batches instead of moving the running averages."""
+        self._collected = ([0] * self.num_features, [0] * self.num_features, 0)
+
+    def end_recalibration(self, store: bool = True) -> None:
+        """Stop collecting; with ``store`` (and at least one batch seen) the running mean and MAD become the
+        exact averages of the collected batches' (nearest rounding, in 2**RUNNING_EXPONENT units)."""
+        collected, self._collected = self._collected, None
+        if not store or collected is None or collected[2] == 0:
+            return
+        means, mads, k = collected
+        self.running_mean = _channel_tensor([round_div(v, k) for v in means], self.weight.m)
+        self.running_mad = _channel_tensor([round_div(v, k) for v in mads], self.weight.m)
+
     def _update_running(self, sums: list[int], devs: list[int], n: int, e: int) -> None:
-        """Move the running mean ``S/n`` and MAD ``D/n²`` (in 2**RUNNING_EXPONENT units) 2**-4 toward the batch's."""
+        """Move the running mean ``S/n`` and MAD ``D/n²`` (in 2**RUNNING_EXPONENT units) 2**-4 toward the batch's
+        (or, while recalibrating, add them to the collected sums)."""
         up = e - RUNNING_EXPONENT
         mean = [_shift(round_div(s << max(up, 0), n), min(up, 0)) for s in sums]
         mad = [_shift(round_div(dv << max(up, 0), n * n), min(up, 0)) for dv in devs]
+        if self._collected is not None:
+            means, mads, k = self._collected
+            self._collected = ([a + b for a, b in zip(means, mean)], [a + b for a, b in zip(mads, mad)], k + 1)
+            return
         if self.running_mean is None or self.running_mad is None:
             new_mean, new_mad = mean, mad
         else:

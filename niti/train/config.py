@@ -71,6 +71,9 @@ class TrainConfig:
     numerics: int = 2
     #: Evaluation shifts: "static" (calibrated per layer, batch-independent) or "batch" (the batch's own).
     inference: str = "static"
+    #: Training images whose statistics replace batch norm's running averages before each evaluation
+    #: (PreciseBN; both arithmetics); 0: evaluate with the running averages. Ignored without batch norm.
+    norm_recalibration: int = 4096
     # float baseline
     lr: float | None = None  # None: the tuned default for the model (results/lr_sweep)
     momentum: float = 0.9
@@ -106,7 +109,7 @@ class TrainConfig:
         """Every count is an int in its range; ``None`` where the field allows it."""
         ranges = {"epochs": 1, "batch_size": 1, "log_every": 1, "checkpoint_every": 0, "accumulator_bits": 8,
                   "max_steps": 1, "train_limit": 1, "threads": 1, "val_size": 0, "seed": 0, "image_size": 8,
-                  "workers": 0}
+                  "workers": 0, "norm_recalibration": 0}
         optional = {"max_steps", "train_limit", "threads", "val_size", "image_size", "workers"}
         for name, low in ranges.items():
             value = getattr(self, name)

@@ -178,6 +178,21 @@ def training_batches(config: TrainConfig, x_train, y_train, augment: bool, epoch
                                    start_batch=start_batch, prefetch=prefetch)
 
 
+def recalibration_batches(config: TrainConfig, x_train, dist=None) -> Iterator[torch.Tensor]:  # noqa: ANN001
+    """The first ``config.norm_recalibration`` training images (whole batches, at least one; no augmentation),
+    in training-size batches, each this rank's shard: what ``recalibrate_norm`` averages over."""
+    b = config.batch_size
+    k = max(1, min(config.norm_recalibration, x_train.shape[0]) // b)
+    images = eval_images(x_train[:k * b])
+    for i in range(k):
+        xb = images[i * b:(i + 1) * b]
+        if dist:
+            from .. import distributed
+
+            xb, _ = distributed.shard(xb, torch.zeros(xb.shape[0], dtype=torch.int64), dist)
+        yield xb
+
+
 def _check_data(ds: niti_data.Dataset, config: TrainConfig) -> None:
     """The data set fits the model and has a test split to report on (checked before training starts)."""
     arch = get_architecture(config.model, ds.image_shape if is_factory_path(config.model) else None)
@@ -353,6 +368,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                     t0 = time.perf_counter()
                 if bar is not None:
                     bar.close()
+                if config.norm_recalibration and model.has_batch_norm():
+                    model.recalibrate_norm(recalibration_batches(config, x_train, dist))
                 val_acc = accuracy(xt_val, yt_val)
                 test_acc = accuracy(xt_test, yt_test)
                 record = {"epoch": epoch + 1, "step": model.step, "train_loss": run_loss / max(run_seen, 1),
