@@ -328,17 +328,6 @@ def test_generated_code_has_no_floating_point_types() -> None:
         (fused._maxpool_backward, (out, idx), {"k": 2}),
         (fused.col2im, (acc[:2 * 4 * 4 * 3 * 3 * 8].view(2, 4, 4, 3, 3, 8),), {"kernel": (3, 3), "padding": (1, 1)}),
     ]
-    rows, i64 = x8.view(-1, 16), torch.int64
-    sums, per_c = rows.sum(0, dtype=i64), torch.arange(16, dtype=i64)
-    xhat, sign = fused._bn_normalise.eager(rows, fused._scalar(128, i64), sums, per_c + 1000, per_c % 7,
-                                           fused._scalar(2**19 - 1, i64))
-    cases += [
-        (fused._bn_deviation, (rows, fused._scalar(128, i64), sums), {}),
-        (fused._bn_normalise, (rows, fused._scalar(128, i64), sums, per_c + 1000, per_c % 7,
-                               fused._scalar(2**19 - 1, i64)), {}),
-        (fused._bn_grad_sums, (rows, xhat), {}),
-        (fused._bn_backward, (rows, sign, per_c, per_c - 5, per_c * 3, per_c + 2), {"q": 12}),
-    ]
     with fresh_cache():
         for chain, args, static in cases:
             compiled = torch.compile(chain.eager, dynamic=chain.dynamic, fullgraph=True,

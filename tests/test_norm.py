@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 from torch import nn as tnn
 
@@ -67,7 +69,7 @@ def test_forward_matches_float_formula(shape: tuple[int, ...], e: int) -> None:
     xf = _value(x)
     gamma, beta = _value(IntTensor(bn.weight.m, bn.weight.e)), _value(IntTensor(bn.bias.m, bn.bias.e))
     want_xhat = _l1_bn(xf, torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
-    got_xhat = ctx["xhat"].reshape(shape).to(torch.float64) / 2 ** NORM_FRAC_BITS
+    got_xhat = bn.normalised(ctx).reshape(shape).to(torch.float64) / 2 ** NORM_FRAC_BITS
     # x̂ is rounded to 2**-12 and the reciprocal has >= 30 significant bits.
     assert (got_xhat - want_xhat).abs().max() <= 2 ** -NORM_FRAC_BITS * 0.51 + 1e-6 * want_xhat.abs().max()
     want = _l1_bn(xf, gamma, beta)
@@ -95,8 +97,8 @@ def test_backward_is_the_derivative_of_l1_batch_norm(shape: tuple[int, ...]) -> 
     # γ and β gradients are exact integer sums: Σ g·x̂ (x̂ at 2**-12) and Σ g.
     g = err.m.reshape(-1, shape[-1]).to(torch.int64)
     assert torch.equal(bn.bias.grad, g.sum(0))
-    assert torch.equal(bn.weight.grad, (g * ctx["xhat"].to(torch.int64)).sum(0))
-    xhat = ctx["xhat"].to(torch.float64) / 2 ** NORM_FRAC_BITS
+    assert torch.equal(bn.weight.grad, (g * bn.normalised(ctx).to(torch.int64)).sum(0))
+    xhat = bn.normalised(ctx).to(torch.float64) / 2 ** NORM_FRAC_BITS
     want_dgamma = (_value(err).reshape(-1, shape[-1]) * xhat).sum(0)
     assert torch.allclose(bn.weight.grad.to(torch.float64) * 2.0 ** (err.e - NORM_FRAC_BITS), want_dgamma)
     assert torch.allclose(gamma.grad.flatten(), want_dgamma, rtol=1e-3, atol=scale * 1e-3 + 1e-9)
@@ -108,7 +110,7 @@ def test_constant_channel_normalises_to_zero_and_passes_no_error() -> None:
     m[..., 1] = 9
     ctx: dict = {}
     bn.forward(IntTensor(m, -2), ctx)
-    assert int(ctx["xhat"][:, 1].abs().max()) == 0
+    assert int(bn.normalised(ctx)[:, 1].abs().max()) == 0
     dx = bn.backward(IntTensor(_x((4, 3, 3, 2), 2), 0), ctx)
     assert int(dx.m[..., 1].abs().max()) == 0 and int(dx.m[..., 0].abs().max()) > 0
 
@@ -388,3 +390,53 @@ def test_training_recalibrates_batch_norm_before_evaluating(tmp_path, cifar10) -
     # What the loop stored is the average over the first 16 training images, in batches of 8.
     assert plain.recalibrate_norm(recalibration_batches(config, cifar10["x_train"][:32])) == 2
     assert all(torch.equal(plain.buffers()[k], v) for k, v in recalibrated.buffers().items())
+
+
+@settings(max_examples=40, deadline=None)
+@given(rows=st.integers(1, 40), ch=st.integers(1, 9), seed=st.integers(0, 2**16))
+def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int) -> None:
+    from niti.kernels import fused
+
+    x, g = _x((rows, ch), seed, -128, 127), _x((rows, ch), seed + 1, -128, 127)
+    gen = torch.Generator().manual_seed(seed)
+    table = torch.randint(-2**40, 2**40, (256, ch), dtype=torch.int64, generator=gen)
+    p = torch.randint(-2**30, 2**30, (ch,), dtype=torch.int64, generator=gen)
+    index = fused.bn_value_index(x)
+    counts, sums = fused.bn_value_counts(index, ch), fused.bn_value_sums(index, g)
+    xs, gs = x.tolist(), g.tolist()
+    for c in range(ch):
+        for v in {row[c] for row in xs} | {-128, 0, 127}:
+            assert int(counts[v + 128, c]) == sum(row[c] == v for row in xs)
+            assert int(sums[v + 128, c]) == sum(gr[c] for xr, gr in zip(xs, gs) if xr[c] == v)
+    looked_up = fused.bn_gather(table, index).tolist()
+    err = fused.bn_error(g, index, p, table).tolist()
+    for r in range(rows):
+        for c in range(ch):
+            assert looked_up[r][c] == int(table[xs[r][c] + 128, c])
+            assert err[r][c] == int(p[c]) * gs[r][c] + int(table[xs[r][c] + 128, c])
+
+
+class _Collect:
+    """A recorder: asks every layer for its element-wise path (traces record whole tensors)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add(self, name: str, value: object) -> None:
+        self.names.append(name)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "pseudo_stochastic", "truncate"])
+def test_table_rescale_equals_rescaling_every_element(mode: str) -> None:
+    x = IntTensor(_x((16, 5, 5, 4), 31, -90, 127), -3)
+    outs = []
+    for recorder in (None, _Collect()):
+        bn = _layer(4)
+        bn.set_runtime(Runtime(policy=RoundingPolicy.all(mode), seed=0))
+        bn.runtime.recorder = recorder
+        train = bn.forward(x, {})
+        bn.eval()
+        bn.set_static_inference(True)
+        outs.append((train, bn.forward(x)))
+    for (a, b) in zip(*outs):
+        assert a.e == b.e and torch.equal(a.m, b.m)

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..infer_numpy import reciprocals as _reciprocals
 from ..infer_numpy import round_div
 from ..kernels import fused
-from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum, round_shift
+from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum, round_shift, static_shift
 from .module import IntParameter, Module
 
 __all__ = ["BatchNorm2d", "KAPPA", "KAPPA_BITS", "NORM_FRAC_BITS", "RUNNING_EXPONENT", "round_div"]
@@ -63,6 +63,10 @@ def _common_mantissas(nums: list[int], shifts: list[int], nbits: int) -> tuple[l
         return [0] * len(nums), 0
     exp = max(tops) - nbits
     return [_shift(a, -s - exp) for a, s in zip(nums, shifts)], exp
+
+
+#: The 256 int8 values, as the rows of batch norm's per-(value, channel) tables (int64).
+_VALUES = torch.arange(-128, 128, dtype=torch.int64).unsqueeze(1)
 
 
 def _channel_tensor(values: list[int], like: Tensor) -> Tensor:
@@ -109,17 +113,39 @@ class BatchNorm2d(Module):
         self.running_mad = None if mad is None else mad.to(device)
 
     # ---------------------------------------------------------------- compute
-    def _affine(self, xhat: Tensor, shape: torch.Size, ctx: dict | None) -> IntTensor:
+    def _affine(self, xhat: Tensor, index: Tensor, shape: torch.Size, ctx: dict | None,
+                counts: Tensor | None = None) -> IntTensor:
+        """``γ·x̂ + β`` rescaled to int8, from the (256, C) table ``xhat`` of x̂ per input value and channel.
+
+        When the rounding depends on the value alone (any mode but ``stochastic``, or a static shift), the
+        table itself is rescaled and the int8 result gathered: the same bits as rescaling every element, since
+        the whole-batch bit width is that of the values present (``counts``).  Traces take the element path.
+        """
         g, b = self.weight, self.bias
         prod = xhat * g.m.to(torch.int32)  # |x̂| < 2**19, |γ| ≤ 127: < 2**26
-        total, e = aligned_sum([(prod, g.e - NORM_FRAC_BITS, XHAT_BITS + 7), (b.m, b.e, 7)])
-        out, shift = self.rescale_activation(total.reshape(shape), ctx)
+        table, e = aligned_sum([(prod, g.e - NORM_FRAC_BITS, XHAT_BITS + 7), (b.m, b.e, 7)])
+        rt = self.runtime
+        if rt.recorder is None:
+            if not self.training and self.static_inference and self.calibration is not None:
+                shift = static_shift(self.calibration)
+                out = fused.bn_gather(rt.rescale_static(table, 7, shift, "activation"), index)
+                return IntTensor(out.reshape(shape), e + shift)
+            if self.training and counts is not None and rt.mode("activation") != "stochastic":
+                rescaled, shift = self.rescale_activation(torch.where(counts > 0, table, 0), ctx)
+                return IntTensor(fused.bn_gather(rescaled, index).reshape(shape), e + shift)
+        out, shift = self.rescale_activation(fused.bn_gather(table, index).reshape(shape), ctx)
         return IntTensor(out, e + shift)
+
+    def normalised(self, ctx: dict) -> Tensor:
+        """x̂ (int32, rows × C, 2**-NORM_FRAC_BITS units) of the training-mode forward that filled ``ctx``."""
+        return fused.bn_gather(ctx["xhat"], ctx["index"])
 
     def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
         if x.m.dim() != 4 or x.m.shape[-1] != self.num_features:
             raise ValueError(f"BatchNorm2d({self.num_features}) needs NHWC input with {self.num_features} channels, "
                              f"got shape {tuple(x.m.shape)}")
+        if x.m.dtype != torch.int8:
+            raise ValueError(f"BatchNorm2d needs int8 mantissas, got {x.m.dtype}")
         if not self.training and self.running_mean is not None:
             return self._forward_running(x, ctx)
         rt = self.runtime
@@ -129,21 +155,29 @@ class BatchNorm2d(Module):
         if n >= MAX_COUNT:
             raise ValueError(f"BatchNorm2d: {n} values per channel in one batch; at most {MAX_COUNT - 1} keep "
                              "D = Σ|n·x − S| ≤ 254·n² below 2**63 (use a smaller batch)")
-        s = rt.reduce_sum(rows.sum(dim=0, dtype=torch.int64))
-        d, sign_sum, top = fused.bn_deviation(rows, n, s)  # c = n·x − S is recomputed, never stored
-        d = rt.reduce_sum(d)
+        # Every per-channel sum is a sum over the 256 int8 values weighted by how often each occurs.
+        index = fused.bn_value_index(rows)
+        counts = fused.bn_value_counts(index, ch)
+        values = _VALUES.to(x.m.device).expand(256, ch)
+        s = rt.reduce_sum((counts * values).sum(dim=0))
+        c = values * n - s  # c = n·x − S per (value, channel)
+        d = rt.reduce_sum((counts * c.abs()).sum(dim=0))
+        sign_sum = (counts * torch.sign(c)).sum(dim=0)
+        present = c.abs()[counts > 0]
+        top = int(present.max()) if present.numel() else 0
         sums, devs = s.tolist(), d.tolist()
         # |c| ≤ D / 2 (the c sum to zero), so |c| · R stays below 2**62 with 31-bit reciprocals.
         cbits = rt.reduce_max(top.bit_length())
         r, w = _reciprocals(n * KAPPA << NORM_FRAC_BITS, [dv << KAPPA_BITS for dv in devs], min(31, 62 - cbits))
-        xhat, sign = fused.bn_normalise(rows, n, s, _channel_tensor(r, x.m), _channel_tensor(w, x.m),
+        xhat, sign = fused.bn_normalise(values, n, s, _channel_tensor(r, x.m), _channel_tensor(w, x.m),
                                         (1 << XHAT_BITS) - 1)
-        rt.record("xhat", xhat)
+        if rt.recorder is not None:
+            rt.record("xhat", fused.bn_gather(xhat, index))
         if ctx is not None:
-            ctx.update(xhat=xhat, sign=sign, sign_sum=sign_sum, r=r, w=w, n=n, e=x.e, shape=shape)
+            ctx.update(index=index, xhat=xhat, sign=sign, sign_sum=sign_sum, r=r, w=w, n=n, e=x.e, shape=shape)
         if ctx is not None or self._collected is not None:
             self._update_running(sums, devs, n, x.e)
-        return self._affine(xhat, shape, ctx)
+        return self._affine(xhat, index, shape, ctx, counts)
 
     def begin_recalibration(self) -> None:
         """Collect the statistics of the coming training-mode batches instead of moving the running averages."""
@@ -184,19 +218,20 @@ class BatchNorm2d(Module):
         assert self.running_mean is not None and self.running_mad is not None
         shape, ch = x.m.shape, self.num_features
         up = x.e - RUNNING_EXPONENT
-        rows = x.m.reshape(-1, ch)
-        # c = x · 2**up − running_mean, in the training chain's form n·x − s (a negative up rounds x first).
+        # c = x · 2**up − running_mean per (value, channel), in the training chain's form n·x − s (a negative
+        # up rounds x first).
+        values = _VALUES.to(x.m.device).expand(256, ch)
         scale = 1 << up if up >= 0 else 1
         if up < 0:
-            rows = round_shift(rows.to(torch.int64), -up, "nearest")
+            values = round_shift(values, -up, "nearest")
         mean_max = int(self.running_mean.abs().max()) if ch else 0
         # A bound from the formats alone (not from this batch), so the rounding is the same for any batch.
         cbits = (max(_shift(127, up), 1) + mean_max).bit_length()
         r, w = _reciprocals(KAPPA << NORM_FRAC_BITS, [m << KAPPA_BITS for m in self.running_mad.tolist()],
                             min(31, 62 - cbits))
-        xhat, _ = fused.bn_normalise(rows, scale, self.running_mean, _channel_tensor(r, x.m),
+        xhat, _ = fused.bn_normalise(values, scale, self.running_mean, _channel_tensor(r, x.m),
                                      _channel_tensor(w, x.m), (1 << XHAT_BITS) - 1)
-        return self._affine(xhat, shape, ctx)
+        return self._affine(xhat, fused.bn_value_index(x.m.reshape(-1, ch)), shape, ctx)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
         """The exact derivative of L1 batch norm (Hoffer et al. 2018) in integers (docs/numerics.md §13):
@@ -207,8 +242,10 @@ class BatchNorm2d(Module):
             raise RuntimeError(f"{self!r}.backward called without a training-mode forward (no saved context)")
         rt, ch, q = self.runtime, self.num_features, NORM_FRAC_BITS
         g = err.m.reshape(-1, ch)
-        xhat, sign, n = ctx["xhat"], ctx["sign"], ctx["n"]
-        a_local, g2_local = fused.bn_grad_sums(g, xhat)  # |g·x̂| < 2**26 per element
+        index, xhat, sign, n = ctx["index"], ctx["xhat"], ctx["sign"], ctx["n"]
+        # Σ g and Σ g·x̂ per channel, the latter as Σ over values of x̂(value) · (Σ g where x has that value).
+        a_local = g.sum(dim=0, dtype=torch.int64)
+        g2_local = (fused.bn_value_sums(index, g) * xhat).sum(dim=0)
         # The gradients stay local: the model sums every gradient over the ranks after backward.
         self.weight.grad, self.bias.grad = g2_local, a_local
         if not self.propagate_error:
@@ -223,8 +260,11 @@ class BatchNorm2d(Module):
         # γ / s per x mantissa unit: γ_m · n · R_c · 2**-(W_c + q) (R from the forward), one exponent for all.
         k, k_e = _common_mantissas([gm * n * r for gm, r in zip(self.weight.m.tolist(), ctx["r"])], ctx["w"],
                                    MULTIPLIER_BITS)
-        # z = ((g·2**q − mean_g)·2**q) − slope·(sign·2**q − mean_sign), |z| < 2**40, times k (|k| ≤ 2**15).
-        wide = fused.bn_backward(g, sign, mean_g, slope, mean_sign, _channel_tensor(k, g), q)
+        # z = ((g·2**q − mean_g)·2**q) − slope·(sign·2**q − mean_sign), |z| < 2**40, times k (|k| ≤ 2**15),
+        # expanded as (k·2**2q)·g + t(value), t = −k·mean_g·2**q − k·slope·(sign·2**q − mean_sign): the same integer.
+        kt = _channel_tensor(k, g)
+        table = -kt * (mean_g << q) - kt * slope * ((sign.to(torch.int64) << q) - mean_sign)
+        wide = fused.bn_error(g, index, kt << (2 * q), table)
         out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")
         return IntTensor(out, err.e + self.weight.e + k_e - q - 2 * q - ctx["e"] + shift)
 
