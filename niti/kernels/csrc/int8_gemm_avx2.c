@@ -6,10 +6,12 @@
  * accumulated with vpaddd.  The caller guarantees K * 127 * 127 < 2**31 (niti splits longer K), so no
  * partial sum can wrap.  Integer instructions only.
  *
- * Layout: B is packed once into panels of 16 columns, K in pairs: panel[p][j][2] = (b[2p][j], b[2p+1][j]).
- * A is packed per 4-row block and K block into int16 pairs.  The 4x16 micro-kernel keeps 8 accumulators.
+ * Layout: B is packed per K block (by each thread) into panels of 16 columns, K in pairs:
+ * panel[p][j][2] = (b[2p][j], b[2p+1][j]).  A is packed per 4-row block and K block into int16 pairs.
+ * The 4x16 micro-kernel keeps 8 accumulators.
  */
 #include <immintrin.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,15 +20,28 @@
 #define NR 16
 #define KC 256 /* K pairs per block: a B panel block is 256 * 16 * 2 * 2 = 16 KiB */
 
-static void pack_b(const int8_t *b, long K, long N, long sb0, long sb1, int16_t *out, long kp_total, int nt) {
+/* Pack pairs [p0, p0 + kp) of B's rows into panels of 16 columns: out[q][p][j][2] = (b[2P][col], b[2P+1][col]),
+ * P = p0 + p, col = 16q + j; rows past K and columns past N are zero. */
+static void pack_b_block(const int8_t *b, long K, long N, long sb0, long sb1, long p0, long kp, int16_t *out) {
     long panels = (N + NR - 1) / NR;
-#pragma omp parallel for schedule(static) num_threads(nt)
     for (long q = 0; q < panels; q++) {
-        int16_t *dst = out + q * kp_total * NR * 2;
-        for (long p = 0; p < kp_total; p++) {
+        int16_t *dst = out + q * kp * NR * 2;
+        long p = 0;
+        if (sb1 == 1 && q * NR + NR <= N) {
+            /* Row-major B, a whole panel: interleave 16 bytes of rows k0 and k1 into int16 pairs. */
+            for (; p < kp && 2 * (p0 + p) + 1 < K; p++) {
+                const int8_t *r = b + 2 * (p0 + p) * sb0 + q * NR;
+                __m128i r0 = _mm_loadu_si128((const __m128i *)r);
+                __m128i r1 = _mm_loadu_si128((const __m128i *)(r + sb0));
+                _mm256_storeu_si256((__m256i *)(dst + p * NR * 2), _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(r0, r1)));
+                _mm256_storeu_si256((__m256i *)(dst + p * NR * 2 + 16),
+                                    _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(r0, r1)));
+            }
+        }
+        for (; p < kp; p++) {
+            long k0 = 2 * (p0 + p), k1 = k0 + 1;
             for (long j = 0; j < NR; j++) {
                 long col = q * NR + j;
-                long k0 = 2 * p, k1 = 2 * p + 1;
                 int16_t v0 = 0, v1 = 0;
                 if (col < N) {
                     if (k0 < K) v0 = b[k0 * sb0 + col * sb1];
@@ -63,11 +78,25 @@ static inline void kernel_4x16(const int16_t *a, long kp, const int16_t *bp, int
         c30 = _mm256_add_epi32(c30, _mm256_madd_epi16(x, b0));
         c31 = _mm256_add_epi32(c31, _mm256_madd_epi16(x, b1));
     }
+    __m256i acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}};
+    if (nr == NR) { /* a whole tile row: vector stores */
+        for (int r = 0; r < mr; r++) {
+            __m256i *row = (__m256i *)(c + r * ldc);
+            if (first) {
+                _mm256_storeu_si256(row, acc[r][0]);
+                _mm256_storeu_si256(row + 1, acc[r][1]);
+            } else {
+                _mm256_storeu_si256(row, _mm256_add_epi32(_mm256_loadu_si256(row), acc[r][0]));
+                _mm256_storeu_si256(row + 1, _mm256_add_epi32(_mm256_loadu_si256(row + 1), acc[r][1]));
+            }
+        }
+        return;
+    }
     int32_t tile[MR][NR];
-    _mm256_storeu_si256((__m256i *)&tile[0][0], c00); _mm256_storeu_si256((__m256i *)&tile[0][8], c01);
-    _mm256_storeu_si256((__m256i *)&tile[1][0], c10); _mm256_storeu_si256((__m256i *)&tile[1][8], c11);
-    _mm256_storeu_si256((__m256i *)&tile[2][0], c20); _mm256_storeu_si256((__m256i *)&tile[2][8], c21);
-    _mm256_storeu_si256((__m256i *)&tile[3][0], c30); _mm256_storeu_si256((__m256i *)&tile[3][8], c31);
+    for (int r = 0; r < MR; r++) {
+        _mm256_storeu_si256((__m256i *)&tile[r][0], acc[r][0]);
+        _mm256_storeu_si256((__m256i *)&tile[r][8], acc[r][1]);
+    }
     for (int r = 0; r < mr; r++) {
         int32_t *row = c + r * ldc;
         if (first) {
@@ -88,19 +117,27 @@ int niti_int8_gemm(const int8_t *a, const int8_t *b, int32_t *c, long M, long N,
     }
     long kp_total = (K + 1) / 2;
     long panels = (N + NR - 1) / NR;
-    int16_t *bp = (int16_t *)aligned_alloc(64, ((sizeof(int16_t) * panels * kp_total * NR * 2 + 63) / 64) * 64);
-    if (!bp) return 1;
-    pack_b(b, K, N, sb0, sb1, bp, kp_total, nt);
     long blocks = (M + MR - 1) / MR;
+    int failed = 0;
 #pragma omp parallel num_threads(nt)
     {
         int16_t ap[MR * KC * 2]; /* 4 KiB: one 4-row block of A, one K block, as int16 pairs */
-#pragma omp for schedule(static)
-        for (long ib = 0; ib < blocks; ib++) {
-            long i0 = ib * MR;
-            int mr = (int)(M - i0 < MR ? M - i0 : MR);
-            for (long p0 = 0; p0 < kp_total; p0 += KC) {
-                long kp = kp_total - p0 < KC ? kp_total - p0 : KC;
+        /* Each thread takes a contiguous range of row blocks and walks K blocks outermost, packing each K block
+         * of B (panels x 16 KiB) itself: the block is reused by all its row blocks while in cache, and B is
+         * never packed whole (weight gradients have a long K: that copy would be twice B's size). */
+        int tid = omp_get_thread_num(), team = omp_get_num_threads();
+        long b_lo = blocks * tid / team, b_hi = blocks * (tid + 1) / team;
+        int16_t *bp = b_lo < b_hi ? (int16_t *)aligned_alloc(64, sizeof(int16_t) * panels * KC * NR * 2) : NULL;
+        if (b_lo < b_hi && !bp) {
+#pragma omp atomic write
+            failed = 1;
+        }
+        for (long p0 = 0; bp && p0 < kp_total; p0 += KC) {
+            long kp = kp_total - p0 < KC ? kp_total - p0 : KC;
+            pack_b_block(b, K, N, sb0, sb1, p0, kp, bp);
+            for (long ib = b_lo; ib < b_hi; ib++) {
+                long i0 = ib * MR;
+                int mr = (int)(M - i0 < MR ? M - i0 : MR);
                 /* pack 4 rows x kp pairs (rows past M and k past K are zero) */
                 for (int r = 0; r < MR; r++) {
                     int16_t *dst = ap + r * kp * 2;
@@ -130,11 +167,11 @@ int niti_int8_gemm(const int8_t *a, const int8_t *b, int32_t *c, long M, long N,
                 for (long q = 0; q < panels; q++) {
                     long j0 = q * NR;
                     int nr = (int)(N - j0 < NR ? N - j0 : NR);
-                    kernel_4x16(ap, kp, bp + (q * kp_total + p0) * NR * 2, c + i0 * N + j0, N, mr, nr, p0 == 0);
+                    kernel_4x16(ap, kp, bp + q * kp * NR * 2, c + i0 * N + j0, N, mr, nr, p0 == 0);
                 }
             }
         }
+        free(bp);
     }
-    free(bp);
-    return 0;
+    return failed;
 }
