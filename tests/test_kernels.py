@@ -149,6 +149,12 @@ def test_avx2_kernel_is_exact_for_any_shape_and_layout() -> None:
     assert cpu_gemm.gemm(a, b).unique().tolist() == [k * 16384]
     sliced = _int8((50, 60), 9)[5:45, 10:30]
     assert torch.equal(cpu_gemm.gemm(_int8((3, 40), 8), sliced).to(torch.int64), ref_matmul(_int8((3, 40), 8), sliced))
+    # Column-major A over more than one group of 16 row blocks (M = 150: 37 whole blocks and 2 rows), odd K across
+    # K blocks, and the transposed weight-gradient shape (few rows, long K): the vector packing paths.
+    for m, k, n in ((150, 1_001, 33), (16, 4_099, 48)):
+        a_t = _int8((k, m), 10, lo=-128).t()
+        b = _int8((k, n), 11, lo=-128)
+        assert torch.equal(cpu_gemm.gemm(a_t, b).to(torch.int64), ref_matmul(a_t, b))
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 5), (64, 300, 48), (17, 1000, 129)])
