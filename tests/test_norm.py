@@ -400,7 +400,7 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
     x, g = _x((rows, ch), seed, -128, 127), _x((rows, ch), seed + 1, -128, 127)
     gen = torch.Generator().manual_seed(seed)
     table = torch.randint(-2**40, 2**40, (256, ch), dtype=torch.int64, generator=gen)
-    p = torch.randint(-2**30, 2**30, (ch,), dtype=torch.int64, generator=gen)
+    k = torch.randint(-2**15, 2**15 + 1, (ch,), dtype=torch.int64, generator=gen)
     index = fused.bn_value_index(x)
     counts, sums = fused.bn_value_counts(index, ch), fused.bn_value_sums(index, g)
     xs, gs = x.tolist(), g.tolist()
@@ -409,11 +409,11 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
             assert int(counts[v + 128, c]) == sum(row[c] == v for row in xs)
             assert int(sums[v + 128, c]) == sum(gr[c] for xr, gr in zip(xs, gs) if xr[c] == v)
     looked_up = fused.bn_gather(table, index).tolist()
-    err = fused.bn_error(g, index, p, table).tolist()
+    err = fused.bn_error(g, index, k, 24, table).tolist()
     for r in range(rows):
         for c in range(ch):
             assert looked_up[r][c] == int(table[xs[r][c] + 128, c])
-            assert err[r][c] == int(p[c]) * gs[r][c] + int(table[xs[r][c] + 128, c])
+            assert err[r][c] == (int(k[c]) * gs[r][c] << 24) + int(table[xs[r][c] + 128, c])
 
 
 class _Collect:

@@ -264,7 +264,7 @@ class BatchNorm2d(Module):
         # expanded as (k·2**2q)·g + t(value), t = −k·mean_g·2**q − k·slope·(sign·2**q − mean_sign): the same integer.
         kt = _channel_tensor(k, g)
         table = -kt * (mean_g << q) - kt * slope * ((sign.to(torch.int64) << q) - mean_sign)
-        wide = fused.bn_error(g, index, kt << (2 * q), table)
+        wide = fused.bn_error(g, index, kt, 2 * q, table)
         out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")
         return IntTensor(out, err.e + self.weight.e + k_e - q - 2 * q - ctx["e"] + shift)
 
