@@ -357,6 +357,10 @@ col2im.__doc__ = ("Stride-1 col2im: sum each kernel tap's slice of ``cols`` (n, 
 # (256, C) table and gathered with the element's table index (x + 128)·C + channel.
 
 
+#: The 256 int8 values as a column (int64): the rows of batch norm's (256, C) value tables.
+VALUES = torch.arange(-128, 128, dtype=torch.int64).unsqueeze(1)
+
+
 def bn_value_index(x: Tensor) -> Tensor:
     """int32 ``(x + 128)·C + c`` for int8 ``x`` (rows, C): each element's row in a (256, C) value table."""
     ch = x.shape[-1]
@@ -396,9 +400,11 @@ def bn_normalise(x: Tensor, n: int, s: Tensor, r: Tensor, w: Tensor, limit: int)
 
 def bn_error(g: Tensor, index: Tensor, k: Tensor, shift: int, table: Tensor) -> Tensor:
     """int64 ``(k_c · g) · 2**shift + table[index]`` per element: batch norm's input error before its rescale
-    (docs/numerics.md §13); ``g`` int8 (rows, C), ``k`` int64 (C,) with ``|k| ≤ 2**15`` (so ``k · g`` is exact
-    in int32), ``table`` int64 (256, C).  Eager: a gather and int32 products, measured several times faster than
-    int64 products (no 64-bit multiply on AVX2) or inductor's scalar gather loop."""
+    (docs/numerics.md §13); ``g`` int8 (rows, C), ``k`` int64 (C,), ``table`` int64 (256, C), no overflow.
+
+    The first term also depends on (value of ``g``, channel) only: it is a second table, gathered with ``g``'s own
+    index, so no element sees a 64-bit multiply or shift (AVX2 has neither as a vector instruction)."""
+    g_table = (VALUES.to(g.device) * k) << shift  # (256, C): (k_c · v) · 2**shift for each int8 value v
     out = bn_gather(table, index)
-    out += (g.to(torch.int32) * k.to(torch.int32)).to(torch.int64) << shift
+    out += bn_gather(g_table, bn_value_index(g))
     return out

@@ -65,10 +65,6 @@ def _common_mantissas(nums: list[int], shifts: list[int], nbits: int) -> tuple[l
     return [_shift(a, -s - exp) for a, s in zip(nums, shifts)], exp
 
 
-#: The 256 int8 values, as the rows of batch norm's per-(value, channel) tables (int64).
-_VALUES = torch.arange(-128, 128, dtype=torch.int64).unsqueeze(1)
-
-
 def _channel_tensor(values: list[int], like: Tensor) -> Tensor:
     return torch.tensor(values, dtype=torch.int64, device=like.device)
 
@@ -158,7 +154,7 @@ class BatchNorm2d(Module):
         # Every per-channel sum is a sum over the 256 int8 values weighted by how often each occurs.
         index = fused.bn_value_index(rows)
         counts = fused.bn_value_counts(index, ch)
-        values = _VALUES.to(x.m.device).expand(256, ch)
+        values = fused.VALUES.to(x.m.device).expand(256, ch)
         s = rt.reduce_sum((counts * values).sum(dim=0))
         c = values * n - s  # c = n·x − S per (value, channel)
         d = rt.reduce_sum((counts * c.abs()).sum(dim=0))
@@ -220,7 +216,7 @@ class BatchNorm2d(Module):
         up = x.e - RUNNING_EXPONENT
         # c = x · 2**up − running_mean per (value, channel), in the training chain's form n·x − s (a negative
         # up rounds x first).
-        values = _VALUES.to(x.m.device).expand(256, ch)
+        values = fused.VALUES.to(x.m.device).expand(256, ch)
         scale = 1 << up if up >= 0 else 1
         if up < 0:
             values = round_shift(values, -up, "nearest")
