@@ -301,31 +301,20 @@ def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule
 
     # The paper's shift (never amplifies a gradient already below gb bits), keeping fv more fractional bits.
     mode, shift, _ = runtime.rounding(param.grad, target - fv, "gradient", batched=False)
-    if shift > fv:
-        noise = None
-        if mode == "stochastic":
-            noise = runtime.uniform(1 << (shift - fv), tuple(param.grad.shape), batched=False,
-                                    device=param.grad.device)
-        x = fused.round_clip(param.grad, shift - fv, mode, target, torch.int64, noise)  # |x| < 2**target
-    else:
-        x = param.grad.to(torch.int64) << (fv - shift)  # exact; |x| < 2**target
-    if plan.decay_shift is not None:
-        # 2**(gb - D) of the weight, in the same units as x: w · 2**(gb_int + fv - D) (+ the fraction via mult).
-        s = plan.decay_shift
-        x = x + (round_shift(w.to(torch.int64), s, "nearest") if s > 0 else w.to(torch.int64) << -s)
-    x = round_shift(x * plan.mult, plan.mult_shift, "nearest")
-    if rule.momentum_shift:
-        v = param.velocity
-        if v is None or v.shape != w.shape:
-            v = torch.zeros(w.shape, dtype=torch.int32, device=w.device)
-        v64 = v.to(torch.int64)
-        x = v64 + round_shift(x - v64, rule.momentum_shift, "nearest")  # an EMA stays within the bound above
-        param.velocity = x.to(torch.int32)
-    step_noise = None
-    if mode == "stochastic":
-        step_noise = runtime.uniform(1 << fv, tuple(x.shape), batched=False, device=x.device)
-    step = round_shift(x, fv, mode, noise=step_noise)
-    new = (w.to(torch.int64) - step).clamp(-limit, limit).to(w.dtype)
+    grad_noise = step_noise = None
+    if mode == "stochastic":  # drawn in this order: the gradient's rounding, then the step's
+        if shift > fv:
+            grad_noise = runtime.uniform(1 << (shift - fv), tuple(param.grad.shape), batched=False,
+                                         device=param.grad.device)
+        step_noise = runtime.uniform(1 << fv, tuple(w.shape), batched=False, device=w.device)
+    # One fused pass (int64 inside): |x| < 2**target after the gradient's rounding, the velocity within int32.
+    new, velocity = fused.sgd_update(
+        param.grad, w, param.velocity if param.velocity is not None and param.velocity.shape == w.shape else None,
+        grad_shift=shift - fv, grad_bits=target, decay_shift=plan.decay_shift, mult=plan.mult,
+        mult_shift=plan.mult_shift, momentum_shift=rule.momentum_shift, frac_bits=fv, weight_limit=limit, mode=mode,
+        grad_noise=grad_noise, step_noise=step_noise)
+    if velocity is not None:
+        param.velocity = velocity
     if wide:
         param.master = new
         param.refresh_datapath()

@@ -327,6 +327,9 @@ def test_generated_code_has_no_floating_point_types() -> None:
         (fused._maxpool, (x8.view(8, 2, 4, 2, 16),), {"k": 2}),
         (fused._maxpool_backward, (out, idx), {"k": 2}),
         (fused.col2im, (acc[:2 * 4 * 4 * 3 * 3 * 8].view(2, 4, 4, 3, 3, 8),), {"kernel": (3, 3), "padding": (1, 1)}),
+        (fused._sgd_update, (acc, acc.to(torch.int16), acc, *(fused._scalar(v, torch.int64, f"t{v}")
+                                                             for v in (3, 2**20, 9, 300, 9, 4, 8, 32767))),
+         {"mode": "pseudo_stochastic", "grad_down": True, "decay": "right", "momentum": True}),
     ]
     with fresh_cache():
         for chain, args, static in cases:
@@ -341,3 +344,46 @@ def test_generated_code_has_no_floating_point_types() -> None:
             for r, w in zip(result if isinstance(result, tuple) else (result,), want if isinstance(want, tuple)
                             else (want,)):
                 assert torch.equal(r, w)
+
+
+def _sgd_reference(grad, w, v, grad_shift, grad_bits, decay_shift, mult, mult_shift, k, fv, limit, mode,  # noqa: ANN001
+                   g_noise, s_noise):  # noqa: ANN001, ANN202
+    """The update of docs/numerics.md §5 step by step with ``numerics.round_shift`` (int64 tensors)."""
+    from niti.numerics import round_shift
+
+    x = grad.to(torch.int64)
+    if grad_shift > 0:
+        x = round_shift(x, grad_shift, mode, noise=g_noise).clamp(-(2**grad_bits - 1), 2**grad_bits - 1)
+    else:
+        x = x << -grad_shift
+    w64 = w.to(torch.int64)
+    if decay_shift is not None:
+        x = x + (round_shift(w64, decay_shift, "nearest") if decay_shift > 0 else w64 << -decay_shift)
+    x = round_shift(x * mult, mult_shift, "nearest")
+    if k:
+        v64 = torch.zeros_like(x) if v is None else v.to(torch.int64)
+        x = v64 + round_shift(x - v64, k, "nearest")
+    step = round_shift(x, fv, mode, noise=s_noise)
+    return (w64 - step).clamp(-limit, limit).to(w.dtype), (x.to(torch.int32) if k else None)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "pseudo_stochastic", "truncate", "stochastic"])
+@pytest.mark.parametrize("grad_shift,decay_shift,k", [(6, 3, 3), (-2, -1, 0), (1, None, 2), (12, 0, 1)])
+def test_sgd_update_matches_the_step_by_step_reference(mode: str, grad_shift: int, decay_shift: int | None,
+                                                       k: int) -> None:
+    g = torch.Generator().manual_seed(grad_shift + 7 * k)
+    n = 3000
+    grad = torch.randint(-2**24, 2**24, (n,), dtype=torch.int32, generator=g)
+    w = torch.randint(-32767, 32768, (n,), dtype=torch.int16, generator=g)
+    v = torch.randint(-2**20, 2**20, (n,), dtype=torch.int32, generator=g) if k else None
+    g_noise = torch.randint(0, 1 << max(grad_shift, 1), (n,), generator=g) if mode == "stochastic" and grad_shift > 0 \
+        else None
+    s_noise = torch.randint(0, 1 << 8, (n,), generator=g) if mode == "stochastic" else None
+    args = dict(grad_shift=grad_shift, grad_bits=30, decay_shift=decay_shift, mult=3 * 181, mult_shift=9,
+                momentum_shift=k, frac_bits=8, weight_limit=32767, mode=mode)
+    got_w, got_v = fused.sgd_update(grad, w, v, grad_noise=g_noise, step_noise=s_noise, **args)
+    want_w, want_v = _sgd_reference(grad, w, v, grad_shift, 30, decay_shift, 3 * 181, 9, k, 8, 32767, mode, g_noise,
+                                    s_noise)
+    assert got_w.dtype == torch.int16 and torch.equal(got_w, want_w)
+    assert (got_v is None) == (k == 0) and (got_v is None or torch.equal(got_v, want_v))
+    _assert_compiled(fused._sgd_update)

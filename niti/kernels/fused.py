@@ -43,7 +43,7 @@ from torch import Tensor
 
 __all__ = ["COMPILE_ENV", "Fused", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
            "maxpool", "maxpool_backward", "col2im", "bn_value_index", "bn_value_counts", "bn_value_sums", "bn_gather",
-           "bn_normalise", "bn_error"]
+           "bn_normalise", "bn_error", "sgd_update"]
 
 #: Set to "0" to run every chain eagerly.
 COMPILE_ENV = "NITI_COMPILE"
@@ -267,6 +267,67 @@ def update(w: Tensor, grad: Tensor, shift: int, mode: str, grad_bits: int, weigh
             raise ValueError(f"stochastic rounding needs noise of shape {tuple(grad.shape)}")
         args.append(noise.reshape(-1))
     return _update(*args, mode=mode if shift > 0 else "none", work=work).view(w.shape)
+
+
+def _signed_round(t: Tensor, shift: Tensor, mode: str, noise: Tensor | None = None) -> Tensor:
+    """``numerics.round_shift`` for ``shift >= 1`` inside a chain: sign-magnitude rounding of ``t / 2**shift``."""
+    q = _round_magnitude(t.abs(), shift, mode, noise)
+    return torch.where(t < 0, -q, q)
+
+
+def _sgd_update_chain(grad: Tensor, w: Tensor, v: Tensor, g_shift: Tensor, g_limit: Tensor, decay_shift: Tensor,
+                      mult: Tensor, mult_shift: Tensor, m_shift: Tensor, fv: Tensor, w_limit: Tensor,
+                      g_noise: Tensor | None = None, s_noise: Tensor | None = None, *, mode: str, grad_down: bool,
+                      decay: str, momentum: bool) -> tuple[Tensor, Tensor]:
+    # docs/numerics.md §5, in int64: the gradient rescaled to fv fractional bits, weight decay, the fractional
+    # step and batch scale, the velocity's moving average, the rounded step, the clipped weight.
+    x = grad.to(torch.int64)
+    if grad_down:
+        x = torch.minimum(torch.maximum(_signed_round(x, g_shift, mode, g_noise), -g_limit), g_limit)
+    else:
+        x = x << g_shift
+    w64 = w.to(torch.int64)
+    if decay == "right":
+        x = x + _signed_round(w64, decay_shift, "nearest")
+    elif decay == "left":
+        x = x + (w64 << decay_shift)
+    x = _signed_round(x * mult, mult_shift, "nearest")
+    if momentum:
+        v64 = v.to(torch.int64)
+        x = v64 + _signed_round(x - v64, m_shift, "nearest")
+    step = _signed_round(x, fv, mode, s_noise)
+    new = torch.minimum(torch.maximum(w64 - step, -w_limit), w_limit)
+    return new.to(w.dtype), x.to(torch.int32)
+
+
+_sgd_update = Fused(_sgd_update_chain)
+
+
+def sgd_update(grad: Tensor, w: Tensor, v: Tensor | None, *, grad_shift: int, grad_bits: int, decay_shift: int | None,
+               mult: int, mult_shift: int, momentum_shift: int, frac_bits: int, weight_limit: int, mode: str,
+               grad_noise: Tensor | None = None, step_noise: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """One momentum-SGD step of the integer weight ``w`` (docs/numerics.md §5) in one pass: ``(new w, new velocity)``.
+
+    ``grad_shift`` > 0 rounds the gradient down by that many bits with ``mode`` (then clips it to ``grad_bits``),
+    ≤ 0 shifts it up; ``decay_shift`` adds ``w · 2**-decay_shift`` (nearest); the result is scaled by
+    ``mult / 2**mult_shift`` (nearest), averaged into the int32 velocity ``v`` with weight ``2**-momentum_shift``
+    (0: no velocity, ``None`` returned), rounded by ``frac_bits`` with ``mode`` and subtracted; the weight is
+    clipped to ±``weight_limit``.  Stochastic rounding takes its draws as ``grad_noise`` and ``step_noise``.
+    """
+    dev, i64 = w.device, torch.int64
+    momentum = momentum_shift > 0
+    if v is None or not momentum:
+        v = torch.zeros(w.shape, dtype=torch.int32, device=dev) if momentum else w
+    decay = "" if decay_shift is None else ("right" if decay_shift > 0 else "left")
+    new, vel = _sgd_update(
+        grad.reshape(-1), w.reshape(-1), v.reshape(-1), _scalar(abs(grad_shift), i64, "sgd.g_shift", dev),
+        _scalar((1 << grad_bits) - 1, i64, "sgd.g_limit", dev), _scalar(abs(decay_shift or 0), i64, "sgd.decay", dev),
+        _scalar(mult, i64, "sgd.mult", dev), _scalar(mult_shift, i64, "sgd.mult_shift", dev),
+        _scalar(momentum_shift, i64, "sgd.m_shift", dev), _scalar(frac_bits, i64, "sgd.fv", dev),
+        _scalar(weight_limit, i64, "sgd.w_limit", dev),
+        None if grad_noise is None else grad_noise.reshape(-1), None if step_noise is None else step_noise.reshape(-1),
+        mode=mode, grad_down=grad_shift > 0, decay=decay, momentum=momentum)
+    return new.view(w.shape), (vel.view(w.shape) if momentum else None)
 
 
 # ------------------------------------------------------------------ ReLU
