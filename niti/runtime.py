@@ -107,6 +107,13 @@ class Runtime:
         self.record("noise", local)
         return local.to(device)
 
+    def shift_for_width(self, width: int, target_bits: int, *, batched: bool = True) -> int:
+        """The rescale shift of a tensor whose local largest magnitude has ``width`` bits: ``width`` is the
+        whole batch's (the largest over the ranks) when ``batched``."""
+        if batched:
+            width = self.reduce_max(width)
+        return max(0, width - target_bits)
+
     def rounding(self, t: Tensor, target_bits: int, role: str, *,
                  batched: bool = True) -> tuple[str, int, Tensor | None]:
         """``(mode, shift, noise)`` for rescaling ``t`` to ``target_bits``: the whole-batch shift and, for
@@ -114,10 +121,7 @@ class Runtime:
         if target_bits < 1:
             raise ValueError(f"target_bits must be >= 1, got {target_bits}")
         mode = self.mode(role)
-        width = fused.max_abs(t).bit_length()
-        if batched:
-            width = self.reduce_max(width)
-        shift = max(0, width - target_bits)
+        shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits, batched=batched)
         if self.recorder is not None:
             self.record(f"{role}.acc", t)
             self.record(f"{role}.shift", shift)

@@ -409,11 +409,21 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
             assert int(counts[v + 128, c]) == sum(row[c] == v for row in xs)
             assert int(sums[v + 128, c]) == sum(gr[c] for xr, gr in zip(xs, gs) if xr[c] == v)
     looked_up = fused.bn_gather(table, index).tolist()
-    err = fused.bn_error(g, index, k, 24, table).tolist()
+    g_table = (fused.VALUES * k) << 24
+    wide = fused.bn_error(g, index, table, g_table)
+    err = wide.tolist()
     for r in range(rows):
         for c in range(ch):
             assert looked_up[r][c] == int(table[xs[r][c] + 128, c])
             assert err[r][c] == (int(k[c]) * gs[r][c] << 24) + int(table[xs[r][c] + 128, c])
+    from niti.kernels import cpu_bn  # the C loops: the same bit width and the same rounding
+
+    if cpu_bn.available(g):
+        assert cpu_bn.error_max(g, index, table, g_table) == int(wide.abs().max())
+        for mode in cpu_bn.MODES:
+            for shift in (0, 1, 17, 40):
+                assert torch.equal(cpu_bn.error_round(g, index, table, g_table, shift, mode),
+                                   fused.round_clip(wide, shift, mode, 7, torch.int8))
 
 
 class _Collect:
@@ -440,3 +450,28 @@ def test_table_rescale_equals_rescaling_every_element(mode: str) -> None:
         outs.append((train, bn.forward(x)))
     for (a, b) in zip(*outs):
         assert a.e == b.e and torch.equal(a.m, b.m)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "pseudo_stochastic", "truncate", "stochastic"])
+def test_c_table_loops_equal_the_pytorch_path(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from niti.kernels import cpu_bn
+
+    if not cpu_bn.available(torch.zeros(1)):
+        pytest.skip("the C loops cannot be built here (no AVX2 or no C compiler)")
+    x = IntTensor(_x((12, 5, 5, 6), 41, -128, 127), -3)
+    results = []
+    for use_c in (True, False):
+        monkeypatch.setattr(cpu_bn, "available", lambda *t, _on=use_c: _on)
+        bn = _layer(6)
+        bn.set_runtime(Runtime(policy=RoundingPolicy.all(mode), seed=0))
+        bn.propagate_error = True
+        ctx: dict = {}
+        y = bn.forward(x, ctx)
+        # Errors of every magnitude, -128 included: shifts from 0 (small errors) up.
+        for scale in (1, 127):
+            err = IntTensor(torch.clamp(_x((12, 5, 5, 6), 42, -128, 127) * scale // 127, -128, 127).to(torch.int8), -9)
+            dx = bn.backward(err, ctx)
+            results.append((y.e, y.m, dx.e, dx.m, bn.weight.grad, bn.bias.grad))
+    half = len(results) // 2
+    for got, want in zip(results[:half], results[half:]):
+        assert all((a == b) if isinstance(a, int) else torch.equal(a, b) for a, b in zip(got, want))

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["SOURCE", "cpu_has_avx2", "gemm", "load"]
+__all__ = ["SOURCE", "cpu_has_avx2", "gemm", "load", "load_library"]
 
 SOURCE = Path(__file__).with_name("csrc").joinpath("int8_gemm_avx2.c")  # (joinpath: the audit scan refuses "/")
 _FLAGS = ["-O3", "-mavx2", "-fopenmp", "-shared", "-fPIC"]
@@ -45,33 +45,41 @@ def _cache_dir() -> Path:
     return Path(base).joinpath("niti", "kernels")
 
 
-def _build(compiler: str) -> Path:
+def _build(compiler: str, source_path: Path) -> Path:
     """The shared library for this source and these flags (compiled once; an atomic rename publishes it)."""
-    source = SOURCE.read_bytes()
+    source = source_path.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *_FLAGS]).encode()).hexdigest()[:16]
-    target = _cache_dir().joinpath(f"int8_gemm_avx2-{key}.so")
+    target = _cache_dir().joinpath(f"{source_path.stem}-{key}.so")
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp).joinpath(target.name)
-        subprocess.run([compiler, *_FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True,
+        subprocess.run([compiler, *_FLAGS, "-o", str(built), str(source_path)], check=True, capture_output=True,
                        timeout=120)
         os.replace(built, target)
     return target
 
 
-@functools.lru_cache(maxsize=1)
-def load() -> Callable | None:
-    """The compiled ``niti_int8_gemm`` function, or None where it cannot be had (no AVX2, no compiler, build error)."""
+@functools.lru_cache(maxsize=None)
+def load_library(source_path: Path) -> ctypes.CDLL | None:
+    """A C source of ``csrc`` compiled for this machine and loaded, or None (no AVX2, no compiler, build error)."""
     if not cpu_has_avx2():
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return None
     try:
-        lib = ctypes.CDLL(str(_build(compiler)))
+        return ctypes.CDLL(str(_build(compiler, source_path)))
     except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def load() -> Callable | None:
+    """The compiled ``niti_int8_gemm`` function, or None where it cannot be had (no AVX2, no compiler, build error)."""
+    lib = load_library(SOURCE)
+    if lib is None:
         return None
     fn = lib.niti_int8_gemm
     fn.restype = ctypes.c_int

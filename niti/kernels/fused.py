@@ -41,6 +41,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from . import cpu_bn
+
 __all__ = ["COMPILE_ENV", "Fused", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
            "maxpool", "maxpool_backward", "col2im", "bn_value_index", "bn_value_counts", "bn_value_sums", "bn_gather",
            "bn_normalise", "bn_error", "sgd_update"]
@@ -431,7 +433,10 @@ def bn_value_index(x: Tensor) -> Tensor:
 
 
 def bn_value_counts(index: Tensor, channels: int) -> Tensor:
-    """How often each (value, channel) occurs: int64 (256, C) from ``bn_value_index``."""
+    """How often each (value, channel) occurs: int64 (256, C) from ``bn_value_index`` (C loop on the CPU: torch's
+    bincount runs on one thread)."""
+    if cpu_bn.available(index) and (counts := cpu_bn.value_sums(index, None, 256 * channels)) is not None:
+        return counts.reshape(256, channels)
     return torch.bincount(index.reshape(-1), minlength=256 * channels).reshape(256, channels)
 
 
@@ -439,6 +444,8 @@ def bn_value_sums(index: Tensor, g: Tensor) -> Tensor:
     """Per (value, channel) the sum of ``g`` (int8, the shape of ``index``) over the elements with that value:
     int64 (256, C), exact (integer adds in any order; int32 accumulators while 127 · count < 2**31)."""
     ch = g.shape[-1]
+    if cpu_bn.available(index, g) and (sums := cpu_bn.value_sums(index, g, 256 * ch)) is not None:
+        return sums.reshape(256, ch)
     dtype = torch.int32 if 127 * g.numel() < 1 << 31 else torch.int64
     total = torch.zeros(256 * ch, dtype=dtype, device=g.device)
     return total.index_add_(0, index.reshape(-1), g.reshape(-1).to(dtype)).reshape(256, ch).to(torch.int64)
@@ -459,13 +466,10 @@ def bn_normalise(x: Tensor, n: int, s: Tensor, r: Tensor, w: Tensor, limit: int)
     return torch.where(c < 0, -q, q).to(torch.int32), torch.sign(c).to(torch.int8)
 
 
-def bn_error(g: Tensor, index: Tensor, k: Tensor, shift: int, table: Tensor) -> Tensor:
-    """int64 ``(k_c · g) · 2**shift + table[index]`` per element: batch norm's input error before its rescale
-    (docs/numerics.md §13); ``g`` int8 (rows, C), ``k`` int64 (C,), ``table`` int64 (256, C), no overflow.
-
-    The first term also depends on (value of ``g``, channel) only: it is a second table, gathered with ``g``'s own
-    index, so no element sees a 64-bit multiply or shift (AVX2 has neither as a vector instruction)."""
-    g_table = (VALUES.to(g.device) * k) << shift  # (256, C): (k_c · v) · 2**shift for each int8 value v
+def bn_error(g: Tensor, index: Tensor, table: Tensor, g_table: Tensor) -> Tensor:
+    """int64 ``table[index] + g_table[g's index]`` per element: batch norm's input error before its rescale
+    (docs/numerics.md §13); ``g`` int8 (rows, C), tables int64 (256, C), no overflow.  Two gathers and an add: no
+    element sees a 64-bit multiply or shift (AVX2 has neither as a vector instruction)."""
     out = bn_gather(table, index)
     out += bn_gather(g_table, bn_value_index(g))
     return out

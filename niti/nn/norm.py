@@ -29,7 +29,7 @@ from torch import Tensor
 # One definition of the per-channel integer arithmetic shared with the exported numpy runner (pure Python ints).
 from ..infer_numpy import reciprocals as _reciprocals
 from ..infer_numpy import round_div
-from ..kernels import fused
+from ..kernels import cpu_bn, fused
 from ..numerics import CALIBRATION_DECAY_SHIFT, IntTensor, aligned_sum, round_shift, static_shift
 from .module import IntParameter, Module
 
@@ -260,8 +260,14 @@ class BatchNorm2d(Module):
         # expanded as (k·2**2q)·g + t(value), t = −k·mean_g·2**q − k·slope·(sign·2**q − mean_sign): the same integer.
         kt = _channel_tensor(k, g)
         table = -kt * (mean_g << q) - kt * slope * ((sign.to(torch.int64) << q) - mean_sign)
-        wide = fused.bn_error(g, index, kt, 2 * q, table)
-        out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")
+        g_table = (fused.VALUES.to(g.device) * kt) << (2 * q)  # (k_c · v) · 2**2q per int8 error value v
+        mode = rt.mode("error")
+        if rt.recorder is None and mode in cpu_bn.MODES and cpu_bn.available(g):
+            # The same rescale without an int64 tensor: the bit width from one pass, the rounding in a second.
+            shift = rt.shift_for_width(cpu_bn.error_max(g, index, table, g_table).bit_length(), 7)
+            out = cpu_bn.error_round(g, index, table, g_table, shift, mode).reshape(ctx["shape"])
+        else:
+            out, shift = rt.rescale(fused.bn_error(g, index, table, g_table).reshape(ctx["shape"]), 7, "error")
         return IntTensor(out, err.e + self.weight.e + k_e - q - 2 * q - ctx["e"] + shift)
 
     def extra_repr(self) -> str:

@@ -1,0 +1,84 @@
+/* Batch norm's per-element passes over (value, channel) tables (docs/numerics.md section 13), for the CPU.
+ *
+ * Rows of C channels; index[i] = (x + 128) * C + c is an element's row in a (256, C) table of its input value,
+ * and (g + 128) * C + c that of its error value.  Integer instructions only; every sum is exact (int64) and
+ * independent of the order and of the thread count.
+ */
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The largest |t1[index[i]] + t2[(g[i] + 128) * C + c]| (the caller guarantees |t1| + |t2| < 2**62). */
+int64_t niti_bn_error_max(const int8_t *g, const int32_t *index, const int64_t *t1, const int64_t *t2, long rows,
+                          long C, int nt) {
+    int64_t best = 0;
+#pragma omp parallel for reduction(max : best) schedule(static) num_threads(nt)
+    for (long r = 0; r < rows; r++) {
+        const int8_t *gr = g + r * C;
+        const int32_t *ir = index + r * C;
+        for (long c = 0; c < C; c++) {
+            int64_t w = t1[ir[c]] + t2[(gr[c] + 128) * C + c];
+            int64_t a = w < 0 ? -w : w;
+            best = a > best ? a : best;
+        }
+    }
+    return best;
+}
+
+/* out = clip(round(w / 2**shift), +-limit) of w = t1[index] + t2[g index], rounded sign-magnitude with mode 0
+ * (nearest, ties away from zero), 1 (pseudo-stochastic: the discarded bits' high half against their low half) or
+ * 2 (truncate); shift 0 only clips.  The int8 result of numerics.rescale for these modes. */
+void niti_bn_error_round(const int8_t *g, const int32_t *index, const int64_t *t1, const int64_t *t2, long rows,
+                         long C, int shift, int mode, int64_t limit, int8_t *out, int nt) {
+    uint64_t low_mask = shift ? ((uint64_t)1 << shift) - 1 : 0;
+    int h = shift >> 1;
+    uint64_t h_mask = ((uint64_t)1 << h) - 1;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long r = 0; r < rows; r++) {
+        const int8_t *gr = g + r * C;
+        const int32_t *ir = index + r * C;
+        int8_t *orow = out + r * C;
+        for (long c = 0; c < C; c++) {
+            int64_t w = t1[ir[c]] + t2[(gr[c] + 128) * C + c];
+            uint64_t a = (uint64_t)(w < 0 ? -w : w);
+            uint64_t q = a;
+            if (shift) {
+                q = a >> shift;
+                if (mode == 0) {
+                    q += (a >> (shift - 1)) & 1;
+                } else if (mode == 1) {
+                    uint64_t low = a & low_mask;
+                    q += (low >> h) > ((low & h_mask) << (shift & 1));
+                }
+            }
+            int64_t s = q > (uint64_t)limit ? limit : (int64_t)q;
+            orow[c] = (int8_t)(w < 0 ? -s : s);
+        }
+    }
+}
+
+/* out[b] = sum of g[i] (or the count, g NULL) over the elements with index[i] == b, for b < bins: exact int64
+ * sums, one private histogram per thread.  Returns 1 when a scratch allocation failed (out unspecified). */
+int niti_bn_value_sums(const int8_t *g, const int32_t *index, long n, long bins, int64_t *out, int nt) {
+    int failed = 0;
+    memset(out, 0, sizeof(int64_t) * bins);
+#pragma omp parallel num_threads(nt)
+    {
+        int64_t *hist = (int64_t *)calloc(bins, sizeof(int64_t));
+        if (!hist) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (long i = 0; i < n; i++) {
+            if (hist) hist[index[i]] += g ? g[i] : 1;
+        }
+        if (hist) {
+#pragma omp critical
+            for (long b = 0; b < bins; b++) out[b] += hist[b];
+            free(hist);
+        }
+    }
+    return failed;
+}
