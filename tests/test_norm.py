@@ -152,6 +152,30 @@ def test_strided_max_pool_matches_torch() -> None:
     assert torch.equal(_value(dx), xf.grad.permute(0, 2, 3, 1))
 
 
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 11), w=st.integers(1, 11), c=st.integers(1, 20), k=st.integers(1, 5),
+       stride=st.integers(1, 3), pad=st.integers(0, 2), seed=st.integers(0, 2**16))
+def test_strided_max_pool_c_loops_equal_the_taps_loop(n: int, h: int, w: int, c: int, k: int, stride: int, pad: int,
+                                                      seed: int) -> None:
+    from niti.kernels import pool
+
+    if pad >= k or h + 2 * pad < k or w + 2 * pad < k or pool._pool_library() is None:
+        return  # torch's rule (padding below the window) / no window / no C loops here
+    # Few distinct values (ties), -128 included (a padded first tap can stay the maximum).
+    x = _x((n, h, w, c), seed, -128, -120)
+    err = _x((n, (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1, c), seed + 1, -128, 127)
+    got = []
+    for in_c in (True, False):
+        pool.POOL_IN_C = in_c
+        try:
+            out, index = pool.maxpool2d_strided(x, k, stride, pad)
+            total = pool.maxpool2d_strided_backward(err, index, k, stride, pad, x.shape)
+        finally:
+            pool.POOL_IN_C = True
+        got.append((out, index, total.to(torch.int32)))
+    assert all(torch.equal(a, b) for a, b in zip(*got))
+
+
 def test_converter_refuses_batch_norm_without_affine_or_statistics() -> None:
     for bn in (tnn.BatchNorm2d(4, affine=False), tnn.BatchNorm2d(4, track_running_stats=False)):
         net = tnn.Sequential(tnn.Conv2d(1, 4, 3), bn, tnn.Flatten(), tnn.Linear(4 * 6 * 6, 3))

@@ -2,14 +2,22 @@
 
 The window arithmetic is the fused chain ``kernels.fused.maxpool`` /
 ``maxpool_backward`` (compiled on the CPU, its eager twin elsewhere).
+Overlapping (strided, padded) windows, as ResNet's stem pool, run as C loops
+on the CPU (``csrc/maxpool_strided.c``, built like the AVX2 GEMM) and as a
+PyTorch loop over the window's taps elsewhere: the same bits.
 """
 
 from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from . import fused
+from .cpu_gemm import load_library
 
 __all__ = ["avgpool2d_backward", "avgpool2d_sum", "maxpool2d", "maxpool2d_backward", "maxpool2d_strided",
            "maxpool2d_strided_backward"]
@@ -67,12 +75,44 @@ def _taps(h: int, w: int, k: int, stride: int, padding: int) -> tuple[int, int, 
     return ho, wo, [(i, j) for i in range(k) for j in range(k)]
 
 
+_POOL_SOURCE = Path(__file__).with_name("csrc").joinpath("maxpool_strided.c")  # (joinpath: no "/" in the audit)
+
+
+@functools.lru_cache(maxsize=1)
+def _pool_library() -> ctypes.CDLL | None:
+    lib = load_library(_POOL_SOURCE)
+    if lib is not None:
+        lib.niti_maxpool_strided.restype = lib.niti_maxpool_strided_backward.restype = None
+        long, ptr, i = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
+        lib.niti_maxpool_strided.argtypes = [ptr, long, long, long, long, i, i, i, long, long, ptr, ptr, i]
+        lib.niti_maxpool_strided_backward.argtypes = [ptr, ptr, long, long, long, long, i, i, i, long, long, ptr, i]
+    return lib
+
+
+def _c_pool(*tensors: Tensor) -> ctypes.CDLL | None:
+    """The C loops of ``csrc/maxpool_strided.c`` for CPU int8 tensors (None: use the PyTorch taps loop)."""
+    if any(t.device.type != "cpu" or t.dtype != torch.int8 for t in tensors) or not POOL_IN_C:
+        return None
+    return _pool_library()
+
+
+#: Whether strided max pooling may use its C loops (tests switch it off to compare with the PyTorch taps loop).
+POOL_IN_C = True
+
+
 def maxpool2d_strided(x: Tensor, k: int, stride: int, padding: int) -> tuple[Tensor, Tensor]:
     """k×k max pool of NHWC int8 ``x`` with any stride and padding (windows may overlap, as ResNet's 3×3/2 stem
     pool): (output, row-major index of each window's first maximum, int8).  Padding never wins a window: every
     window holds at least one input element, and padded cells read -128 (below any clipped int8)."""
     n, h, w, c = x.shape
     ho, wo, taps = _taps(h, w, k, stride, padding)
+    if (lib := _c_pool(x)) is not None and k * k <= 127:
+        x = x.contiguous()
+        out = torch.empty((n, ho, wo, c), dtype=torch.int8)
+        index = torch.empty((n, ho, wo, c), dtype=torch.int8)
+        lib.niti_maxpool_strided(x.data_ptr(), n, h, w, c, k, stride, padding, ho, wo, out.data_ptr(),
+                                 index.data_ptr(), torch.get_num_threads())
+        return out, index
     xp = torch.constant_pad_nd(x, (0, 0, padding, padding, padding, padding), -128) if padding else x
     best = index = None
     for t, (i, j) in enumerate(taps):
@@ -89,10 +129,17 @@ def maxpool2d_strided(x: Tensor, k: int, stride: int, padding: int) -> tuple[Ten
 
 def maxpool2d_strided_backward(err: Tensor, index: Tensor, k: int, stride: int, padding: int,
                                input_shape: torch.Size) -> Tensor:
-    """The int32 sum, per input element, of the errors of the windows whose first maximum it is (overlapping
-    windows can route several errors to one element); the caller narrows it to int8."""
+    """The sum, per input element, of the errors of the windows whose first maximum it is (overlapping
+    windows can route several errors to one element): int32, or int16 from the C loops (exact: ``|sum| ≤ k²·128``);
+    the caller narrows it to int8."""
     n, h, w, c = input_shape
     ho, wo, taps = _taps(h, w, k, stride, padding)
+    if (lib := _c_pool(err, index)) is not None and k <= 15:
+        err, index = err.contiguous(), index.contiguous()
+        total = torch.empty((n, h, w, c), dtype=torch.int16)  # |sum| <= k·k·128: exact, half the memory
+        lib.niti_maxpool_strided_backward(err.data_ptr(), index.data_ptr(), n, h, w, c, k, stride, padding, ho, wo,
+                                          total.data_ptr(), torch.get_num_threads())
+        return total
     out = torch.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=torch.int32, device=err.device)
     e32 = err.to(torch.int32)
     zero = torch.zeros((), dtype=torch.int32, device=err.device)

@@ -186,6 +186,8 @@ class MaxPool2d(Module):
             return err.with_m(kernels.maxpool2d_backward(err.m, ctx["index"], self.kernel_size, ctx["shape"]))
         total = kernels.maxpool2d_strided_backward(err.m, ctx["index"], self.kernel_size, self.stride, self.padding,
                                                    ctx["shape"])
+        if self.runtime.recorder is not None:
+            total = total.to(torch.int32)  # traces hold the int32 sum of docs/numerics.md, whichever loop made it
         out, shift = self.runtime.rescale(total, 7, "error")
         return IntTensor(out, err.e + shift)
 

@@ -1,0 +1,69 @@
+/* k x k max pooling of NHWC int8 with any stride and padding, and its backward, for the CPU
+ * (niti.kernels.pool.maxpool2d_strided; the PyTorch taps loop is the reference and the fallback).
+ *
+ * Taps are numbered t = i * k + j (row i, column j of the window).  Padded cells read -128, below any clipped
+ * int8, so a window's maximum is always an input element; ties keep the first maximum (strictly greater wins).
+ * Backward adds each output's int8 error to the input element its index names, in int16 (at most k * k windows
+ * cover an element: |sum| <= k * k * 128 <= 32767 for k <= 15, the caller's condition): an image's outputs only
+ * touch that image, so images run in parallel without races and the sums are exact.
+ */
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+void niti_maxpool_strided(const int8_t *x, long n, long h, long w, long c, int k, int stride, int pad, long ho,
+                          long wo, int8_t *out, int8_t *index, int nt) {
+#pragma omp parallel for collapse(2) schedule(static) num_threads(nt)
+    for (long b = 0; b < n; b++) {
+        for (long oy = 0; oy < ho; oy++) {
+            for (long ox = 0; ox < wo; ox++) {
+                int8_t *o = out + ((b * ho + oy) * wo + ox) * c;
+                int8_t *ix = index + ((b * ho + oy) * wo + ox) * c;
+                for (long ch = 0; ch < c; ch++) {
+                    o[ch] = -128;
+                    ix[ch] = 0;
+                }
+                for (int t = 0; t < k * k; t++) {
+                    long iy = oy * stride + t / k - pad, jx = ox * stride + t % k - pad;
+                    if (iy < 0 || iy >= h || jx < 0 || jx >= w) continue; /* -128: never strictly greater */
+                    const int8_t *src = x + ((b * h + iy) * w + jx) * c;
+                    if (t == 0) {
+                        memcpy(o, src, c);
+                        continue;
+                    }
+                    for (long ch = 0; ch < c; ch++) { /* branch-free, so the compiler vectorises it */
+                        int8_t v = src[ch], better = v > o[ch];
+                        o[ch] = better ? v : o[ch];
+                        ix[ch] = better ? (int8_t)t : ix[ch];
+                    }
+                }
+            }
+        }
+    }
+}
+
+void niti_maxpool_strided_backward(const int8_t *err, const int8_t *index, long n, long h, long w, long c, int k,
+                                   int stride, int pad, long ho, long wo, int16_t *out, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long b = 0; b < n; b++) {
+        memset(out + b * h * w * c, 0, sizeof(int16_t) * h * w * c);
+        long offset[128]; /* per tap: its element's offset from the window's top-left, or -1 outside the input */
+        for (long oy = 0; oy < ho; oy++) {
+            for (long ox = 0; ox < wo; ox++) {
+                long y0 = oy * stride - pad, x0 = ox * stride - pad;
+                for (int t = 0; t < k * k; t++) {
+                    long iy = y0 + t / k, jx = x0 + t % k;
+                    /* Only an int8 input of -128 (never a clipped activation) can leave a padded first tap as the
+                     * maximum; its error falls on the padding and is dropped, as in the PyTorch reference. */
+                    offset[t] = (iy < 0 || iy >= h || jx < 0 || jx >= w) ? -1 : ((b * h + iy) * w + jx) * c;
+                }
+                const int8_t *e = err + ((b * ho + oy) * wo + ox) * c;
+                const int8_t *ix = index + ((b * ho + oy) * wo + ox) * c;
+                for (long ch = 0; ch < c; ch++) {
+                    long off = offset[ix[ch]];
+                    if (off >= 0) out[off + ch] = (int16_t)(out[off + ch] + e[ch]);
+                }
+            }
+        }
+    }
+}
