@@ -239,9 +239,11 @@ class BatchNorm2d(Module):
         rt, ch, q = self.runtime, self.num_features, NORM_FRAC_BITS
         g = err.m.reshape(-1, ch)
         index, xhat, sign, n = ctx["index"], ctx["xhat"], ctx["sign"], ctx["n"]
-        # Σ g and Σ g·x̂ per channel, the latter as Σ over values of x̂(value) · (Σ g where x has that value).
-        a_local = g.sum(dim=0, dtype=torch.int64)
-        g2_local = (fused.bn_value_sums(index, g) * xhat).sum(dim=0)
+        # Σ g and Σ g·x̂ per channel from the sums of g per (input value, channel): Σ over values of those sums,
+        # and of x̂(value) times them.
+        g_sums = fused.bn_value_sums(index, g)
+        a_local = g_sums.sum(dim=0)
+        g2_local = (g_sums * xhat).sum(dim=0)
         # The gradients stay local: the model sums every gradient over the ranks after backward.
         self.weight.grad, self.bias.grad = g2_local, a_local
         if not self.propagate_error:
