@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..numerics import IntTensor, calibrate, rescale, static_shift
+from ..kernels import fused
+from ..numerics import IntTensor, calibrate, static_shift
 from ..runtime import Runtime
 
 __all__ = ["IntParameter", "Module", "WEIGHT_LIMIT", "check_weight_range"]
@@ -51,7 +52,9 @@ class IntParameter:
     def refresh_datapath(self) -> None:
         """Re-derive the int8 datapath weight from the int16 master (nearest rounding)."""
         assert self.master is not None and self.master_e is not None
-        self.m, shift = rescale(self.master, 7, "nearest")
+        # numerics.rescale(master, 7, "nearest") as one fused pass (and the bit width from one eager pass).
+        shift = max(0, fused.max_abs(self.master).bit_length() - 7)
+        self.m = fused.round_clip(self.master, shift, "nearest", 7, torch.int8)
         self.e = self.master_e + shift
 
     @property
