@@ -280,7 +280,21 @@ def _integer_worker(req: dict) -> dict:
             "peak_method": "VmHWM-reset" if reset_ok else "VmHWM", "threads": torch.get_num_threads(),
             "compiled": fused.compile_enabled(), "fused_fallbacks": broken, "breakdown": breakdown,
             "int8_peak": peak_ops, "torch": torch.__version__,
-            "workspace_bytes": model.runtime.workspace.nbytes()}
+            "workspace_bytes": model.runtime.workspace.nbytes(), "kernel_paths": kernel_paths()}
+
+
+def kernel_paths() -> dict[str, str]:
+    """Which implementation each CPU kernel family uses in this process: the int8 product (``int_mm``, ``avx2``
+    or ``int32``) and the C loops of batch norm and strided max pooling (``C``, or ``PyTorch`` where they could
+    not be built): a slow run names its cause."""
+    import torch
+
+    from .kernels import cpu_bn, pool
+    from .kernels.matmul import cpu_matmul_path
+
+    cpu = torch.zeros(1, dtype=torch.int8)
+    return {"int8 product": cpu_matmul_path(), "batch norm": "C" if cpu_bn.available(cpu) else "PyTorch",
+            "strided max pool": "C" if pool._c_pool(cpu) is not None else "PyTorch"}
 
 
 def _integer_worker_main() -> None:
@@ -443,6 +457,8 @@ def format_report(r: dict) -> str:
         lines.append(f"  int8 peak (_int_mm micro-benchmark) {s['int8_peak_ops_per_s'] / 1e9:.1f} GOPS; products ran at "
                      f"{s['int_mm_achieved_ops_per_s'] / 1e9:.1f} GOPS ({s['int_mm_fraction_of_peak']:.0%} of peak), "
                      f"{s['int_mm_fraction_of_step']:.0%} of the step")
+        if "kernel_paths" in r["integer"]:
+            lines.append("  kernels: " + ", ".join(f"{k} {v}" for k, v in r["integer"]["kernel_paths"].items()))
         bd = r["integer"]["breakdown"]
         lines.append("  profiled step, seconds: " + ", ".join(f"{k} {v:.4f}" for k, v in
                                                           bd["categories_seconds"].items()))

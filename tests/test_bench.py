@@ -32,6 +32,14 @@ def test_run_bench_reports_every_measurement(tiny: dict) -> None:
     assert "skipped" in tiny["bf16"] or tiny["bf16"]["step_s"] > 0
     assert len(tiny["load_average_before"]) == 3 and tiny["machine"]["cpu"]
     assert "omp_wait_policy" in tiny and integer["step_cpu_s"] > 0 and fp32["step_cpu_s"] > 0
+    from niti.kernels import cpu_bn
+    from niti.kernels.matmul import cpu_matmul_path
+
+    paths = integer["kernel_paths"]  # measured in the worker process, which is set up like this one
+    assert paths["int8 product"] == cpu_matmul_path()
+    assert paths["batch norm"] == ("C" if cpu_bn.available(fused.VALUES) else "PyTorch")
+    assert set(paths) == {"int8 product", "batch norm", "strided max pool"}
+    assert "kernels: int8 product" in bench.format_report(tiny)
 
 
 def test_breakdown_separates_products_from_the_rest(tiny: dict) -> None:
