@@ -443,10 +443,13 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
     from niti.kernels import cpu_bn  # the C loops: the same bit width and the same rounding
 
     if cpu_bn.available(g):
-        assert cpu_bn.error_max(g, index, table, g_table) == int(wide.abs().max())
+        assert torch.equal(cpu_bn.value_sums(x, None), counts) and torch.equal(cpu_bn.value_sums(x, g), sums)
+        table8 = torch.randint(-128, 128, (256, ch), dtype=torch.int8, generator=gen)
+        assert torch.equal(cpu_bn.gather(table8, x), fused.bn_gather(table8, index))
+        assert cpu_bn.error_max(g, x, table, g_table) == int(wide.abs().max())
         for mode in cpu_bn.MODES:
             for shift in (0, 1, 17, 40):
-                assert torch.equal(cpu_bn.error_round(g, index, table, g_table, shift, mode),
+                assert torch.equal(cpu_bn.error_round(g, x, table, g_table, shift, mode),
                                    fused.round_clip(wide, shift, mode, 7, torch.int8))
 
 

@@ -41,8 +41,6 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import cpu_bn
-
 __all__ = ["COMPILE_ENV", "Fused", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
            "maxpool", "maxpool_backward", "col2im", "bn_value_index", "bn_value_counts", "bn_value_sums", "bn_gather",
            "bn_normalise", "bn_error", "sgd_update"]
@@ -433,10 +431,7 @@ def bn_value_index(x: Tensor) -> Tensor:
 
 
 def bn_value_counts(index: Tensor, channels: int) -> Tensor:
-    """How often each (value, channel) occurs: int64 (256, C) from ``bn_value_index`` (C loop on the CPU: torch's
-    bincount runs on one thread)."""
-    if cpu_bn.available(index) and (counts := cpu_bn.value_sums(index, None, 256 * channels)) is not None:
-        return counts.reshape(256, channels)
+    """How often each (value, channel) occurs: int64 (256, C) from ``bn_value_index``."""
     return torch.bincount(index.reshape(-1), minlength=256 * channels).reshape(256, channels)
 
 
@@ -444,8 +439,6 @@ def bn_value_sums(index: Tensor, g: Tensor) -> Tensor:
     """Per (value, channel) the sum of ``g`` (int8, the shape of ``index``) over the elements with that value:
     int64 (256, C), exact (integer adds in any order; int32 accumulators while 127 · count < 2**31)."""
     ch = g.shape[-1]
-    if cpu_bn.available(index, g) and (sums := cpu_bn.value_sums(index, g, 256 * ch)) is not None:
-        return sums.reshape(256, ch)
     dtype = torch.int32 if 127 * g.numel() < 1 << 31 else torch.int64
     total = torch.zeros(256 * ch, dtype=dtype, device=g.device)
     return total.index_add_(0, index.reshape(-1), g.reshape(-1).to(dtype)).reshape(256, ch).to(torch.int64)

@@ -65,6 +65,22 @@ def _common_mantissas(nums: list[int], shifts: list[int], nbits: int) -> tuple[l
     return [_shift(a, -s - exp) for a, s in zip(nums, shifts)], exp
 
 
+def _gather(table: Tensor, rows: Tensor) -> Tensor:
+    """A (256, C) table looked up by each element's int8 input value (``rows``: int8, rows × C): a C loop for int8
+    tables on the CPU, else a PyTorch gather by the element's table index."""
+    if table.dtype == torch.int8 and cpu_bn.available(rows, table):
+        return cpu_bn.gather(table, rows)
+    return fused.bn_gather(table, fused.bn_value_index(rows))
+
+
+def _value_sums(rows: Tensor, g: Tensor | None = None) -> Tensor:
+    """int64 (256, C): per (input value, channel) the count of elements, or the sum of ``g`` over them."""
+    if cpu_bn.available(rows) and (out := cpu_bn.value_sums(rows, g)) is not None:
+        return out
+    index = fused.bn_value_index(rows)
+    return fused.bn_value_counts(index, rows.shape[-1]) if g is None else fused.bn_value_sums(index, g)
+
+
 def _channel_tensor(values: list[int], like: Tensor) -> Tensor:
     return torch.tensor(values, dtype=torch.int64, device=like.device)
 
@@ -109,7 +125,7 @@ class BatchNorm2d(Module):
         self.running_mad = None if mad is None else mad.to(device)
 
     # ---------------------------------------------------------------- compute
-    def _affine(self, xhat: Tensor, index: Tensor, shape: torch.Size, ctx: dict | None,
+    def _affine(self, xhat: Tensor, rows: Tensor, shape: torch.Size, ctx: dict | None,
                 counts: Tensor | None = None) -> IntTensor:
         """``γ·x̂ + β`` rescaled to int8, from the (256, C) table ``xhat`` of x̂ per input value and channel.
 
@@ -124,17 +140,17 @@ class BatchNorm2d(Module):
         if rt.recorder is None:
             if not self.training and self.static_inference and self.calibration is not None:
                 shift = static_shift(self.calibration)
-                out = fused.bn_gather(rt.rescale_static(table, 7, shift, "activation"), index)
+                out = _gather(rt.rescale_static(table, 7, shift, "activation"), rows)
                 return IntTensor(out.reshape(shape), e + shift)
             if self.training and counts is not None and rt.mode("activation") != "stochastic":
                 rescaled, shift = self.rescale_activation(torch.where(counts > 0, table, 0), ctx)
-                return IntTensor(fused.bn_gather(rescaled, index).reshape(shape), e + shift)
-        out, shift = self.rescale_activation(fused.bn_gather(table, index).reshape(shape), ctx)
+                return IntTensor(_gather(rescaled, rows).reshape(shape), e + shift)
+        out, shift = self.rescale_activation(_gather(table, rows).reshape(shape), ctx)
         return IntTensor(out, e + shift)
 
     def normalised(self, ctx: dict) -> Tensor:
         """x̂ (int32, rows × C, 2**-NORM_FRAC_BITS units) of the training-mode forward that filled ``ctx``."""
-        return fused.bn_gather(ctx["xhat"], ctx["index"])
+        return _gather(ctx["xhat"], ctx["rows"])
 
     def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
         if x.m.dim() != 4 or x.m.shape[-1] != self.num_features:
@@ -152,8 +168,7 @@ class BatchNorm2d(Module):
             raise ValueError(f"BatchNorm2d: {n} values per channel in one batch; at most {MAX_COUNT - 1} keep "
                              "D = Σ|n·x − S| ≤ 254·n² below 2**63 (use a smaller batch)")
         # Every per-channel sum is a sum over the 256 int8 values weighted by how often each occurs.
-        index = fused.bn_value_index(rows)
-        counts = fused.bn_value_counts(index, ch)
+        counts = _value_sums(rows)
         values = fused.VALUES.to(x.m.device).expand(256, ch)
         s = rt.reduce_sum((counts * values).sum(dim=0))
         c = values * n - s  # c = n·x − S per (value, channel)
@@ -168,12 +183,12 @@ class BatchNorm2d(Module):
         xhat, sign = fused.bn_normalise(values, n, s, _channel_tensor(r, x.m), _channel_tensor(w, x.m),
                                         (1 << XHAT_BITS) - 1)
         if rt.recorder is not None:
-            rt.record("xhat", fused.bn_gather(xhat, index))
+            rt.record("xhat", _gather(xhat, rows))
         if ctx is not None:
-            ctx.update(index=index, xhat=xhat, sign=sign, sign_sum=sign_sum, r=r, w=w, n=n, e=x.e, shape=shape)
+            ctx.update(rows=rows, xhat=xhat, sign=sign, sign_sum=sign_sum, r=r, w=w, n=n, e=x.e, shape=shape)
         if ctx is not None or self._collected is not None:
             self._update_running(sums, devs, n, x.e)
-        return self._affine(xhat, index, shape, ctx, counts)
+        return self._affine(xhat, rows, shape, ctx, counts)
 
     def begin_recalibration(self) -> None:
         """Collect the statistics of the coming training-mode batches instead of moving the running averages."""
@@ -227,7 +242,7 @@ class BatchNorm2d(Module):
                             min(31, 62 - cbits))
         xhat, _ = fused.bn_normalise(values, scale, self.running_mean, _channel_tensor(r, x.m),
                                      _channel_tensor(w, x.m), (1 << XHAT_BITS) - 1)
-        return self._affine(xhat, fused.bn_value_index(x.m.reshape(-1, ch)), shape, ctx)
+        return self._affine(xhat, x.m.reshape(-1, ch), shape, ctx)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
         """The exact derivative of L1 batch norm (Hoffer et al. 2018) in integers (docs/numerics.md §13):
@@ -238,10 +253,10 @@ class BatchNorm2d(Module):
             raise RuntimeError(f"{self!r}.backward called without a training-mode forward (no saved context)")
         rt, ch, q = self.runtime, self.num_features, NORM_FRAC_BITS
         g = err.m.reshape(-1, ch)
-        index, xhat, sign, n = ctx["index"], ctx["xhat"], ctx["sign"], ctx["n"]
+        rows, xhat, sign, n = ctx["rows"], ctx["xhat"], ctx["sign"], ctx["n"]
         # Σ g and Σ g·x̂ per channel from the sums of g per (input value, channel): Σ over values of those sums,
         # and of x̂(value) times them.
-        g_sums = fused.bn_value_sums(index, g)
+        g_sums = _value_sums(rows, g)
         a_local = g_sums.sum(dim=0)
         g2_local = (g_sums * xhat).sum(dim=0)
         # The gradients stay local: the model sums every gradient over the ranks after backward.
@@ -266,10 +281,11 @@ class BatchNorm2d(Module):
         mode = rt.mode("error")
         if rt.recorder is None and mode in cpu_bn.MODES and cpu_bn.available(g):
             # The same rescale without an int64 tensor: the bit width from one pass, the rounding in a second.
-            shift = rt.shift_for_width(cpu_bn.error_max(g, index, table, g_table).bit_length(), 7)
-            out = cpu_bn.error_round(g, index, table, g_table, shift, mode).reshape(ctx["shape"])
+            shift = rt.shift_for_width(cpu_bn.error_max(g, rows, table, g_table).bit_length(), 7)
+            out = cpu_bn.error_round(g, rows, table, g_table, shift, mode).reshape(ctx["shape"])
         else:
-            out, shift = rt.rescale(fused.bn_error(g, index, table, g_table).reshape(ctx["shape"]), 7, "error")
+            wide = fused.bn_error(g, fused.bn_value_index(rows), table, g_table)
+            out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")
         return IntTensor(out, err.e + self.weight.e + k_e - q - 2 * q - ctx["e"] + shift)
 
     def extra_repr(self) -> str:

@@ -1,7 +1,7 @@
 /* Batch norm's per-element passes over (value, channel) tables (docs/numerics.md section 13), for the CPU.
  *
- * Rows of C channels; index[i] = (x + 128) * C + c is an element's row in a (256, C) table of its input value,
- * and (g + 128) * C + c that of its error value.  Integer instructions only; every sum is exact (int64) and
+ * Rows of C channels; (x + 128) * C + c is an element's entry in a (256, C) table of its int8 input value x, and
+ * (g + 128) * C + c that of its int8 error value g.  Integer instructions only; every sum is exact (int64) and
  * independent of the order and of the thread count.
  */
 #include <omp.h>
@@ -9,16 +9,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The largest |t1[index[i]] + t2[(g[i] + 128) * C + c]| (the caller guarantees |t1| + |t2| < 2**62). */
-int64_t niti_bn_error_max(const int8_t *g, const int32_t *index, const int64_t *t1, const int64_t *t2, long rows,
-                          long C, int nt) {
+/* The largest |t1[x's entry] + t2[g's entry]| (the caller guarantees |t1| + |t2| < 2**62). */
+int64_t niti_bn_error_max(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *t2, long rows, long C,
+                          int nt) {
     int64_t best = 0;
 #pragma omp parallel for reduction(max : best) schedule(static) num_threads(nt)
     for (long r = 0; r < rows; r++) {
-        const int8_t *gr = g + r * C;
-        const int32_t *ir = index + r * C;
+        const int8_t *gr = g + r * C, *xr = x + r * C;
         for (long c = 0; c < C; c++) {
-            int64_t w = t1[ir[c]] + t2[(gr[c] + 128) * C + c];
+            int64_t w = t1[(xr[c] + 128) * C + c] + t2[(gr[c] + 128) * C + c];
             int64_t a = w < 0 ? -w : w;
             best = a > best ? a : best;
         }
@@ -26,21 +25,20 @@ int64_t niti_bn_error_max(const int8_t *g, const int32_t *index, const int64_t *
     return best;
 }
 
-/* out = clip(round(w / 2**shift), +-limit) of w = t1[index] + t2[g index], rounded sign-magnitude with mode 0
+/* out = clip(round(w / 2**shift), +-limit) of w = t1[x's entry] + t2[g's entry], rounded sign-magnitude with mode 0
  * (nearest, ties away from zero), 1 (pseudo-stochastic: the discarded bits' high half against their low half) or
  * 2 (truncate); shift 0 only clips.  The int8 result of numerics.rescale for these modes. */
-void niti_bn_error_round(const int8_t *g, const int32_t *index, const int64_t *t1, const int64_t *t2, long rows,
-                         long C, int shift, int mode, int64_t limit, int8_t *out, int nt) {
+void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *t2, long rows, long C,
+                         int shift, int mode, int64_t limit, int8_t *out, int nt) {
     uint64_t low_mask = shift ? ((uint64_t)1 << shift) - 1 : 0;
     int h = shift >> 1;
     uint64_t h_mask = ((uint64_t)1 << h) - 1;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (long r = 0; r < rows; r++) {
-        const int8_t *gr = g + r * C;
-        const int32_t *ir = index + r * C;
+        const int8_t *gr = g + r * C, *xr = x + r * C;
         int8_t *orow = out + r * C;
         for (long c = 0; c < C; c++) {
-            int64_t w = t1[ir[c]] + t2[(gr[c] + 128) * C + c];
+            int64_t w = t1[(xr[c] + 128) * C + c] + t2[(gr[c] + 128) * C + c];
             uint64_t a = (uint64_t)(w < 0 ? -w : w);
             uint64_t q = a;
             if (shift) {
@@ -58,10 +56,11 @@ void niti_bn_error_round(const int8_t *g, const int32_t *index, const int64_t *t
     }
 }
 
-/* out[b] = sum of g[i] (or the count, g NULL) over the elements with index[i] == b, for b < bins: exact int64
- * sums, one private histogram per thread.  Returns 1 when a scratch allocation failed (out unspecified). */
-int niti_bn_value_sums(const int8_t *g, const int32_t *index, long n, long bins, int64_t *out, int nt) {
+/* out[(x + 128) * C + c] = sum of g (or the count, g NULL) over the elements of channel c with input value x: exact
+ * int64 sums, one private (256, C) histogram per thread.  Returns 1 when a scratch allocation failed. */
+int niti_bn_value_sums(const int8_t *g, const int8_t *x, long rows, long C, int64_t *out, int nt) {
     int failed = 0;
+    long bins = 256 * C;
     memset(out, 0, sizeof(int64_t) * bins);
 #pragma omp parallel num_threads(nt)
     {
@@ -71,8 +70,15 @@ int niti_bn_value_sums(const int8_t *g, const int32_t *index, long n, long bins,
             failed = 1;
         }
 #pragma omp for schedule(static)
-        for (long i = 0; i < n; i++) {
-            if (hist) hist[index[i]] += g ? g[i] : 1;
+        for (long r = 0; r < rows; r++) {
+            const int8_t *xr = x + r * C;
+            if (!hist) continue;
+            if (g) {
+                const int8_t *gr = g + r * C;
+                for (long c = 0; c < C; c++) hist[(xr[c] + 128) * C + c] += gr[c];
+            } else {
+                for (long c = 0; c < C; c++) hist[(xr[c] + 128) * C + c] += 1;
+            }
         }
         if (hist) {
 #pragma omp critical
@@ -81,4 +87,14 @@ int niti_bn_value_sums(const int8_t *g, const int32_t *index, long n, long bins,
         }
     }
     return failed;
+}
+
+/* out = table[x's entry] for an int8 (256, C) table. */
+void niti_bn_gather_int8(const int8_t *table, const int8_t *x, long rows, long C, int8_t *out, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long r = 0; r < rows; r++) {
+        const int8_t *xr = x + r * C;
+        int8_t *orow = out + r * C;
+        for (long c = 0; c < C; c++) orow[c] = table[(xr[c] + 128) * C + c];
+    }
 }
