@@ -294,7 +294,7 @@ def kernel_paths() -> dict[str, str]:
 
     cpu = torch.zeros(1, dtype=torch.int8)
     return {"int8 product": cpu_matmul_path(), "batch norm": "C" if cpu_bn.available(cpu) else "PyTorch",
-            "strided max pool": "C" if pool._c_pool(cpu) is not None else "PyTorch"}
+            "strided max pool": "C" if pool._c_pool(3, cpu) is not None else "PyTorch"}
 
 
 def _integer_worker_main() -> None:

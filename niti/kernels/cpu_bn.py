@@ -3,8 +3,9 @@
 The PyTorch path (``fused.bn_error`` then a rescale, ``fused.bn_value_sums``,
 gathers) needs an int32 index per element, materialises an int64 tensor per
 element and scatters on one thread; these loops read the int8 input and error
-once per pass (the table entry is computed in the loop) and write int8.  Same bits: the tables are the same, every sum is an exact integer and
-the rounding is ``numerics.rescale``'s for the value-only modes.  Built and
+once per pass (the table entry is computed in the loop) and write int8.  Same
+bits: the tables are the same, every sum is an exact integer and the rounding
+is ``numerics.rescale``'s for the value-only modes.  Built and
 loaded like the AVX2 GEMM (``cpu_gemm.load_library``); ``available()`` is
 False where it cannot be, and batch norm then takes the PyTorch path.
 Pinned against the PyTorch path in ``tests/test_norm.py``.

@@ -413,9 +413,10 @@ col2im.__doc__ = ("Stride-1 col2im: sum each kernel tap's slice of ``cols`` (n, 
 
 
 # ------------------------------------------------------------ batch norm (docs/numerics.md §13)
-# Not compiled chains: gathers and bincounts are single eager passes.  An int8 input has 256 values per channel, so every per-element quantity of batch norm that depends only on the
-# value (x̂, sign(c), γ·x̂ + β, the error's value-dependent term) is computed once per (value, channel) in a
-# (256, C) table and gathered with the element's table index (x + 128)·C + channel.
+# The PyTorch path (the CPU's C loops are kernels/cpu_bn.py); not compiled chains: gathers and bincounts are
+# single eager passes.  An int8 input has 256 values per channel, so every per-element quantity of batch norm that
+# depends only on the value (x̂, sign(c), γ·x̂ + β, the error's value-dependent term) is computed once per
+# (value, channel) in a (256, C) table and gathered with the element's table index (x + 128)·C + channel.
 
 
 #: The 256 int8 values as a column (int64): the rows of batch norm's (256, C) value tables.

@@ -89,15 +89,12 @@ def _pool_library() -> ctypes.CDLL | None:
     return lib
 
 
-def _c_pool(*tensors: Tensor) -> ctypes.CDLL | None:
-    """The C loops of ``csrc/maxpool_strided.c`` for CPU int8 tensors (None: use the PyTorch taps loop)."""
-    if any(t.device.type != "cpu" or t.dtype != torch.int8 for t in tensors) or not POOL_IN_C:
+def _c_pool(k: int, *tensors: Tensor) -> ctypes.CDLL | None:
+    """The C loops of ``csrc/maxpool_strided.c`` for a k×k pool of CPU int8 tensors, or None (the PyTorch taps
+    loop): the int8 index holds taps below 127, and the backward's int16 sums ``|sum| ≤ k²·128`` then fit."""
+    if k * k > 127 or any(t.device.type != "cpu" or t.dtype != torch.int8 for t in tensors):
         return None
     return _pool_library()
-
-
-#: Whether strided max pooling may use its C loops (tests switch it off to compare with the PyTorch taps loop).
-POOL_IN_C = True
 
 
 def maxpool2d_strided(x: Tensor, k: int, stride: int, padding: int) -> tuple[Tensor, Tensor]:
@@ -106,7 +103,7 @@ def maxpool2d_strided(x: Tensor, k: int, stride: int, padding: int) -> tuple[Ten
     window holds at least one input element, and padded cells read -128 (below any clipped int8)."""
     n, h, w, c = x.shape
     ho, wo, taps = _taps(h, w, k, stride, padding)
-    if (lib := _c_pool(x)) is not None and k * k <= 127:
+    if (lib := _c_pool(k, x)) is not None:
         x = x.contiguous()
         out = torch.empty((n, ho, wo, c), dtype=torch.int8)
         index = torch.empty((n, ho, wo, c), dtype=torch.int8)
@@ -134,7 +131,7 @@ def maxpool2d_strided_backward(err: Tensor, index: Tensor, k: int, stride: int, 
     the caller narrows it to int8."""
     n, h, w, c = input_shape
     ho, wo, taps = _taps(h, w, k, stride, padding)
-    if (lib := _c_pool(err, index)) is not None and k <= 15:
+    if (lib := _c_pool(k, err, index)) is not None:
         err, index = err.contiguous(), index.contiguous()
         total = torch.empty((n, h, w, c), dtype=torch.int16)  # |sum| <= k·k·128: exact, half the memory
         lib.niti_maxpool_strided_backward(err.data_ptr(), index.data_ptr(), n, h, w, c, k, stride, padding, ho, wo,
