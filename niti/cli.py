@@ -74,6 +74,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="initial int8 mantissas fill ±127 (default on)")
     p.add_argument("--input-std", action=argparse.BooleanOptionalAction, default=defaults.input_std,
                    help="divide the integer input by the per-channel std (default on)")
+    p.add_argument("--random-bits", choices=["counter", "generator"], default=defaults.random_bits,
+                   help="where stochastic rounding and dropout get random bits: counter-based hashes, the same on "
+                        "every device (default), or the first version's CPU generators")
     p.add_argument("--inference", choices=["static", "batch"], default=defaults.inference,
                    help="how the integer model is evaluated: calibrated static shifts, so a prediction depends on "
                         "its image only (default), or each batch's own shifts")
@@ -121,7 +124,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, softmax=args.softmax,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
-                       inference=args.inference, norm_recalibration=args.norm_recalibration,
+                       inference=args.inference, random_bits=args.random_bits, norm_recalibration=args.norm_recalibration,
                        momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress,
                        **_given(args, "checkpoint_every", "log_every"), **rounds)
 

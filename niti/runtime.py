@@ -1,8 +1,9 @@
-"""The per-model execution context: rounding policy, seeded generators, reductions.
+"""The per-model execution context: rounding policy, random bits, reductions.
 
 Layers never read global state.  Each holds a reference to one ``Runtime``
-which says how to round each role, where random bits come from (one
-``torch.Generator`` per purpose), and how whole-batch quantities are formed.
+which says how to round each role, where random bits come from (counter-based
+hashes, one stream per purpose, docs/numerics.md §14), and how whole-batch
+quantities are formed.
 On one process the reductions are identities; the distributed trainer swaps in
 all-reduces so that every rank computes the bits a single process would.
 It also owns the scratch ``Workspace`` its layers' kernels reuse step after step.
@@ -16,11 +17,17 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import counter_bits
 from .kernels import fused
 from .kernels.workspace import Workspace
 from .numerics import RoundingPolicy, int_dtype_for_bits
 
-__all__ = ["Recorder", "Runtime"]
+__all__ = ["RANDOM_BITS", "Recorder", "Runtime"]
+
+#: Where random bits come from: ``counter`` hashes (seed, stream, draw, index) on the tensor's device
+#: (docs/numerics.md §14); ``generator`` is the first scheme, CPU ``torch.Generator`` streams, kept so that
+#: checkpoints written with it resume with the same bits.
+RANDOM_BITS = ("counter", "generator")
 
 
 class Recorder:
@@ -51,7 +58,7 @@ def _identity_tensor(t: Tensor) -> Tensor:
 
 def _generator(seed: int) -> torch.Generator:
     g = torch.Generator(device="cpu")
-    g.manual_seed(seed)
+    g.manual_seed(seed % (1 << 64))  # the same for every seed below 2**63; any larger one is accepted
     return g
 
 
@@ -59,8 +66,10 @@ def _generator(seed: int) -> torch.Generator:
 class Runtime:
     """How a model rounds, draws random bits and reduces across data-parallel ranks.
 
-    Random draws are always made on the CPU for the *global* batch and then
-    sliced, so results depend neither on the device nor on the number of ranks.
+    A draw's bits are a function of the element's index in the *global* batch,
+    so results depend neither on the device nor on the number of ranks.  With
+    ``random_bits="counter"`` each rank hashes its own slice on its own device;
+    the ``generator`` scheme draws the whole batch on the CPU and slices it.
     """
 
     policy: RoundingPolicy = field(default_factory=RoundingPolicy)
@@ -69,6 +78,11 @@ class Runtime:
     world_size: int = 1
     reduce_max: Callable[[int], int] = _identity_int
     reduce_sum: Callable[[Tensor], Tensor] = _identity_tensor
+    random_bits: str = "counter"
+    #: Draws made so far per stream (``counter`` scheme): the next draw's number.
+    draws: dict[str, int] = field(init=False)
+    #: The seed the counter streams hash (``seed`` mod 2**64; a loaded state brings its own).
+    stream_seed: int = field(init=False)
     rounding_generator: torch.Generator = field(init=False)
     dropout_generator: torch.Generator = field(init=False)
     workspace: Workspace = field(init=False, repr=False, compare=False)
@@ -78,6 +92,10 @@ class Runtime:
     scope: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.random_bits not in RANDOM_BITS:
+            raise ValueError(f"random_bits must be one of {RANDOM_BITS}, got {self.random_bits!r}")
+        self.draws = {stream: 0 for stream in counter_bits.STREAMS}
+        self.stream_seed = self.seed % (1 << 64)
         # Distinct, fixed streams per purpose: call order in one cannot shift the other.
         self.rounding_generator = _generator(self.seed * 2 + 1)
         self.dropout_generator = _generator(self.seed * 2 + 2)
@@ -91,12 +109,30 @@ class Runtime:
         if self.recorder is not None:
             self.recorder.add(f"{self.scope}.{name}" if self.scope else name, value)
 
+    def _counter_draw(self, stream: str, bits: int, shape: tuple[int, ...], batched: bool,
+                      device: torch.device | str) -> Tensor:
+        """The next draw of ``stream``: this rank's slice (rows ``rank·n ..``) of the global batch when ``batched``."""
+        draw = self.draws[stream]
+        count = 1
+        for n in shape:
+            count *= n
+        start = self.rank * count if batched and self.world_size > 1 else 0
+        local = counter_bits.uniform_bits(self.stream_seed, stream, draw, bits, shape, start=start, device=device)
+        self.draws[stream] = draw + 1
+        return local
+
     def uniform(self, high: int, shape: tuple[int, ...], *, batched: bool, device: torch.device) -> Tensor:
-        """Integers uniform in ``[0, high)`` for a tensor of local ``shape``.
+        """Integers uniform in ``[0, high)`` (a power of two) for a tensor of local ``shape``, on ``device``.
 
         With ``batched`` the first dimension is this rank's shard of the global
-        batch: the draw covers the whole batch and this rank keeps its slice.
+        batch: the draw covers the whole batch and this rank gets its slice.
         """
+        if high < 1 or high & (high - 1):
+            raise ValueError(f"uniform draws need a power-of-two range, got {high}")
+        if self.random_bits == "counter":
+            local = self._counter_draw("rounding", high.bit_length() - 1, shape, batched, device)
+            self.record("noise", local)
+            return local
         if batched and self.world_size > 1:
             n = shape[0]
             full = torch.randint(0, high, (n * self.world_size, *shape[1:]), generator=self.rounding_generator,
@@ -106,6 +142,12 @@ class Runtime:
             local = torch.randint(0, high, shape, generator=self.rounding_generator, dtype=torch.int64)
         self.record("noise", local)
         return local.to(device)
+
+    def dropout_mask(self, shape: tuple[int, ...], device: torch.device | str) -> Tensor:
+        """A 0/1 int8 keep-mask of ``shape`` (one per feature, shared by the batch) on ``device``."""
+        if self.random_bits == "counter":
+            return self._counter_draw("dropout", 1, shape, False, device).to(torch.int8)
+        return torch.randint(0, 2, shape, generator=self.dropout_generator, dtype=torch.int8).to(device)
 
     def shift_for_width(self, width: int, target_bits: int, *, batched: bool = True) -> int:
         """The rescale shift of a tensor whose local largest magnitude has ``width`` bits: ``width`` is the
@@ -150,12 +192,29 @@ class Runtime:
             mode = "nearest"
         return fused.round_clip(t, shift, mode, target_bits, int_dtype_for_bits(target_bits))
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Tensor]:
+        """Where the random streams stand: their seed (32-bit words, int64) and draw counts (``<stream>_draws``,
+        int64), or generator states."""
+        if self.random_bits == "counter":
+            state = {"stream_seed": torch.tensor([self.stream_seed & 0xFFFFFFFF, self.stream_seed >> 32])}
+            state.update({f"{stream}_draws": torch.tensor(n, dtype=torch.int64) for stream, n in self.draws.items()})
+            return state
         return {
             "rounding_generator": self.rounding_generator.get_state(),
             "dropout_generator": self.dropout_generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.rounding_generator.set_state(state["rounding_generator"])
-        self.dropout_generator.set_state(state["dropout_generator"])
+        """Restore a ``state_dict``; its keys say the scheme, which this runtime takes on (checkpoints written
+        with generator streams resume with them)."""
+        if "rounding_generator" in state:
+            self.rounding_generator.set_state(state["rounding_generator"])
+            self.dropout_generator.set_state(state["dropout_generator"])
+            self.random_bits = "generator"
+            return
+        draws = {stream: int(state[f"{stream}_draws"]) for stream in counter_bits.STREAMS}
+        lo, hi = (int(w) for w in state["stream_seed"])
+        if any(n < 0 for n in draws.values()) or not (0 <= lo < 1 << 32 and 0 <= hi < 1 << 32):
+            raise ValueError(f"draw counts must be >= 0 and the seed two 32-bit words, got {draws}, {lo}, {hi}")
+        self.draws, self.stream_seed = draws, lo | hi << 32
+        self.random_bits = "counter"

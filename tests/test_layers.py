@@ -260,12 +260,15 @@ def test_dropout_seeded_and_identity_in_eval() -> None:
     layer = Dropout()
     runtime = Runtime(seed=5)
     layer.set_runtime(runtime)
-    state = runtime.dropout_generator.get_state()
+    state = dict(runtime.draws)
     layer.eval()
     ctx: dict = {}
     out = layer.forward(x, ctx)
     assert out is x or (torch.equal(out.m, x.m) and out.e == x.e)
-    assert torch.equal(runtime.dropout_generator.get_state(), state)  # eval draws nothing
+    assert runtime.draws == state  # eval draws nothing
+    layer.train()
+    layer.forward(x, ctx)
+    assert runtime.draws == {**state, "dropout": state["dropout"] + 1}
 
 
 # --------------------------------------------------------------------------- Sequential and bookkeeping

@@ -71,7 +71,7 @@ class IntegerModel:
                  total_steps: int | None = None, mean: tuple[int, ...] | None = None,
                  gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
                  rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True,
-                 inference: str = "static") -> None:
+                 inference: str = "static", random_bits: str = "counter") -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
         self.arch = arch
@@ -94,7 +94,7 @@ class IntegerModel:
         # Added to the scheduled gb per parameter tensor (input to output): e.g. a larger step for the classifier.
         self.gb_offsets = resolve_gb_offsets(gb_offsets, self.parameter_names())
         self.schedule.check_accumulator_bits(accumulator_bits, self.gb_offsets)
-        self.runtime = Runtime(policy or RoundingPolicy(), seed)
+        self.runtime = Runtime(policy or RoundingPolicy(), seed, random_bits=random_bits)
         self.net.set_runtime(self.runtime)
         self.inference = inference
         mean = mean if mean is not None else DEFAULT_MEANS.get(arch.dataset, (0,) * arch.input_shape[2])
@@ -138,8 +138,7 @@ class IntegerModel:
 
     def set_runtime(self, runtime: Runtime) -> None:
         """Swap the execution context (the distributed trainer installs all-reduces this way)."""
-        runtime.rounding_generator.set_state(self.runtime.rounding_generator.get_state())
-        runtime.dropout_generator.set_state(self.runtime.dropout_generator.get_state())
+        runtime.load_state_dict(self.runtime.state_dict())  # where the random streams stand, and their scheme
         self.runtime = runtime
         self.net.set_runtime(runtime)
 

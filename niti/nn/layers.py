@@ -276,8 +276,7 @@ class Dropout(Module):
         if not self.training:
             return x
         # 0/1 int8: multiplying by it is exactly where(keep, x, 0), and a vectorised eager op.
-        keep = torch.randint(0, 2, tuple(x.m.shape[1:]), generator=self.runtime.dropout_generator,
-                             dtype=torch.int8).to(x.m.device)
+        keep = self.runtime.dropout_mask(tuple(x.m.shape[1:]), x.m.device)
         if ctx is not None:
             ctx["mask"] = keep
         self.runtime.record("mask", keep)

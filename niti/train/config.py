@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from ..nn.loss import SOFTMAXES
 from ..numerics import ROUNDING_MODES, RoundingPolicy
 from ..optim import GbSchedule, UpdateRule
+from ..runtime import RANDOM_BITS
 
 __all__ = ["TrainConfig"]
 
@@ -29,7 +30,8 @@ def default_val_size(n_train: int) -> int:
 
 #: What a config written before the ``numerics`` key meant (the first version's defaults).
 _NUMERICS_1 = {"numerics": 1, "batch_ref": 0, "momentum_shift": 0, "decay_shift": 0, "softmax": "coarse",
-               "full_range_init": False, "input_std": False, "accumulator_bits": 8}
+               "full_range_init": False, "input_std": False, "accumulator_bits": 8,
+               "random_bits": "generator"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,9 @@ class TrainConfig:
     numerics: int = 2
     #: Evaluation shifts: "static" (calibrated per layer, batch-independent) or "batch" (the batch's own).
     inference: str = "static"
+    #: Random bits for stochastic rounding and dropout: "counter" (hashes, the same on every device,
+    #: docs/numerics.md §14) or "generator" (the first version's CPU generators).
+    random_bits: str = "counter"
     #: Training images whose statistics replace batch norm's running averages before each evaluation
     #: (PreciseBN; both arithmetics); 0: evaluate with the running averages. Ignored without batch norm.
     norm_recalibration: int = 4096
@@ -97,6 +102,8 @@ class TrainConfig:
             raise ValueError(f"softmax must be one of {SOFTMAXES}, got {self.softmax!r}")
         if self.inference not in ("static", "batch"):
             raise ValueError(f"inference must be 'static' or 'batch', got {self.inference!r}")
+        if self.random_bits not in RANDOM_BITS:
+            raise ValueError(f"random_bits must be one of {RANDOM_BITS}, got {self.random_bits!r}")
         if self.numerics not in (1, 2):
             raise ValueError(f"numerics must be 1 or 2, got {self.numerics}")
         self.rule  # validates batch_ref, momentum_shift, decay_shift

@@ -66,7 +66,8 @@ def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...],
         model = build(config.model, seed=config.seed, policy=config.policy, schedule=config.schedule,
                       accumulator_bits=config.accumulator_bits, total_steps=total_steps, mean=mean,
                       gb_offsets=config.layer_gb_offsets, scale=scale, rule=config.rule, softmax=config.softmax,
-                      full_range_init=config.full_range_init, input_shape=input_shape, inference=config.inference)
+                      full_range_init=config.full_range_init, input_shape=input_shape, inference=config.inference,
+                      random_bits=config.random_bits)
     else:
         from ..baseline import build_float
 

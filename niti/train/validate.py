@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..counter_bits import STREAMS
 from ..models import get_architecture, is_factory_path
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import TrainConfig
@@ -63,6 +64,26 @@ def _int_tensor(where: str, name: str, value: object, *, dtype: torch.dtype | No
     return value
 
 
+def _check_runtime(where: str, runtime: object) -> None:
+    """Random-stream state: per-stream draw counts (counter scheme) or the first scheme's generator states."""
+    counts = {f"{stream}_draws" for stream in STREAMS} | {"stream_seed"}
+    generators = {"rounding_generator", "dropout_generator"}
+    if not isinstance(runtime, dict) or set(runtime) not in (counts, generators):
+        raise _fail(where, f"model runtime must hold {sorted(counts)} (or, from older versions, "
+                           f"{sorted(generators)}), got {runtime if not isinstance(runtime, dict) else sorted(runtime)}")
+    for name, value in runtime.items():
+        if name == "stream_seed":
+            tensor = _int_tensor(where, f"runtime {name}", value, dtype=torch.int64, low=0, high=(1 << 32) - 1)
+            if tuple(tensor.shape) != (2,):
+                raise _fail(where, f"runtime {name} must be two 32-bit words, got shape {tuple(tensor.shape)}")
+        elif name in counts:
+            tensor = _int_tensor(where, f"runtime {name}", value, dtype=torch.int64, low=0, high=(1 << 63) - 1)
+            if tensor.dim() != 0:
+                raise _fail(where, f"runtime {name} must be a scalar, got shape {tuple(tensor.shape)}")
+        else:
+            _int_tensor(where, f"runtime {name}", value, dtype=torch.uint8)
+
+
 def _config(where: str, raw: object) -> TrainConfig:
     if not isinstance(raw, dict):
         raise _fail(where, f"config must be a dict, got {type(raw).__name__}")
@@ -110,10 +131,7 @@ def _check_int_model(where: str, model: dict, config: TrainConfig, total_steps: 
     for label, p in labelled:
         _check_param(where, label, p)
     runtime = model.get("runtime")
-    if not isinstance(runtime, dict) or not runtime:
-        raise _fail(where, "model runtime must be a dict of generator states")
-    for name, value in runtime.items():
-        _int_tensor(where, f"runtime {name}", value, dtype=torch.uint8)
+    _check_runtime(where, model.get("runtime"))
     mean = _int_tensor(where, "model mean", model.get("mean"), low=0, high=PIXEL_MAX)
     if tuple(mean.shape) != (channels,):
         raise _fail(where, f"model mean must have {channels} channel values, got shape {tuple(mean.shape)}")
