@@ -6,7 +6,8 @@ Parts, each recorded even when another fails, all inside one time budget
 (a) ``pytest tests/test_cuda.py tests/test_triton.py`` compiled (no Triton
     interpreter): CPU vs GPU bit-identity of ``int_mm_cuda``, both CUDA
     convolution backends and whole training steps; the log is saved.
-(b) VGG-small-7 training-step time at batch 256 on real CIFAR-10 images:
+(b) VGG-small-7 training-step time at batch 256 on real CIFAR-10 images, and the host
+    synchronisations of one integer step (CUDA's sync debug mode and ``niti.audit.HostReads``):
     integer niti (Triton implicit-GEMM conv and im2col + ``_int_mm``) against
     the same architecture in float PyTorch (``niti.baseline``'s network,
     channels_last, cudnn.benchmark, SGD with momentum) in fp32 and in
@@ -190,6 +191,33 @@ def _real_batch(data: Path, n: int, device: str):  # noqa: ANN202
     return torch.from_numpy(x.copy()).to(device), torch.from_numpy(y.copy()).to(device)
 
 
+def count_syncs(step: Callable[[], object], device: str) -> dict:
+    """Host synchronisations of one step: CUDA's own count (``set_sync_debug_mode`` warnings) and the reads
+    of tensor values ``niti.audit.HostReads`` sees (the same count a CPU run reports), with their sites."""
+    import warnings
+
+    import torch
+
+    from niti.audit import HostReads
+
+    result: dict = {}
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        result["cuda_sync_warnings"] = sum("synchroniz" in str(w.message) for w in caught)
+    with HostReads() as reads:
+        step()
+    result["host_reads"] = reads.total
+    result["host_read_sites"] = dict(reads.sites.most_common(12))
+    return result
+
+
 def part_b(data: Path, args: argparse.Namespace, deadline: float, hard_deadline: float, report: Report) -> dict:
     import torch
     import torch.nn.functional as F
@@ -213,6 +241,8 @@ def part_b(data: Path, args: argparse.Namespace, deadline: float, hard_deadline:
             model = niti.build("vgg-small-7", seed=0).to(dev)
             result["configs"][name] = _time_steps(lambda: model.train_step(images, labels), args.warmup, args.steps,
                                                   share(i), dev, hard_deadline)
+            result["configs"][name]["host_syncs_per_step"] = count_syncs(lambda: model.train_step(images, labels),
+                                                                         dev)
             del model
         except Exception:
             result["configs"][name] = {"error": traceback.format_exc(limit=8)}

@@ -15,11 +15,15 @@ compiled == eager and float-word tests cover the second.
 
 from __future__ import annotations
 
+import collections
+import sys
+from pathlib import Path
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["FloatingPointOpError", "integer_only"]
+__all__ = ["FloatingPointOpError", "HostReads", "integer_only"]
 
 
 class FloatingPointOpError(RuntimeError):
@@ -71,3 +75,56 @@ class integer_only(TorchDispatchMode):
         if bad:
             raise FloatingPointOpError(f"{func} produced a {bad[0].dtype} tensor inside integer_only()")
         return out
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _caller_in_package() -> str:
+    """``module.py:line`` of the innermost niti frame outside this file (where a host read was asked for)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = Path(frame.f_code.co_filename).resolve()
+        if path != Path(__file__).resolve() and _PACKAGE in path.parents:
+            return f"{path.relative_to(_PACKAGE.parent)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "outside niti"
+
+
+class HostReads(TorchDispatchMode):
+    """Context manager: count the reads of tensor values into Python (issue 18's host synchronisations).
+
+    On a GPU each such read (``int(t)``, ``t.item()``, ``bool(t)``, ``t.tolist()``) waits for the device; on the
+    CPU the same calls mark where a GPU step would wait, so a CPU run counts a GPU step's synchronisations.
+    ``sites`` maps ``module.py:line`` (the innermost niti frame) to its count; ``total`` sums them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: collections.Counter[str] = collections.Counter()
+        self._tolist = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.sites.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.sites[_caller_in_package()] += 1
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self) -> "HostReads":
+        # ``tolist`` reads CPU memory without an aten op: count it by wrapping the method while the mode is on.
+        original, reads = torch.Tensor.tolist, self
+
+        def counted_tolist(t: torch.Tensor):  # noqa: ANN202
+            reads.sites[_caller_in_package()] += 1
+            return original(t)
+
+        self._tolist = original
+        torch.Tensor.tolist = counted_tolist  # type: ignore[method-assign]
+        return super().__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        torch.Tensor.tolist = self._tolist  # type: ignore[method-assign]
+        return super().__exit__(*exc)

@@ -267,6 +267,16 @@ def test_init_from_env_without_world_size(monkeypatch) -> None:
     assert all_sum_int([4, 5]) == [4, 5]  # no process group: identity
 
 
+def test_backend_follows_the_device() -> None:
+    """gloo for CPU training; NCCL for a GPU when torch has it (collectives stay on the GPU), else gloo."""
+    from niti.distributed.group import backend_for, wire_device
+
+    assert backend_for("cpu") == "gloo"
+    expected = "nccl" if torch.distributed.is_nccl_available() else "gloo"
+    assert backend_for("cuda") == expected == backend_for(torch.device("cuda", 0))
+    assert wire_device() == torch.device("cpu")  # no process group
+
+
 def test_attach_refuses_other_models() -> None:
     from niti.distributed import attach
 

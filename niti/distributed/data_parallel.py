@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..numerics import bits
-from .group import DistInfo, all_sum_int, shard
+from .group import DistInfo, all_sum_int, shard, wire_device
 
 __all__ = ["CommStats", "Collectives", "attach", "evaluate_sharded", "replica_fingerprint", "verify_replicas"]
 
@@ -62,11 +62,16 @@ class CommStats:
 
 
 class Collectives:
-    """The reductions a data-parallel ``Runtime`` uses, over one gloo process group, with byte counts."""
+    """The reductions a data-parallel ``Runtime`` uses, over one process group, with byte counts.
 
-    def __init__(self, world_size: int, group: dist.ProcessGroup | None = None) -> None:
+    Buffers travel on ``device``: the CPU under gloo, the rank's GPU under NCCL (``group.wire_device``).
+    """
+
+    def __init__(self, world_size: int, group: dist.ProcessGroup | None = None,
+                 device: torch.device | None = None) -> None:
         self.world_size = world_size
         self.group = group
+        self.device = device if device is not None else wire_device()
         self.stats = CommStats()
 
     def _all_reduce(self, t: Tensor, op: dist.ReduceOp) -> None:
@@ -75,7 +80,7 @@ class Collectives:
         self.stats.seconds += time.perf_counter() - t0
 
     def _max(self, value: int) -> int:
-        t = torch.tensor([value], dtype=torch.int64)
+        t = torch.tensor([value], dtype=torch.int64, device=self.device)
         self._all_reduce(t, dist.ReduceOp.MAX)
         return int(t.item())
 
@@ -102,7 +107,7 @@ class Collectives:
         if bound > _INT64_MAX:  # pragma: no cover - needs > 2**62 magnitudes
             raise OverflowError(f"gradient sum over {self.world_size} ranks of {width}-bit values could exceed int64")
         wire = torch.int32 if bound <= _INT32_MAX else torch.int64
-        buf = t.to(device="cpu", dtype=wire, copy=True).contiguous()
+        buf = t.to(device=self.device, dtype=wire, copy=True).contiguous()
         self._all_reduce(buf, dist.ReduceOp.SUM)
         self.stats.grad_calls += 1
         self.stats.grad_bytes += buf.numel() * buf.element_size()

@@ -1,4 +1,5 @@
-"""Joining the gloo process group from torchrun-style environment variables; sharding; metric sums."""
+"""Joining the process group (gloo on CPU, NCCL on GPUs) from torchrun-style environment variables; sharding;
+metric sums."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistInfo", "init_from_env", "shutdown", "shard", "all_sum_int", "all_sum_float"]
+__all__ = ["DistInfo", "backend_for", "init_from_env", "shutdown", "shard", "all_sum_int", "all_sum_float",
+           "wire_device"]
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,23 @@ def _env_int(name: str, default: int | None = None) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from None
 
 
-def init_from_env(timeout_s: float = 120.0) -> DistInfo | None:
-    """Join the gloo group described by RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; None if WORLD_SIZE ≤ 1.
+def backend_for(device: str | torch.device) -> str:
+    """``nccl`` for a CUDA device when this torch has NCCL (collectives stay on the GPU), else ``gloo``."""
+    return "nccl" if torch.device(device).type == "cuda" and dist.is_nccl_available() else "gloo"
 
-    ``timeout_s`` bounds every collective: a rank that dies or hangs makes the
+
+def wire_device() -> torch.device:
+    """Where collective buffers must live: the current GPU under NCCL, the CPU under gloo."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def init_from_env(timeout_s: float = 120.0, device: str | torch.device = "cpu") -> DistInfo | None:
+    """Join the group described by RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT; None if WORLD_SIZE ≤ 1.
+
+    The backend is ``backend_for(device)``: gloo for CPU training, NCCL for GPUs (each rank's GPU must be
+    selected first).  ``timeout_s`` bounds every collective: a rank that dies or hangs makes the
     others fail with an error after at most that long.  Calling it again in
     an initialised process returns the same ``DistInfo``.
     """
@@ -62,7 +77,7 @@ def init_from_env(timeout_s: float = 120.0) -> DistInfo | None:
         raise ValueError("MASTER_ADDR and MASTER_PORT must be set for a distributed run "
                          f"(got MASTER_ADDR={addr!r}, MASTER_PORT={port!r})")
     try:
-        dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=world_size,
+        dist.init_process_group(backend_for(device), init_method="env://", rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=timeout_s))
     except Exception as exc:  # store timeouts and connection errors come in several types
         raise RuntimeError(f"rank {rank} of {world_size} could not join the process group at {addr}:{port} "
@@ -112,7 +127,7 @@ def all_sum_int(values: list[int]) -> list[int]:
     values = [int(v) for v in values]
     if not dist.is_initialized() or dist.get_world_size() == 1 or not values:
         return values
-    t = torch.tensor(values, dtype=torch.int64)
+    t = torch.tensor(values, dtype=torch.int64, device=wire_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return [int(v) for v in t.tolist()]
 
@@ -122,6 +137,6 @@ def all_sum_float(values: list[float]) -> list[float]:
     values = [float(v) for v in values]
     if not dist.is_initialized() or dist.get_world_size() == 1 or not values:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
+    t = torch.tensor(values, dtype=torch.float64, device=wire_device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return [float(v) for v in t.tolist()]

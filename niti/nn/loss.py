@@ -95,16 +95,23 @@ def _exp2_weights(m: Tensor, e: int) -> Tensor:
     return exp2_table(m.device)[frac] >> (-whole).clamp_max(63)
 
 
-def softmax_grad(logits: IntTensor, labels: Tensor) -> Tensor:
+def _check_labels(labels: Tensor, n: int, k: int) -> None:
+    """``n`` class indices in ``[0, k)``: reads their range (a host synchronisation when they sit on a GPU)."""
+    if labels.shape != (n,) or (n and (int(labels.min()) < 0 or int(labels.max()) >= k)):
+        raise ValueError(f"labels must be {n} class indices in [0, {k}), got shape {tuple(labels.shape)}")
+
+
+def softmax_grad(logits: IntTensor, labels: Tensor, *, check_labels: bool = True) -> Tensor:
     """``G ≈ 2**GRAD_BITS · (softmax(logits) - onehot(labels))`` in int64; each row sums to exactly 0.
 
     Off-label entries are ``P · 2**GRAD_BITS / Z`` rounded to nearest; the
-    label entry takes minus the sum of the others.
+    label entry takes minus the sum of the others.  ``check_labels=False`` skips the range check (a host
+    read) for labels the caller has already checked on the host.
     """
     m = logits.m.to(torch.int64)
     n, k = m.shape
-    if labels.shape != (n,) or (n and (int(labels.min()) < 0 or int(labels.max()) >= k)):
-        raise ValueError(f"labels must be {n} class indices in [0, {k}), got shape {tuple(labels.shape)}")
+    if check_labels:
+        _check_labels(labels, n, k)
     if k >= 1 << 20:
         raise ValueError(f"at most 2**20 classes are supported (int64 softmax sums), got {k}")
     p = _exp2_weights(m, logits.e)  # each row's maximum is exactly 2**30
@@ -115,7 +122,7 @@ def softmax_grad(logits: IntTensor, labels: Tensor) -> Tensor:
     return g
 
 
-def softmax_grad_coarse(logits: IntTensor, labels: Tensor) -> Tensor:
+def softmax_grad_coarse(logits: IntTensor, labels: Tensor, *, check_labels: bool = True) -> Tensor:
     """The first version's gradient (log-probabilities rounded to whole powers of two), on the 2**11 scale.
 
     Kept only to measure what the precise softmax buys (the ablation in
@@ -123,8 +130,8 @@ def softmax_grad_coarse(logits: IntTensor, labels: Tensor) -> Tensor:
     """
     m = logits.m.to(torch.int64)
     n, k = m.shape
-    if labels.shape != (n,) or (n and (int(labels.min()) < 0 or int(labels.max()) >= k)):
-        raise ValueError(f"labels must be {n} class indices in [0, {k}), got shape {tuple(labels.shape)}")
+    if check_labels:
+        _check_labels(labels, n, k)
     e = logits.e
     if e > -7:
         s = torch.div(m * 47274, 1 << 15, rounding_mode="trunc")  # log2(e) in Q15
@@ -142,14 +149,17 @@ def softmax_grad_coarse(logits: IntTensor, labels: Tensor) -> Tensor:
 
 
 def cross_entropy_backward(logits: IntTensor, labels: Tensor, runtime: Runtime,
-                           softmax: str = "precise") -> IntTensor:
-    """The int8 error (exponent 0, i.e. 127 ≈ a probability of 1) of the cross-entropy loss w.r.t. ``logits``."""
+                           softmax: str = "precise", *, check_labels: bool = True) -> IntTensor:
+    """The int8 error (exponent 0, i.e. 127 ≈ a probability of 1) of the cross-entropy loss w.r.t. ``logits``.
+
+    ``check_labels=False``: the labels were range-checked on the host before they were copied (a training step).
+    """
     if softmax not in SOFTMAXES:
         raise ValueError(f"softmax must be one of {SOFTMAXES}, got {softmax!r}")
     if softmax == "precise":
-        g, shift = softmax_grad(logits, labels), LOSS_SHIFT
+        g, shift = softmax_grad(logits, labels, check_labels=check_labels), LOSS_SHIFT
     else:  # the first version's 2**11 scale and shift 4: bit-identical to it, random draws included
-        g, shift = softmax_grad_coarse(logits, labels), 4
+        g, shift = softmax_grad_coarse(logits, labels, check_labels=check_labels), 4
     runtime.record("softmax_grad", g)
     noise = None
     if runtime.mode("loss") == "stochastic":

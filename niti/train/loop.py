@@ -225,12 +225,15 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun or `niti train --nproc`
         from .. import distributed
 
-        dist = distributed.init_from_env()
         if config.arith != "int":
             raise ValueError("distributed training is implemented for the integer model only (--arith int)")
         device = torch.device(config.device)
         if device.type == "cuda" and device.index is None:  # one GPU per local rank (torchrun --nproc-per-node)
-            torch.cuda.set_device(dist.local_rank % torch.cuda.device_count())
+            local_rank = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")))
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())  # before NCCL binds to a GPU
+        elif device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist = distributed.init_from_env(device=device)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
     out = Path(config.out)
     ckpt_path = out / CHECKPOINT_NAME
