@@ -174,9 +174,9 @@ class BatchNorm2d(Module):
         c = values * n - s  # c = n·x − S per (value, channel)
         d = rt.reduce_sum((counts * c.abs()).sum(dim=0))
         sign_sum = (counts * torch.sign(c)).sum(dim=0)
-        present = c.abs()[counts > 0]
-        top = int(present.max()) if present.numel() else 0
-        sums, devs = s.tolist(), d.tolist()
+        top = torch.where(counts > 0, c.abs(), 0).amax(dim=0, keepdim=True).amax(dim=1)  # 0 when none present
+        read = torch.cat((s, d, top)).tolist()  # one host read for all per-channel sums
+        sums, devs, top = read[:ch], read[ch:2 * ch], read[2 * ch]
         # |c| ≤ D / 2 (the c sum to zero), so |c| · R stays below 2**62 with 31-bit reciprocals.
         cbits = rt.reduce_max(top.bit_length())
         r, w = _reciprocals(n * KAPPA << NORM_FRAC_BITS, [dv << KAPPA_BITS for dv in devs], min(31, 62 - cbits))
@@ -218,8 +218,9 @@ class BatchNorm2d(Module):
             new_mean, new_mad = mean, mad
         else:
             k = CALIBRATION_DECAY_SHIFT
-            new_mean = [r + ((b - r) >> k) for r, b in zip(self.running_mean.tolist(), mean)]
-            new_mad = [r + ((b - r) >> k) for r, b in zip(self.running_mad.tolist(), mad)]
+            old_mean, old_mad = torch.stack((self.running_mean, self.running_mad)).tolist()  # one host read
+            new_mean = [r + ((b - r) >> k) for r, b in zip(old_mean, mean)]
+            new_mad = [r + ((b - r) >> k) for r, b in zip(old_mad, mad)]
         device = self.weight.m.device
         self.running_mean = torch.tensor(new_mean, dtype=torch.int64, device=device)
         self.running_mad = torch.tensor(new_mad, dtype=torch.int64, device=device)
@@ -263,15 +264,16 @@ class BatchNorm2d(Module):
         self.weight.grad, self.bias.grad = g2_local, a_local
         if not self.propagate_error:
             return None
-        a_sum, g2_sum = rt.reduce_sum(a_local).tolist(), rt.reduce_sum(g2_local).tolist()
-        sg_sum = rt.reduce_sum(ctx["sign_sum"]).tolist()
+        read = torch.cat((rt.reduce_sum(a_local), rt.reduce_sum(g2_local), rt.reduce_sum(ctx["sign_sum"]),
+                          self.weight.m.to(torch.int64))).tolist()  # one host read
+        a_sum, g2_sum, sg_sum, gamma = read[:ch], read[ch:2 * ch], read[2 * ch:3 * ch], read[3 * ch:]
         mean_g = torch.tensor([round_div(a << q, n) for a in a_sum], dtype=torch.int64, device=g.device)
         # √(π/2) · mean(g·x̂) · 2**q = G2 · 2**q / (n · 2**q_x̂ · KAPPA / 2**15), with q_x̂ = q.
         slope = torch.tensor([round_div(v << KAPPA_BITS, n * KAPPA) for v in g2_sum], dtype=torch.int64,
                              device=g.device)
         mean_sign = torch.tensor([round_div(v << q, n) for v in sg_sum], dtype=torch.int64, device=g.device)
         # γ / s per x mantissa unit: γ_m · n · R_c · 2**-(W_c + q) (R from the forward), one exponent for all.
-        k, k_e = _common_mantissas([gm * n * r for gm, r in zip(self.weight.m.tolist(), ctx["r"])], ctx["w"],
+        k, k_e = _common_mantissas([gm * n * r for gm, r in zip(gamma, ctx["r"])], ctx["w"],
                                    MULTIPLIER_BITS)
         # z = ((g·2**q − mean_g)·2**q) − slope·(sign·2**q − mean_sign), |z| < 2**40, times k (|k| ≤ 2**15),
         # expanded as (k·2**2q)·g + t(value), t = −k·mean_g·2**q − k·slope·(sign·2**q − mean_sign): the same integer.
