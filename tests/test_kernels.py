@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from niti.kernels import (MAX_K_INT32, conv2d, conv2d_grad_input, conv2d_grad_weight, im2col, int_matmul,
                           maxpool2d, maxpool2d_backward)
+from niti.kernels import fused
 from niti.kernels.matmul import check_int_mm_layout
 
 INT32_MAX = 2**31 - 1
@@ -383,3 +386,66 @@ def test_int_matmul_copies_views_that_int_mm_misreads() -> None:
     assert a.stride() == (1, 1)
     b = torch.ones(40_000, 1, dtype=torch.int8)
     assert int_matmul(a, b).tolist() == [[40_000]]
+
+
+# ----------------------------------------------------------------------------- the C rounding pass
+_ROUND_CASES = [(n, shift, target, mode) for n in (1, 1000, (1 << 16) + 5) for target in (1, 7)
+                for shift in (0, 1, 2, 13, 31 - target) for mode in ("nearest", "pseudo_stochastic", "truncate")]
+
+
+@pytest.mark.parametrize("n,shift,target,mode", _ROUND_CASES)
+def test_c_round_clip_equals_round_shift(n: int, shift: int, target: int, mode: str) -> None:
+    """int32 → int8 as ``numerics.round_shift`` then the clip, bit for bit, across the one-thread threshold, at
+    shifts 0 and 31 - target, with |x| up to 2**31 - 1 (the bit width the caller guarantees) and ties."""
+    from niti.kernels import cpu_round
+    from niti.numerics import round_shift
+
+    if not cpu_round.applies(torch.zeros(1, dtype=torch.int32), shift, mode, target, torch.int8):
+        pytest.skip("the C rounding pass is not built here")
+    g = torch.Generator().manual_seed(n + shift)
+    top = min(1 << (shift + target), (1 << 31) - 1)
+    x = torch.randint(-top, top + 1, (n,), generator=g, dtype=torch.int64)
+    x[: min(n, 4)] = torch.tensor([top, -top, 3 << max(shift - 1, 0), -(3 << max(shift - 1, 0))])[: min(n, 4)]
+    x = x.clamp(-(2**31) + 1, 2**31 - 1).to(torch.int32)
+    limit = (1 << target) - 1
+    want = round_shift(x, shift, mode).clamp(-limit, limit).to(torch.int8)
+    assert torch.equal(cpu_round.round_clip(x, shift, mode, target), want)
+    assert torch.equal(fused.round_clip(x.reshape(-1, 1), shift, mode, target, torch.int8).reshape(-1), want)
+
+
+def _round_python(v: int, shift: int, mode: str, limit: int) -> int:
+    a = abs(v)
+    q = a >> shift
+    if shift and mode == "nearest":
+        q += (a >> (shift - 1)) & 1
+    elif shift and mode == "pseudo_stochastic":
+        low, h = a % (1 << shift), shift // 2
+        q += (low >> h) > ((low % (1 << h)) << (shift % 2))
+    return (-1 if v < 0 else 1) * min(q, limit)
+
+
+@settings(max_examples=150, deadline=None)
+@given(values=st.lists(st.integers(-(2**31) + 1, 2**31 - 1), min_size=1, max_size=40), target=st.integers(1, 7),
+       data=st.data(), mode=st.sampled_from(["nearest", "pseudo_stochastic", "truncate"]))
+def test_c_round_clip_equals_pure_python(values: list[int], target: int, data, mode: str) -> None:  # noqa: ANN001
+    from niti.kernels import cpu_round
+
+    shift = data.draw(st.integers(0, 31 - target))
+    x = torch.tensor(values, dtype=torch.int32)
+    if not cpu_round.applies(x, shift, mode, target, torch.int8):
+        pytest.skip("the C rounding pass is not built here")
+    limit = (1 << target) - 1
+    assert cpu_round.round_clip(x, shift, mode, target).tolist() == [_round_python(v, shift, mode, limit)
+                                                                     for v in values]
+
+
+def test_c_round_clip_takes_only_what_it_can_do_exactly() -> None:
+    from niti.kernels import cpu_round
+
+    x = torch.zeros(8, dtype=torch.int32)
+    assert not cpu_round.applies(x, 25, "nearest", 7, torch.int8)  # width 32: -2**31 could be present
+    assert not cpu_round.applies(x, 3, "stochastic", 7, torch.int8)  # random draws: the fused chain
+    assert not cpu_round.applies(x.to(torch.int64), 3, "nearest", 7, torch.int8)
+    assert not cpu_round.applies(x, 3, "nearest", 15, torch.int16)
+    with pytest.raises(ValueError, match="shift"):
+        cpu_round.round_clip(x, 30, "nearest", 7)

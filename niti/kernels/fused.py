@@ -41,6 +41,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from . import cpu_round
+
 __all__ = ["COMPILE_ENV", "Fused", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
            "maxpool", "maxpool_backward", "col2im", "bn_value_index", "bn_value_counts", "bn_value_sums", "bn_gather",
            "bn_normalise", "bn_error", "sgd_update"]
@@ -217,8 +219,11 @@ def round_clip(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: to
     """``clip(round_shift(t, shift, mode), ±(2**target_bits - 1))`` as ``out_dtype``, in one pass.
 
     Bit-identical to ``numerics.rescale`` given the same shift; ``noise`` are the
-    stochastic draws in ``[0, 2**shift)`` (same shape as ``t``).
+    stochastic draws in ``[0, 2**shift)`` (same shape as ``t``).  int32 → int8 with a
+    value-only mode runs as a C loop on the CPU (``cpu_round``), where it is built.
     """
+    if cpu_round.applies(t, shift, mode, target_bits, out_dtype):
+        return cpu_round.round_clip(t, shift, mode, target_bits)
     work = _work_dtype(t, shift)
     limit = _scalar((1 << target_bits) - 1, work, "limit", t.device)
     flat = t.reshape(-1)

