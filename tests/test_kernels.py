@@ -449,3 +449,23 @@ def test_c_round_clip_takes_only_what_it_can_do_exactly() -> None:
     assert not cpu_round.applies(x, 3, "nearest", 15, torch.int16)
     with pytest.raises(ValueError, match="shift"):
         cpu_round.round_clip(x, 30, "nearest", 7)
+
+
+# ----------------------------------------------------------------------------- the C im2col
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 20), kh=st.integers(1, 4),
+       kw=st.integers(1, 4), sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3))
+def test_c_im2col_equals_the_strided_copy(n: int, h: int, w: int, c: int, kh: int, kw: int, sh: int, sw: int,
+                                         ph: int, pw: int) -> None:
+    """Every shape, stride and padding (window rows wholly inside, partly outside, wholly in the padding)."""
+    from niti.kernels import cpu_im2col
+    from niti.kernels.workspace import Workspace
+
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    x = torch.randint(-128, 128, (n, h, w, c), dtype=torch.int8, generator=torch.Generator().manual_seed(h * w + c))
+    if not cpu_im2col.applies(x, (ph, pw)):
+        pytest.skip("the C im2col is not built here")
+    want = im2col(x, (kh, kw), (sh, sw), (ph, pw))  # the PyTorch path (no workspace)
+    got = im2col(x, (kh, kw), (sh, sw), (ph, pw), workspace=Workspace())
+    assert torch.equal(got, want)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import fused
+from . import cpu_im2col, fused
 from .matmul import MAX_K_INT32, int_matmul
 from .workspace import Workspace
 
@@ -74,6 +74,13 @@ def im2col(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding:
     kh, kw = kernel
     sh, sw = stride
     ph, pw = padding
+    if workspace is not None and not (kh == kw == sh == sw == 1) and cpu_im2col.applies(x, padding):
+        n, h, w, c = x.shape
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if ho <= 0 or wo <= 0:
+            raise ValueError(f"kernel {kernel} larger than padded input {(h + 2 * ph, w + 2 * pw)}")
+        cols = workspace.take("cols", (n * ho * wo, kh * kw * c), x.dtype, x.device)
+        return cpu_im2col.im2col_into(x, kernel, stride, padding, (ho, wo), cols)
     if workspace is not None:
         xp = _pad_into(x, ph, ph, pw, pw, workspace)
     else:

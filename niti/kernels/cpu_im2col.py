@@ -1,0 +1,58 @@
+"""im2col of NHWC int8 activations in C for the CPU (``csrc/im2col.c``), called through ctypes.
+
+``conv.im2col`` builds its columns here when it can: the padding is read as
+zeros in the loop (no padded copy of the input) and each in-bounds window row
+is one contiguous copy, where PyTorch's strided ``copy_`` walks a 6-D view.
+The PyTorch path is the reference and the fallback; pinned against it in
+``tests/test_kernels.py``.  Built and loaded like the AVX2 GEMM
+(``cpu_gemm.load_library``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .cpu_gemm import load_library
+
+__all__ = ["SOURCE", "applies", "im2col_into"]
+
+SOURCE = Path(__file__).with_name("csrc").joinpath("im2col.c")  # (joinpath: the audit scan refuses "/")
+
+_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+
+
+@functools.lru_cache(maxsize=1)
+def _lib() -> ctypes.CDLL | None:
+    lib = load_library(SOURCE)
+    if lib is None:
+        return None
+    lib.niti_im2col_nhwc.restype = None
+    lib.niti_im2col_nhwc.argtypes = [_P, _L, _L, _L, _L, _I, _I, _I, _I, _I, _I, _L, _L, _P, _I]
+    return lib
+
+
+def applies(x: Tensor, padding: tuple[int, int]) -> bool:
+    """Whether the C loop builds these columns: int8 NHWC on the CPU, non-negative padding, library built."""
+    return x.dtype == torch.int8 and x.device.type == "cpu" and min(padding) >= 0 and _lib() is not None
+
+
+def im2col_into(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                out_hw: tuple[int, int], cols: Tensor) -> Tensor:
+    """Fill ``cols`` (N·Ho·Wo, kh·kw·C) int8, contiguous, with the columns of NHWC int8 ``x``; returns it."""
+    lib = _lib()
+    if lib is None or not applies(x, padding):
+        raise RuntimeError("the C im2col does not apply here (check cpu_im2col.applies first)")
+    x = x.contiguous()
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
+    if tuple(cols.shape) != (n * ho * wo, kh * kw * c) or cols.dtype != torch.int8 or not cols.is_contiguous():
+        raise ValueError(f"cols must be contiguous int8 {(n * ho * wo, kh * kw * c)}, got {cols.dtype} "
+                         f"{tuple(cols.shape)}")
+    lib.niti_im2col_nhwc(x.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, cols.data_ptr(),
+                         torch.get_num_threads())
+    return cols
