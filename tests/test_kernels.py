@@ -469,3 +469,24 @@ def test_c_im2col_equals_the_strided_copy(n: int, h: int, w: int, c: int, kh: in
     want = im2col(x, (kh, kw), (sh, sw), (ph, pw))  # the PyTorch path (no workspace)
     got = im2col(x, (kh, kw), (sh, sw), (ph, pw), workspace=Workspace())
     assert torch.equal(got, want)
+
+
+# ----------------------------------------------------------------------------- the C aligned pair sum
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 70000), ea=st.integers(-40, 10), gap=st.integers(-25, 25))
+def test_c_aligned_pair_equals_aligned_sum(n: int, ea: int, gap: int) -> None:
+    """Exponent gaps up to 22 either way (the sum exact at the smaller exponent), sizes across the one-thread
+    threshold, -128 included; beyond 22 the C path declines and aligned_sum decides."""
+    from niti.kernels import cpu_add
+    from niti.numerics import aligned_sum
+
+    g = torch.Generator().manual_seed(n)
+    a = torch.randint(-128, 128, (n,), generator=g, dtype=torch.int8)
+    b = torch.randint(-128, 128, (n,), generator=g, dtype=torch.int8)
+    a[0], b[-1] = -128, -128
+    got = cpu_add.aligned_pair(a, ea, b, ea + gap)
+    if abs(gap) > cpu_add.MAX_GAP or cpu_add._lib() is None:
+        assert got is None
+        return
+    want = aligned_sum([(a, ea, 7), (b, ea + gap, 7)])
+    assert got is not None and got[1] == want[1] and got[0].dtype == want[0].dtype and torch.equal(got[0], want[0])
