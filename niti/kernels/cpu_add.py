@@ -12,30 +12,22 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .cpu_gemm import load_library
+from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
 __all__ = ["MAX_GAP", "SOURCE", "aligned_pair"]
 
-SOURCE = Path(__file__).with_name("csrc").joinpath("add_shifted.c")  # (joinpath: the audit scan refuses "/")
+SOURCE = csrc("add_shifted.c")
 #: Exponent gaps up to this keep ``aligned_sum`` of two int8 terms exact at the smaller exponent (30 - 7 - 1).
 MAX_GAP = 22
-
-_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
 
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    lib = load_library(SOURCE)
-    if lib is None:
-        return None
-    lib.niti_add_shifted_i8.restype = None
-    lib.niti_add_shifted_i8.argtypes = [_P, _I, _P, _I, _L, _P, _I]
-    return lib
+    return bind_library(SOURCE, {"niti_add_shifted_i8": (None, [PTR, INT, PTR, INT, LONG, PTR, INT])})
 
 
 def aligned_pair(a: Tensor, ea: int, b: Tensor, eb: int) -> tuple[Tensor, int] | None:

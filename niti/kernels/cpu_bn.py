@@ -15,36 +15,26 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .cpu_gemm import load_library
+from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
 __all__ = ["MODES", "SOURCE", "available", "error_max", "error_round", "gather", "value_sums"]
 
-SOURCE = Path(__file__).with_name("csrc").joinpath("bn_tables.c")  # (joinpath: the audit scan refuses "/")
+SOURCE = csrc("bn_tables.c")
 #: Rounding modes the C loop implements (value-only: no random draws), by their code in the C source.
 MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2}
 
-_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-
-
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    lib = load_library(SOURCE)
-    if lib is None:
-        return None
-    lib.niti_bn_error_max.restype = ctypes.c_int64
-    lib.niti_bn_error_max.argtypes = [_P, _P, _P, _P, _L, _L, _I]
-    lib.niti_bn_error_round.restype = None
-    lib.niti_bn_error_round.argtypes = [_P, _P, _P, _P, _L, _L, _I, _I, ctypes.c_int64, _P, _I]
-    lib.niti_bn_value_sums.restype = ctypes.c_int
-    lib.niti_bn_value_sums.argtypes = [_P, _P, _L, _L, _P, _I]
-    lib.niti_bn_gather_int8.restype = None
-    lib.niti_bn_gather_int8.argtypes = [_P, _P, _L, _L, _P, _I]
-    return lib
+    return bind_library(SOURCE, {
+        "niti_bn_error_max": (ctypes.c_int64, [PTR, PTR, PTR, PTR, LONG, LONG, INT]),
+        "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, INT]),
+        "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, INT]),
+        "niti_bn_gather_int8": (None, [PTR, PTR, LONG, LONG, PTR, INT]),
+    })
 
 
 def available(*tensors: Tensor) -> bool:

@@ -26,9 +26,18 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["SOURCE", "cpu_has_avx2", "gemm", "load", "load_library"]
+__all__ = ["INT", "LONG", "PTR", "SOURCE", "bind_library", "cpu_has_avx2", "csrc", "gemm", "load", "load_library"]
 
-SOURCE = Path(__file__).with_name("csrc").joinpath("int8_gemm_avx2.c")  # (joinpath: the audit scan refuses "/")
+#: ctypes argument types of the C loops: pointers (``data_ptr()``), sizes, small ints.
+PTR, LONG, INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+
+
+def csrc(name: str) -> Path:
+    """A C source of ``niti/kernels/csrc`` (joinpath: the audit scan refuses "/" in paths)."""
+    return Path(__file__).with_name("csrc").joinpath(name)
+
+
+SOURCE = csrc("int8_gemm_avx2.c")
 _FLAGS = ["-O3", "-mavx2", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -73,6 +82,16 @@ def load_library(source_path: Path) -> ctypes.CDLL | None:
         return ctypes.CDLL(str(_build(compiler, source_path)))
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def bind_library(source_path: Path, signatures: dict[str, tuple[object, list]]) -> ctypes.CDLL | None:
+    """``load_library(source_path)`` with each function's ``(restype, argtypes)`` set, or None."""
+    lib = load_library(source_path)
+    if lib is not None:
+        for name, (restype, argtypes) in signatures.items():
+            fn = getattr(lib, name)
+            fn.restype, fn.argtypes = restype, argtypes
+    return lib
 
 
 @functools.lru_cache(maxsize=1)

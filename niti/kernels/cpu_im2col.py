@@ -12,28 +12,21 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .cpu_gemm import load_library
+from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
 __all__ = ["SOURCE", "applies", "im2col_into"]
 
-SOURCE = Path(__file__).with_name("csrc").joinpath("im2col.c")  # (joinpath: the audit scan refuses "/")
-
-_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+SOURCE = csrc("im2col.c")
 
 
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    lib = load_library(SOURCE)
-    if lib is None:
-        return None
-    lib.niti_im2col_nhwc.restype = None
-    lib.niti_im2col_nhwc.argtypes = [_P, _L, _L, _L, _L, _I, _I, _I, _I, _I, _I, _L, _L, _P, _I]
-    return lib
+    return bind_library(SOURCE, {"niti_im2col_nhwc": (None, [PTR, LONG, LONG, LONG, LONG, INT, INT, INT, INT, INT, INT,
+                                                             LONG, LONG, PTR, INT])})
 
 
 def applies(x: Tensor, padding: tuple[int, int]) -> bool:

@@ -13,30 +13,22 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .cpu_gemm import load_library
+from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
 __all__ = ["MODES", "SOURCE", "applies", "round_clip"]
 
-SOURCE = Path(__file__).with_name("csrc").joinpath("round_clip.c")  # (joinpath: the audit scan refuses "/")
+SOURCE = csrc("round_clip.c")
 #: Rounding modes the C loop implements (value-only: no random draws), by their code in the C source.
 MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2}
-
-_P, _L, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
 
 
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    lib = load_library(SOURCE)
-    if lib is None:
-        return None
-    lib.niti_round_clip_i32_i8.restype = None
-    lib.niti_round_clip_i32_i8.argtypes = [_P, _L, _I, _I, ctypes.c_int32, _P, _I]
-    return lib
+    return bind_library(SOURCE, {"niti_round_clip_i32_i8": (None, [PTR, LONG, INT, INT, ctypes.c_int32, PTR, INT])})
 
 
 def applies(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: torch.dtype) -> bool:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import ctypes
 import functools
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from . import fused
-from .cpu_gemm import load_library
+from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
 __all__ = ["avgpool2d_backward", "avgpool2d_sum", "maxpool2d", "maxpool2d_backward", "maxpool2d_strided",
            "maxpool2d_strided_backward"]
@@ -75,18 +74,16 @@ def _taps(h: int, w: int, k: int, stride: int, padding: int) -> tuple[int, int, 
     return ho, wo, [(i, j) for i in range(k) for j in range(k)]
 
 
-_POOL_SOURCE = Path(__file__).with_name("csrc").joinpath("maxpool_strided.c")  # (joinpath: no "/" in the audit)
+_POOL_SOURCE = csrc("maxpool_strided.c")
 
 
 @functools.lru_cache(maxsize=1)
 def _pool_library() -> ctypes.CDLL | None:
-    lib = load_library(_POOL_SOURCE)
-    if lib is not None:
-        lib.niti_maxpool_strided.restype = lib.niti_maxpool_strided_backward.restype = None
-        long, ptr, i = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
-        lib.niti_maxpool_strided.argtypes = [ptr, long, long, long, long, i, i, i, long, long, ptr, ptr, i]
-        lib.niti_maxpool_strided_backward.argtypes = [ptr, ptr, long, long, long, long, i, i, i, long, long, ptr, i]
-    return lib
+    i = INT
+    return bind_library(_POOL_SOURCE, {
+        "niti_maxpool_strided": (None, [PTR, LONG, LONG, LONG, LONG, i, i, i, LONG, LONG, PTR, PTR, i]),
+        "niti_maxpool_strided_backward": (None, [PTR, PTR, LONG, LONG, LONG, LONG, i, i, i, LONG, LONG, PTR, i]),
+    })
 
 
 def _c_pool(k: int, *tensors: Tensor) -> ctypes.CDLL | None:
