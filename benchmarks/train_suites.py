@@ -165,14 +165,30 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         common = ["--model", "resnet-20", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         return ([(f"r20-int-s{s}", [*common, "--seed", str(s)]) for s in seeds]
                 + [(f"r20-float-s{s}", [*common, "--arith", "float", "--seed", str(s)]) for s in seeds])
+    if name == "resnet-update":  # issue 14: the update's step size for ResNet-20 on a short run (validation)
+        common = ["--model", "resnet-20", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
+        norms = ",".join(f"{layer}=-3" for layer in _RESNET20_NORMS)
+        arms = {"default": [], "bn-gb-3": ["--gb-offsets", norms], "decay18": ["--decay-shift", "18"],
+                "gb-minus2": ["--gb-schedule", "3,2,1,0@0.25,0.5,0.75"],
+                "gb-wide": ["--gb-schedule", "5,3,1,-1@0.25,0.5,0.75"]}
+        return ([(f"r20u-{arm}-s{s}", [*common, *extra, "--seed", str(s)]) for arm, extra in arms.items()
+                 for s in seeds]
+                + [(f"r20u-float-s{s}", [*common, "--arith", "float", "--lr", "0.05", "--seed", str(s)])
+                   for s in seeds])
     raise SystemExit(f"unknown suite {name!r}")
+
+
+#: ResNet-20's batch-norm layers (niti.models.architectures), for per-layer gb offsets.
+_RESNET20_NORMS = ("stem.1", *(f"layer{g}.{b}.bn{k}" for g in (1, 2, 3) for b in range(3) for k in (1, 2)),
+                   "layer2.0.shortcut.1", "layer3.0.shortcut.1")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
                                       "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke",
-                                      "user-model", "static-inference", "resnet-norm", "resnet20-cifar"])
+                                      "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
+                                      "resnet-update"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
@@ -224,7 +240,7 @@ def main() -> int:
         row = {"command": "python -m niti train " + shlex.join(args + ["--threads", str(a.threads)]),
                "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                "wall_seconds": round(wall, 1), "parallel_jobs": a.jobs,
-               **{k: summary[k] for k in ("arith", "final_test_accuracy", "best_val_accuracy", "epochs",
+               **{k: summary[k] for k in ("arith", "final_test_accuracy", "final_val_accuracy", "best_val_accuracy", "epochs",
                                           "seconds", "images_per_second", "weights_sha256")}}
         with lock:  # re-read: another invocation may have added rows meanwhile
             if rows_path.exists():

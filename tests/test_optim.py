@@ -308,6 +308,57 @@ def test_16bit_model_masters_are_int16() -> None:
         assert p.accumulator_bits == 16 and p.master.dtype == torch.int16 and p.master_e == p.e - 8
 
 
+@given(st.lists(st.integers(-127, 127), min_size=1, max_size=30), st.integers(0, 8))
+def test_headroom_moves_the_master_exponent_and_keeps_the_weights(masters: list[int], bits: int) -> None:
+    p = IntParameter(torch.tensor(masters, dtype=torch.int8), -7, accumulator_bits=16)
+    p.make_headroom(bits)
+    assert p.master_e == -15 + bits and p.master.dtype == torch.int16
+    assert [v * 2 ** p.master_e for v in p.master.tolist()] == [v * 2 ** -7 for v in masters]  # exact (dyadic)
+    assert p.m.tolist() == masters and p.e == -7  # the datapath weight is untouched
+    if any(masters):
+        want, shift = rescale(p.master, 7, "nearest")
+        e = p.master_e + shift  # what refresh_datapath would give: the same real values
+        assert [v * 2 ** e for v in want.tolist()] == [v * 2 ** -7 for v in masters]
+
+
+def test_headroom_lets_a_weight_grow_past_its_initial_range() -> None:
+    """Without headroom the master of a full-range weight stops at ±32767 (1.0 × its first range); with 2 bits the
+    same steps carry it to 4 × and the datapath exponent follows."""
+    grad = torch.tensor([-2**20, 0], dtype=torch.int32)
+    plain = IntParameter(torch.tensor([127, 64], dtype=torch.int8), -7, accumulator_bits=16)
+    room = IntParameter(torch.tensor([127, 64], dtype=torch.int8), -7, accumulator_bits=16)
+    room.make_headroom(2)
+    for _ in range(40):
+        for p in (plain, room):
+            p.grad = grad.clone()
+            apply_update(p, 5, _nearest_runtime())
+    assert plain.master[0].item() == 32767 and plain.e == -7
+    assert room.master[0].item() == 32767 and room.e == -5  # 127 · 2**-5: four times the first range
+    assert room.m[1].item() == 16  # 64 · 2**-7 = 16 · 2**-5: unchanged in value
+
+
+def test_headroom_needs_16bit_masters_and_an_untrained_weight() -> None:
+    with pytest.raises(ValueError, match="16-bit"):
+        IntParameter(torch.tensor([5], dtype=torch.int8), 0).make_headroom(1)
+    p = IntParameter(torch.tensor([5], dtype=torch.int8), 0, accumulator_bits=16)
+    with pytest.raises(ValueError, match="0..8"):
+        p.make_headroom(9)
+    p.master = p.master + 1
+    with pytest.raises(ValueError, match="before training"):
+        p.make_headroom(1)
+    with pytest.raises(ValueError, match="16-bit"):
+        niti.build("lenet", accumulator_bits=8, weight_headroom=1)
+
+
+def test_model_headroom_covers_conv_and_linear_weights_only() -> None:
+    plain, room = niti.build("resnet-20", seed=3), niti.build("resnet-20", seed=3, weight_headroom=3)
+    norm_names = {n for n, _ in room.named_parameters() if _ is not None and n.rsplit(".", 1)[0].endswith(
+        ("bn1", "bn2", "stem.1", "shortcut.1"))}
+    for (name, a), (_, b) in zip(plain.named_parameters(), room.named_parameters()):
+        assert torch.equal(a.m, b.m) and a.e == b.e, name
+        assert b.master_e == a.master_e + (0 if name in norm_names else 3), name
+
+
 # --------------------------------------------------------------------------- numerics 2: scaled steps, momentum, decay
 def _py_round(x: int, s: int, mode: str) -> int:
     """Sign-magnitude rounding of x / 2**s (docs/numerics.md §3), pure Python."""

@@ -22,7 +22,7 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
           mean: tuple[int, ...] | None = None, gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None,
           scale: tuple[int, ...] | None = None, rule: UpdateRule | None = None, softmax: str = "precise",
           full_range_init: bool = True, input_shape: tuple[int, int, int] | None = None,
-          inference: str = "static", random_bits: str = "counter") -> IntegerModel:
+          inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0) -> IntegerModel:
     """An ``IntegerModel`` for a name in ``ARCHITECTURES`` (``"lenet"``, ``"vgg-small-7"``, ...) or a
     ``MODULE:FACTORY`` path (then ``input_shape`` (H, W, C) is required).
 
@@ -31,11 +31,12 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
     tensor, or a mapping from parameter or layer names.  ``inference``: ``"static"`` (calibrated shifts, a
     prediction depends on its image only) or ``"batch"`` (each batch's own shifts, as in training).
     ``random_bits``: ``"counter"`` (hashed, device-independent) or ``"generator"`` (the first version's).
+    ``weight_headroom``: bits of room the convolution and linear int16 masters get above their initial range.
     """
     return IntegerModel(get_architecture(name, input_shape), seed=seed, policy=policy, schedule=schedule,
                         accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean, gb_offsets=gb_offsets,
                         scale=scale, rule=rule, softmax=softmax, full_range_init=full_range_init,
-                        inference=inference, random_bits=random_bits)
+                        inference=inference, random_bits=random_bits, weight_headroom=weight_headroom)
 
 
 def from_torch(module: torch.nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,

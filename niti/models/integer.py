@@ -71,7 +71,7 @@ class IntegerModel:
                  total_steps: int | None = None, mean: tuple[int, ...] | None = None,
                  gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
                  rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True,
-                 inference: str = "static", random_bits: str = "counter") -> None:
+                 inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0) -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
         self.arch = arch
@@ -91,6 +91,13 @@ class IntegerModel:
         if arch.num_classes and num_classes != arch.num_classes:
             raise ValueError(f"model {arch.name} returns {num_classes} logits, expected {arch.num_classes}")
         self.num_classes = num_classes
+        if weight_headroom and accumulator_bits != 16:
+            raise ValueError(f"weight headroom needs 16-bit weight accumulators, got {accumulator_bits}-bit")
+        #: Bits of room above the initial range given to convolution and linear masters (docs/numerics.md §6).
+        self.weight_headroom = weight_headroom
+        for layer in self.net.modules():
+            for p in layer.parameters() if isinstance(layer, (nn.Conv2d, nn.Linear)) else ():
+                p.make_headroom(weight_headroom)
         # Added to the scheduled gb per parameter tensor (input to output): e.g. a larger step for the classifier.
         self.gb_offsets = resolve_gb_offsets(gb_offsets, self.parameter_names())
         self.schedule.check_accumulator_bits(accumulator_bits, self.gb_offsets)

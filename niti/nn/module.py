@@ -57,6 +57,22 @@ class IntParameter:
         self.m = fused.round_clip(self.master, shift, "nearest", 7, torch.int8)
         self.e = self.master_e + shift
 
+    def make_headroom(self, bits: int) -> None:
+        """Give the int16 master ``bits`` bits of room above its current largest value (docs/numerics.md §6).
+
+        The master is shifted right exactly (its values are multiples of 2**8 before any update) and its exponent
+        raised by ``bits``: the real weights and the int8 datapath are unchanged, the weights may later grow to
+        2**bits times their present range, and a step of the same master units is 2**bits larger in real terms.
+        """
+        if self.master is None or self.master_e is None:
+            raise ValueError("weight headroom needs 16-bit weight accumulators")
+        if not 0 <= bits <= 8:
+            raise ValueError(f"weight headroom must be 0..8 bits, got {bits}")
+        if bits and bool((self.master.remainder(1 << bits) != 0).any()):
+            raise ValueError("weight headroom is given before training (the master must be a multiple of 2**bits)")
+        self.master = self.master >> bits  # exact: m and e (the datapath's rescale of it) stay as they are
+        self.master_e += bits
+
     @property
     def shape(self) -> torch.Size:
         return self.m.shape

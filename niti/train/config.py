@@ -66,6 +66,8 @@ class TrainConfig:
     batch_ref: int = 256  # the step scales with batch / batch_ref; 0: batch-independent (the paper's)
     momentum_shift: int = 3  # integer momentum, velocity decay 1 - 2**-k; 0: none
     decay_shift: int = 0  # weight decay 2**(gb - D) per step; 0: none
+    #: Bits of room above their initial range for convolution and linear int16 masters (docs/numerics.md §6).
+    weight_headroom: int = 0
     softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
     full_range_init: bool = True  # initial mantissas fill ±127 (False: ±bound_m, the first version)
     input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
@@ -95,6 +97,11 @@ class TrainConfig:
         self._check_device()
         if self.accumulator_bits not in (8, 16):
             raise ValueError(f"accumulator_bits must be 8 or 16, got {self.accumulator_bits}")
+        if isinstance(self.weight_headroom, bool) or not isinstance(self.weight_headroom, int) \
+                or not 0 <= self.weight_headroom <= 8:
+            raise ValueError(f"weight_headroom must be an integer in 0..8, got {self.weight_headroom!r}")
+        if self.weight_headroom and self.accumulator_bits != 16:
+            raise ValueError("weight_headroom needs 16-bit weight accumulators (accumulator_bits=16)")
         for name in ("act_round", "err_round", "grad_round", "loss_round"):
             if getattr(self, name) not in ROUNDING_MODES:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
