@@ -6,7 +6,7 @@ arm (each from the same checkpoint, each in its own process), and reports the tr
 those steps, the fraction of weights at their limit, and validation accuracy (batch norm recalibrated as in
 training). An arm is ``NAME:KEY=VALUE,...`` with keys ``gb`` (a constant gb), ``headroom`` (bits of room given to
 the convolution and linear masters, §6: the master is rounded to nearest at its new exponent), ``norm_offset``
-(a gb offset for every batch norm's γ and β):
+(a gb offset for every batch norm's γ and β), ``err`` (the errors' rounding mode):
 
     python benchmarks/plateau_probe.py runs/bench/resnet20-cifar/r20-int-s0 --steps 351 \\
         control:gb=2 small:gb=0 room:gb=0,headroom=2 --out results/resnet20-cifar/plateau-probe
@@ -23,6 +23,7 @@ import math
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,9 +35,9 @@ def parse_arm(text: str) -> tuple[str, dict[str, int]]:
     settings = {}
     for item in filter(None, spec.split(",")):
         key, _, value = item.partition("=")
-        if key not in ("gb", "headroom", "norm_offset"):
+        if key not in ("gb", "headroom", "norm_offset", "err"):
             raise SystemExit(f"unknown arm setting {key!r} in {text!r}")
-        settings[key] = int(value)
+        settings[key] = value if key == "err" else int(value)
     return name, settings
 
 
@@ -62,6 +63,8 @@ def run_arm(run: str, steps: int, settings: dict[str, int], threads: int) -> dic
                 p.master = ((p.master.to(torch.int32) + half) >> h).to(torch.int16)  # nearest (ties up)
                 p.master_e += h
                 p.refresh_datapath()
+    if "err" in settings:
+        model.runtime.policy = replace(model.runtime.policy, error=settings["err"])
     if "gb" in settings:
         model.schedule = GbSchedule.constant(settings["gb"])
     if "norm_offset" in settings:
@@ -118,7 +121,7 @@ def saturation_of(model) -> dict[str, float]:  # noqa: ANN001
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="a finished integer run directory")
-    p.add_argument("arms", nargs="+", help="NAME:gb=G,headroom=H,norm_offset=O")
+    p.add_argument("arms", nargs="+", help="NAME:gb=G,headroom=H,norm_offset=O,err=MODE")
     p.add_argument("--steps", type=int, default=351)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="results directory (one NAME.json per arm, README.md)")

@@ -175,6 +175,13 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                  for s in seeds]
                 + [(f"r20u-float-s{s}", [*common, "--arith", "float", "--lr", "0.05", "--seed", str(s)])
                    for s in seeds])
+    if name == "resnet-errors":  # issue 14: the errors' rounding on a mid-length ResNet-20 run (validation)
+        common = ["--model", "resnet-20", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
+        return ([(f"r20e-{arm}-s{s}", [*common, "--err-round", mode, "--seed", str(s)])
+                 for arm, mode in (("nearest", "nearest"), ("stochastic", "stochastic"), ("psr", "pseudo_stochastic"))
+                 for s in seeds]
+                + [(f"r20e-float-s{s}", [*common, "--arith", "float", "--lr", "0.05", "--seed", str(s)])
+                   for s in seeds])
     raise SystemExit(f"unknown suite {name!r}")
 
 
@@ -188,7 +195,7 @@ def main() -> int:
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
                                       "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke",
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
-                                      "resnet-update"])
+                                      "resnet-update", "resnet-errors"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
