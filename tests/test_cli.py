@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import niti
 from niti.cli import main
 
 
@@ -165,6 +166,20 @@ def test_sigkill_mid_epoch_resumes_bit_identical(tmp_path: Path, mnist_small_npz
     assert a["weights_sha256"] == b["weights_sha256"] and a["steps"] == b["steps"] == 30
 
 
+def test_weight_headroom_flag_reaches_the_model_and_its_checkpoint(tmp_path: Path, mnist_small_npz: Path) -> None:
+    from niti.train.loop import load_model
+
+    out = tmp_path / "room"
+    common = ["--model", "lenet", "--dataset", str(mnist_small_npz), "--batch-size", "32", "--val-size", "300",
+              "--threads", "1", "--no-progress", "--out", str(out)]
+    assert main(["train", *common, "--max-steps", "4", "--weight-headroom", "3"]) == 0
+    assert json.loads((out / "config.json").read_text())["weight_headroom"] == 3
+    model, config, _ = load_model(out)
+    plain = niti.build("lenet")
+    for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
+        assert p.master_e == q.master_e + 3, name  # every LeNet parameter is a convolution or linear one
+
+
 def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     err = capsys.readouterr().err
     assert err.startswith("niti: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
@@ -178,7 +193,9 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     (["--train-limit", "-5"], "train_limit"), (["--threads", "-1"], "threads"), (["--threads", "0"], "threads"),
     (["--device", "cuda"], "cuda"), (["--device", "meta"], "meta"), (["--epochs", "0"], "epochs"),
     (["--batch-size", "0"], "batch_size"), (["--val-size", "-1"], "val_size"),
-    (["--checkpoint-every", "-2"], "checkpoint_every"), (["--nproc", "0"], "nproc")])
+    (["--checkpoint-every", "-2"], "checkpoint_every"), (["--nproc", "0"], "nproc"),
+    (["--weight-headroom", "9"], "weight_headroom"),
+    (["--weight-headroom", "2", "--accumulator-bits", "8"], "weight_headroom")])
 def test_bad_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                         word: str) -> None:
     import torch
