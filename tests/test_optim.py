@@ -340,6 +340,7 @@ def test_headroom_lets_a_weight_grow_past_its_initial_range() -> None:
 def test_headroom_needs_16bit_masters_and_an_untrained_weight() -> None:
     with pytest.raises(ValueError, match="16-bit"):
         IntParameter(torch.tensor([5], dtype=torch.int8), 0).make_headroom(1)
+    IntParameter(torch.tensor([5], dtype=torch.int8), 0).make_headroom(0)  # no headroom: nothing to do
     p = IntParameter(torch.tensor([5], dtype=torch.int8), 0, accumulator_bits=16)
     with pytest.raises(ValueError, match="0..8"):
         p.make_headroom(9)

@@ -95,7 +95,7 @@ class IntegerModel:
             raise ValueError(f"weight headroom needs 16-bit weight accumulators, got {accumulator_bits}-bit")
         #: Bits of room above the initial range given to convolution and linear masters (docs/numerics.md §6).
         self.weight_headroom = weight_headroom
-        for layer in self.net.modules():
+        for layer in self.net.modules() if weight_headroom else ():
             for p in layer.parameters() if isinstance(layer, (nn.Conv2d, nn.Linear)) else ():
                 p.make_headroom(weight_headroom)
         # Added to the scheduled gb per parameter tensor (input to output): e.g. a larger step for the classifier.

@@ -64,11 +64,13 @@ class IntParameter:
         raised by ``bits``: the real weights and the int8 datapath are unchanged, the weights may later grow to
         2**bits times their present range, and a step of the same master units is 2**bits larger in real terms.
         """
-        if self.master is None or self.master_e is None:
-            raise ValueError("weight headroom needs 16-bit weight accumulators")
         if not 0 <= bits <= 8:
             raise ValueError(f"weight headroom must be 0..8 bits, got {bits}")
-        if bits and bool((self.master.remainder(1 << bits) != 0).any()):
+        if bits == 0:
+            return
+        if self.master is None or self.master_e is None:
+            raise ValueError("weight headroom needs 16-bit weight accumulators")
+        if bool((self.master.remainder(1 << bits) != 0).any()):
             raise ValueError("weight headroom is given before training (the master must be a multiple of 2**bits)")
         self.master = self.master >> bits  # exact: m and e (the datapath's rescale of it) stay as they are
         self.master_e += bits
