@@ -90,8 +90,17 @@ def words(seed: int, stream: str, draw: int, start: int, count: int, device: tor
     if start < 0 or count < 0 or start + count > MAX_ELEMENTS:
         raise ValueError(f"a draw covers element indices [0, 2**32); asked for [{start}, {start + count})")
     k1, k2 = draw_keys(seed, stream, draw, part)
+    if torch.device(device).type == "cpu" and _c_words() is not None:  # the same hash in one C pass
+        return _c_words().words(start, count, k1, k2)
     index = torch.arange(start, start + count, dtype=torch.int64, device=device)
     return _mix(_mix(index ^ k1) ^ k2)
+
+
+def _c_words():  # noqa: ANN202
+    """``niti.kernels.cpu_counter`` where its C loop is built, else None (imported late: kernels import runtime)."""
+    from .kernels import cpu_counter
+
+    return cpu_counter if cpu_counter.available() else None
 
 
 def uniform_bits(seed: int, stream: str, draw: int, bits: int, shape: tuple[int, ...], *, start: int = 0,

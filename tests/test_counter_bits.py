@@ -24,6 +24,27 @@ def test_words_equal_the_pure_python_definition(seed: int, stream: str, draw: in
     assert got == [counter_bits.word_reference(seed, stream, draw, i, part) for i in range(start, start + count)]
 
 
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**64 - 1), draw=st.integers(0, 2**64 - 1), start=st.integers(0, 2**32 - 5000),
+       count=st.integers(0, 5000), part=st.integers(0, 1))
+def test_the_c_loop_and_the_tensor_code_give_the_same_words(seed: int, draw: int, start: int, count: int,
+                                                            part: int) -> None:
+    """On the CPU ``words`` runs ``kernels/csrc/counter_words.c``; elsewhere the int64 tensor code: same bits."""
+    from niti.kernels import cpu_counter
+
+    if not cpu_counter.available():
+        pytest.skip("no C compiler here: the tensor code is the only path")
+    k1, k2 = counter_bits.draw_keys(seed, "rounding", draw, part)
+    index = torch.arange(start, start + count, dtype=torch.int64)
+    tensor_code = counter_bits._mix(counter_bits._mix(index ^ k1) ^ k2)
+    assert torch.equal(counter_bits.words(seed, "rounding", draw, start, count, part=part), tensor_code)
+    assert torch.equal(cpu_counter.words(start, count, k1, k2, bits=9), tensor_code & 511)
+    last = cpu_counter.words(2**32 - 1, 1, k1, k2)  # the last index of a draw: no wrap into the next
+    assert last.tolist() == [counter_bits.word_reference(seed, "rounding", draw, 2**32 - 1, part)]
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        cpu_counter.words(2**32 - 1, 2, k1, k2)
+
+
 @settings(max_examples=40, deadline=None)
 @given(bits=st.integers(0, counter_bits.MAX_BITS), n=st.integers(1, 30), draw=st.integers(0, 1000))
 def test_uniform_bits_are_the_low_bits_of_one_or_two_words(bits: int, n: int, draw: int) -> None:
