@@ -164,6 +164,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
     if name == "resnet20-cifar":  # issue 14: ResNet-20 to convergence (resumable: --resume)
         common = ["--model", "resnet-20", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         return ([(f"r20-int-s{s}", [*common, "--seed", str(s)]) for s in seeds]
+                + [(f"r20-int-errsto-s{s}", [*common, "--err-round", "stochastic", "--seed", str(s)]) for s in seeds]
                 + [(f"r20-float-s{s}", [*common, "--arith", "float", "--seed", str(s)]) for s in seeds])
     if name == "resnet-update":  # issue 14: the update's step size for ResNet-20 on a short run (validation)
         common = ["--model", "resnet-20", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
@@ -182,6 +183,14 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                  for s in seeds]
                 + [(f"r20e-float-s{s}", [*common, "--arith", "float", "--lr", "0.05", "--seed", str(s)])
                    for s in seeds])
+    if name == "err-round-check":  # issue 12/14: stochastic error rounding on the other nets and data sets
+        runs = [(f"lenet-int-err{mode[:3]}-s{s}", ["--model", "lenet", "--err-round", mode, "--epochs", str(a.epochs),
+                                                   "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
+                for mode in ("nearest", "stochastic") for s in seeds]
+        q = ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
+        runs += [(f"q-int-err{mode[:3]}-s{s}", [*q, "--err-round", mode, "--seed", str(s)])
+                 for mode in ("nearest", "stochastic") for s in seeds]
+        return runs + [(f"q-float-s{s}", [*q, "--arith", "float", "--seed", str(s)]) for s in seeds]
     raise SystemExit(f"unknown suite {name!r}")
 
 
@@ -195,7 +204,7 @@ def main() -> int:
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
                                       "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke",
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
-                                      "resnet-update", "resnet-errors"])
+                                      "resnet-update", "resnet-errors", "err-round-check"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

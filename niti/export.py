@@ -32,7 +32,7 @@ def _shift(op: nn.Module, name: str) -> int:
     if op.calibration is None:
         raise ValueError(f"layer {name!r} has no calibrated shift: the model must train at least one step "
                          "before it can be exported")
-    return static_shift(op.calibration)
+    return static_shift(op.calibration, headroom=op.static_headroom)
 
 
 def _node(node: nn.Node, arrays: dict[str, np.ndarray]) -> dict:

@@ -25,6 +25,7 @@ __all__ = [
     "aligned_sum",
     "CALIBRATION_FRAC_BITS",
     "CALIBRATION_DECAY_SHIFT",
+    "OUTPUT_HEADROOM",
     "calibrate",
     "static_shift",
 ]
@@ -60,10 +61,15 @@ class IntTensor:
 
 @dataclass(frozen=True)
 class RoundingPolicy:
-    """Rounding mode per role (docs/numerics.md §9); defaults are the reference's."""
+    """Rounding mode per role (docs/numerics.md §9).
+
+    The defaults are the reference's except for the errors, which niti rounds stochastically (counter-based
+    random bits, §14): nearest rounding leaves a deep network's small errors at zero (chosen on validation,
+    §10).  ``reference()`` is the NITI authors' policy.
+    """
 
     activation: str = "nearest"
-    error: str = "nearest"
+    error: str = "stochastic"
     gradient: str = "pseudo_stochastic"
     loss: str = "stochastic"
 
@@ -79,9 +85,14 @@ class RoundingPolicy:
         return cls(mode, mode, mode, mode)
 
     @classmethod
+    def reference(cls) -> "RoundingPolicy":
+        """The NITI authors' policy: errors rounded to nearest (niti's default before it chose stochastic)."""
+        return cls(error="nearest")
+
+    @classmethod
     def rng_free(cls) -> "RoundingPolicy":
-        """The reference policy with the loss on PSR: no random generator anywhere."""
-        return replace(cls(), loss="pseudo_stochastic")
+        """The reference policy with the loss on PSR: no random bits anywhere."""
+        return replace(cls.reference(), loss="pseudo_stochastic")
 
 
 def max_abs(t: Tensor) -> int:
@@ -217,6 +228,8 @@ def aligned_sum(terms: list[tuple[Tensor, int, int]]) -> tuple[Tensor, int]:
 CALIBRATION_FRAC_BITS = 8
 #: Each training step moves the calibration 2**-4 of the way to the step's whole-batch width.
 CALIBRATION_DECAY_SHIFT = 4
+#: Bits of room above its calibrated width for the logits' static shift: clipped logits tie in the argmax.
+OUTPUT_HEADROOM = 1
 
 
 def calibrate(running: int | None, width: int) -> int:
@@ -228,11 +241,13 @@ def calibrate(running: int | None, width: int) -> int:
     return running + ((target - running) >> CALIBRATION_DECAY_SHIFT)
 
 
-def static_shift(running: int, target_bits: int = 7) -> int:
-    """The inference shift of a calibrated site: ``max(0, round(running width) - target_bits)`` (halves up).
+def static_shift(running: int, target_bits: int = 7, headroom: int = 0) -> int:
+    """The inference shift of a calibrated site: ``max(0, round(running width) + headroom - target_bits)``
+    (halves up).
 
     Rounding, not the ceiling: the typical batch's shift, so a typical image keeps all 7 bits (the two were
-    compared on the validation split and not separated: results/static-inference/).
+    compared on the validation split: results/static-inference/).  ``headroom``: extra bits above that width,
+    ``OUTPUT_HEADROOM`` for the site that produces the logits (docs/numerics.md §12).
     """
     width = (running + (1 << (CALIBRATION_FRAC_BITS - 1))) >> CALIBRATION_FRAC_BITS
-    return max(0, width - target_bits)
+    return max(0, width + headroom - target_bits)

@@ -255,15 +255,15 @@ def test_nested_graph_keeps_the_backward_chain() -> None:
 #: weights_sha256 after 3 steps, recorded with the spec interpreter the zoo replaced (commit 4cf6f5c), whose
 #: random bits came from generators.
 OLD_PATH_SHA = {
-    ("lenet", 16, "default"): "04d484a5dd25d7d0dafd8588ec16e753687e946750b895aa4ef4cc3d1bb238ed",
+    ("lenet", 16, "reference"): "04d484a5dd25d7d0dafd8588ec16e753687e946750b895aa4ef4cc3d1bb238ed",
     ("lenet", 8, "stochastic"): "14e147e6d1cd844becbb89690e44e67aee61cf3a739b758685c53732b0cf9d86",
-    ("vgg-small-7-quarter", 16, "default"): "b06de71b05da04ada53007075502829b1aeac8a2d9930482f824318a10a2ae9c",
+    ("vgg-small-7-quarter", 16, "reference"): "b06de71b05da04ada53007075502829b1aeac8a2d9930482f824318a10a2ae9c",
 }
 
 
 @pytest.mark.parametrize("name,bits,policy", list(OLD_PATH_SHA))
 def test_zoo_through_conversion_matches_the_old_spec_path(name: str, bits: int, policy: str) -> None:
-    rounding = RoundingPolicy() if policy == "default" else RoundingPolicy.all("stochastic")
+    rounding = RoundingPolicy.reference() if policy == "reference" else RoundingPolicy.all("stochastic")
     model = niti.build(name, seed=3, accumulator_bits=bits, total_steps=4, policy=rounding, random_bits="generator")
     g = torch.Generator().manual_seed(1)
     h, w, c = model.arch.input_shape

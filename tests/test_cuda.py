@@ -148,7 +148,8 @@ def test_maxpool_matches_cpu() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- training steps
-POLICIES = {mode: RoundingPolicy.all(mode) for mode in ROUNDING_MODES} | {"reference": RoundingPolicy()}
+POLICIES = ({mode: RoundingPolicy.all(mode) for mode in ROUNDING_MODES}
+            | {"reference": RoundingPolicy.reference(), "default": RoundingPolicy()})
 
 
 def _real_batches(data: dict[str, np.ndarray], n: int, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -65,6 +65,38 @@ def test_calibration_is_a_running_integer_width() -> None:
     assert static_shift(calibrate(None, 5)) == 0
 
 
+def test_the_logits_site_keeps_a_bit_of_headroom(trained: dict) -> None:
+    """Only the layer that produces the logits gets OUTPUT_HEADROOM, found through nested graphs and the
+    pass-through layers after it; its static shift is one more than its calibrated width's."""
+    from niti.models.integer import output_site
+    from niti.numerics import OUTPUT_HEADROOM
+
+    assert OUTPUT_HEADROOM == 1 and static_shift(18 << 8, headroom=1) == 12
+    for name in ("lenet", "vgg-small-7-quarter", "resnet-20"):
+        model = niti.build(name)
+        flagged = [m for m in model.net.modules() if m.static_headroom]
+        assert flagged == [output_site(model.net)] and isinstance(flagged[0], niti.nn.Linear)
+    after_relu = niti.from_torch(tnn.Sequential(tnn.Flatten(), tnn.Linear(784, 10), tnn.ReLU()), (28, 28, 1))
+    assert isinstance(output_site(after_relu.net), niti.nn.Linear)
+    assert output_site(niti.from_torch(tnn.Sequential(tnn.Flatten()), (28, 28, 1)).net) is None
+    model = trained["lenet"]
+    fc = output_site(model.net)
+    shifts = []
+    original = fc.rescale_activation
+
+    def spy(t: torch.Tensor, ctx: dict | None) -> tuple[torch.Tensor, int]:
+        out, shift = original(t, ctx)
+        shifts.append(shift)
+        return out, shift
+
+    fc.rescale_activation = spy
+    try:
+        model.predict(torch.zeros((2, 28, 28, 1), dtype=torch.uint8))
+    finally:
+        del fc.rescale_activation
+    assert shifts == [static_shift(fc.calibration) + 1]
+
+
 @pytest.mark.parametrize("name", ["lenet", "resnet"])
 def test_prediction_is_a_property_of_the_image(trained: dict, mnist: dict, name: str) -> None:
     model = trained[name]

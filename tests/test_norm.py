@@ -450,8 +450,12 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
         assert cpu_bn.error_max(g, x, table, g_table) == int(wide.abs().max())
         for mode in cpu_bn.MODES:
             for shift in (0, 1, 17, 40):
-                assert torch.equal(cpu_bn.error_round(g, x, table, g_table, shift, mode),
-                                   fused.round_clip(wide, shift, mode, 7, torch.int8))
+                noise = (torch.randint(0, 1 << shift, tuple(wide.shape), generator=gen)
+                         if mode == "stochastic" and shift else None)
+                assert torch.equal(cpu_bn.error_round(g, x, table, g_table, shift, mode, noise=noise),
+                                   fused.round_clip(wide, shift, mode, 7, torch.int8, noise))
+        with pytest.raises(ValueError, match="one draw per element"):
+            cpu_bn.error_round(g, x, table, g_table, 3, "stochastic")
 
 
 class _Collect:

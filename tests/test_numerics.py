@@ -173,3 +173,16 @@ def test_aligned_sum_matches_reference_and_never_overflows(terms) -> None:
     if max(e for _, e in terms) - min(e for _, e in terms) <= 23 - (len(terms) - 1).bit_length():  # exact
         exact = sum(sum(v * 2 ** (ei - e) for v in [m[j]]) for m, ei in terms for j in [0])
         assert got[0].item() == exact
+
+
+def test_default_policy_rounds_errors_stochastically_and_reference_is_the_papers() -> None:
+    """niti's default differs from the reference in one role, the errors (docs/numerics.md §9); a run's
+    config records its modes, so the default's change does not alter a resumed run."""
+    from niti.train import TrainConfig
+
+    assert RoundingPolicy() == RoundingPolicy("nearest", "stochastic", "pseudo_stochastic", "stochastic")
+    assert RoundingPolicy.reference() == RoundingPolicy("nearest", "nearest", "pseudo_stochastic", "stochastic")
+    assert RoundingPolicy.rng_free() == RoundingPolicy("nearest", "nearest", "pseudo_stochastic", "pseudo_stochastic")
+    assert TrainConfig().policy == RoundingPolicy()
+    old = TrainConfig.from_dict({**TrainConfig().to_dict(), "err_round": "nearest"})
+    assert old.policy == RoundingPolicy.reference()

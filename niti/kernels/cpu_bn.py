@@ -24,14 +24,15 @@ from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 __all__ = ["MODES", "SOURCE", "available", "error_max", "error_round", "gather", "value_sums"]
 
 SOURCE = csrc("bn_tables.c")
-#: Rounding modes the C loop implements (value-only: no random draws), by their code in the C source.
-MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2}
+#: Rounding modes the C loop implements, by their code in the C source (``stochastic`` takes its draws as input).
+MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2, "stochastic": 4}
+
 
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
     return bind_library(SOURCE, {
         "niti_bn_error_max": (ctypes.c_int64, [PTR, PTR, PTR, PTR, LONG, LONG, INT]),
-        "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, INT]),
+        "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, PTR, INT]),
         "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, INT]),
         "niti_bn_gather_int8": (None, [PTR, PTR, LONG, LONG, PTR, INT]),
     })
@@ -65,15 +66,22 @@ def error_max(g: Tensor, x: Tensor, table: Tensor, g_table: Tensor) -> int:
 
 
 def error_round(g: Tensor, x: Tensor, table: Tensor, g_table: Tensor, shift: int, mode: str,
-                limit: int = 127) -> Tensor:
+                limit: int = 127, noise: Tensor | None = None) -> Tensor:
     """int8 ``clip(round_shift(table[x's entry] + g_table[g's entry], shift, mode), ±limit)``, ``mode`` in
-    ``MODES``."""
+    ``MODES``; ``stochastic`` with ``shift > 0`` needs ``noise``, its draws in ``[0, 2**shift)`` (int64, one per
+    element in row-major order, as ``numerics.rescale`` takes them)."""
     g, x = _plain(g, torch.int8), _plain(x, torch.int8)
     table, g_table = _plain(table, torch.int64), _plain(g_table, torch.int64)
     rows, ch = g.shape
+    if mode == "stochastic" and shift > 0:
+        if noise is None or noise.numel() != rows * ch:
+            raise ValueError(f"stochastic rounding needs one draw per element ({rows * ch}), got "
+                             f"{None if noise is None else noise.numel()}")
+        noise = _plain(noise, torch.int64)
     out = torch.empty((rows, ch), dtype=torch.int8)
     _library().niti_bn_error_round(g.data_ptr(), x.data_ptr(), table.data_ptr(), g_table.data_ptr(), rows, ch, shift,
-                                   MODES[mode], limit, out.data_ptr(), torch.get_num_threads())
+                                   MODES[mode], limit, out.data_ptr(), None if noise is None else noise.data_ptr(),
+                                   torch.get_num_threads())
     return out
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import nn
-from ..numerics import INPUT_SCALE_BITS, IntTensor, RoundingPolicy, calibrate, static_shift
+from ..numerics import INPUT_SCALE_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate, static_shift
 from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
 from .architectures import Architecture
@@ -25,6 +25,30 @@ INFERENCE_MODES = ("static", "batch")
 DEFAULT_MEANS = {"mnist": (33,), "cifar10": (125, 123, 114)}
 #: Per-channel ``round(2**12 / std)`` of the training splits (``niti.data.channel_scales``; std 78.6 / 63–67).
 DEFAULT_SCALES = {"mnist": (52,), "cifar10": (65, 66, 61)}
+
+
+#: Layers that pass values on without a rescale of their own (the logits' site lies behind them).
+_PASS_THROUGH = (nn.ReLU, nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool2d)
+#: Layers whose activation rescale carries a static shift (docs/numerics.md §12).
+_RESCALE_SITES = (nn.Conv2d, nn.Linear, nn.Add, nn.AvgPool2d, nn.BatchNorm2d)
+
+
+def output_site(net: nn.Graph) -> nn.Module | None:
+    """The layer whose activation rescale produces the network's output (the logits), or None.
+
+    Follows the output node into nested graphs and back through layers that only pass values on; None when
+    the output comes straight from a graph's input or from a layer without a rescale.
+    """
+    graph, value = net, net.output
+    while value > 0:
+        node = graph.nodes[value - 1]
+        if isinstance(node.op, nn.Graph):
+            graph, value = node.op, node.op.output
+        elif isinstance(node.op, _PASS_THROUGH):
+            value = node.inputs[0]
+        else:
+            return node.op if isinstance(node.op, _RESCALE_SITES) else None
+    return None
 
 
 def check_pixel_mean(mean: tuple[int, ...]) -> None:
@@ -91,6 +115,9 @@ class IntegerModel:
         if arch.num_classes and num_classes != arch.num_classes:
             raise ValueError(f"model {arch.name} returns {num_classes} logits, expected {arch.num_classes}")
         self.num_classes = num_classes
+        site = output_site(self.net)
+        if site is not None:  # clipped logits tie in the argmax: the logits' static shift keeps a bit of room
+            site.static_headroom = OUTPUT_HEADROOM
         if weight_headroom and accumulator_bits != 16:
             raise ValueError(f"weight headroom needs 16-bit weight accumulators, got {accumulator_bits}-bit")
         #: Bits of room above the initial range given to convolution and linear masters (docs/numerics.md §6).

@@ -120,6 +120,8 @@ class Module:
         self.calibration: int | None = None
         #: Evaluation uses the calibrated shift (batch-independent) rather than the batch's own.
         self.static_inference = False
+        #: Bits added to the calibrated width for the static shift (the logits' site: OUTPUT_HEADROOM).
+        self.static_headroom = 0
 
     def rescale_activation(self, t: Tensor, ctx: dict | None) -> tuple[Tensor, int]:
         """``rescale(t, 7, act_mode)``: whole-batch shift in training (which updates the calibration when
@@ -130,7 +132,7 @@ class Module:
                 self.calibration = calibrate(self.calibration, shift + 7)
             return out, shift
         if self.static_inference and self.calibration is not None:
-            shift = static_shift(self.calibration)
+            shift = static_shift(self.calibration, headroom=self.static_headroom)
             return self.runtime.rescale_static(t, 7, shift, "activation"), shift
         return self.runtime.rescale(t, 7, "activation")
 

@@ -139,7 +139,7 @@ class BatchNorm2d(Module):
         rt = self.runtime
         if rt.recorder is None:
             if not self.training and self.static_inference and self.calibration is not None:
-                shift = static_shift(self.calibration)
+                shift = static_shift(self.calibration, headroom=self.static_headroom)
                 out = _gather(rt.rescale_static(table, 7, shift, "activation"), rows)
                 return IntTensor(out.reshape(shape), e + shift)
             if self.training and counts is not None and rt.mode("activation") != "stochastic":
@@ -284,7 +284,9 @@ class BatchNorm2d(Module):
         if rt.recorder is None and mode in cpu_bn.MODES and cpu_bn.available(g):
             # The same rescale without an int64 tensor: the bit width from one pass, the rounding in a second.
             shift = rt.shift_for_width(cpu_bn.error_max(g, rows, table, g_table).bit_length(), 7)
-            out = cpu_bn.error_round(g, rows, table, g_table, shift, mode).reshape(ctx["shape"])
+            noise = (rt.uniform(1 << shift, ctx["shape"], batched=True, device=g.device)
+                     if mode == "stochastic" and shift > 0 else None)  # the draw rt.rescale would make
+            out = cpu_bn.error_round(g, rows, table, g_table, shift, mode, noise=noise).reshape(ctx["shape"])
         else:
             wide = fused.bn_error(g, fused.bn_value_index(rows), table, g_table)
             out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")

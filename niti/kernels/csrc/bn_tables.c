@@ -33,7 +33,8 @@ int64_t niti_bn_error_max(const int8_t *restrict g, const int8_t *restrict x, co
  * inner loop carries no mode test. */
 static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *restrict x,
                                        const int64_t *restrict t1, const int64_t *restrict t2, long r0, long r1,
-                                       long C, int shift, const int mode, int64_t limit, int8_t *restrict out) {
+                                       long C, int shift, const int mode, int64_t limit, int8_t *restrict out,
+                                       const int64_t *restrict noise) {
     uint64_t low_mask = shift ? ((uint64_t)1 << shift) - 1 : 0;
     int h = shift >> 1, odd = shift & 1;
     uint64_t h_mask = ((uint64_t)1 << h) - 1;
@@ -51,6 +52,8 @@ static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *r
                 q = (a >> shift) + ((low >> h) > ((low & h_mask) << odd));
             } else if (mode == 2) {
                 q = a >> shift;
+            } else if (mode == 4) { /* stochastic: up when the draw u in [0, 2**shift) is below the low bits */
+                q = (a >> shift) + ((uint64_t)noise[r * C + c] < (a & low_mask));
             }
             int64_t s = q > (uint64_t)limit ? limit : (int64_t)q;
             orow[c] = (int8_t)(w < 0 ? -s : s);
@@ -58,17 +61,19 @@ static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *r
     }
 }
 
+/* noise: the stochastic draws (int64, rows x C, each in [0, 2**shift)) for mode 4, else unused (may be NULL). */
 void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *t2, long rows, long C,
-                         int shift, int mode, int64_t limit, int8_t *out, int nt) {
+                         int shift, int mode, int64_t limit, int8_t *out, const int64_t *noise, int nt) {
     int m = shift ? mode : 3; /* 3: shift 0, clip only */
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         long r0 = rows * t / n, r1 = rows * (t + 1) / n;
-        if (m == 0) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 0, limit, out);
-        else if (m == 1) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 1, limit, out);
-        else if (m == 2) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 2, limit, out);
-        else bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 3, limit, out);
+        if (m == 0) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 0, limit, out, noise);
+        else if (m == 1) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 1, limit, out, noise);
+        else if (m == 2) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 2, limit, out, noise);
+        else if (m == 4) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 4, limit, out, noise);
+        else bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 3, limit, out, noise);
     }
 }
 
