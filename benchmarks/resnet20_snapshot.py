@@ -8,14 +8,14 @@ run that spans several working sessions can be committed honestly at any point.
 
 from __future__ import annotations
 
-import datetime
-import json
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from snapshot import snapshot  # noqa: E402  (benchmarks/ is not a package)
+
 SRC = ROOT / "runs" / "bench" / "resnet20-cifar"
 DST = ROOT / "results" / "resnet20-cifar" / "partial"
 EPOCHS = 30
@@ -24,7 +24,7 @@ RUNS = (("r20-int-s0", "integer, errors nearest"), ("r20-int-errsto-s0", "intege
         ("r20-float-s0", "float"))
 
 INTRO = """\
-Snapshot taken {now} UTC on a 2-core AMD EPYC (AVX2, no VNNI). The runs continue in later sessions with
+Machine: a 2-core AMD EPYC (AVX2, no VNNI). The runs continue in later sessions with
 
     python benchmarks/train_suites.py resnet20-cifar --epochs 30 --lr 0.05 --threads 1 --resume --only RUN
 
@@ -48,45 +48,8 @@ random bits it started with (docs/numerics.md section 14).
 """
 
 
-def read_metrics(run: str) -> list[dict]:
-    path = SRC / run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def status(run: str, label: str, metrics: list[dict]) -> str:
-    summary = SRC / run / "summary.json"
-    if summary.exists():
-        return f"{label}: finished, final test {json.loads(summary.read_text())['final_test_accuracy']:.2f} %"
-    return f"{label}: epoch {len(metrics)} of {EPOCHS} done" if metrics else f"{label}: not started"
-
-
 def main() -> None:
-    DST.mkdir(parents=True, exist_ok=True)
-    rows = {}
-    for run, _ in RUNS:
-        (DST / run).mkdir(exist_ok=True)
-        for name in ("config.json", "metrics.jsonl", "steps.jsonl", "summary.json"):
-            if (SRC / run / name).exists():
-                shutil.copy(SRC / run / name, DST / run / name)
-        rows[run] = read_metrics(run)
-    finished = all((SRC / run / "summary.json").exists() for run, _ in RUNS)
-    lines = [f"# ResNet-20 on CIFAR-10, 30 epochs: {'finished' if finished else 'IN PROGRESS (partial)'}", "",
-             "Status: " + "; ".join(status(run, label, rows[run]) for run, label in RUNS) + ".", "",
-             INTRO.format(now=f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"),
-             "| epoch | " + " | ".join(f"{label} val % | {label} test %" for _, label in RUNS) + " |",
-             "|---|" + "---|---|" * len(RUNS)]
-
-    def cell(run: str, epoch: int, key: str) -> str:
-        r = rows[run]
-        return f"{r[epoch][key]:.2f}" if epoch < len(r) and r[epoch].get(key) is not None else ""
-
-    for i in range(max(len(v) for v in rows.values())):
-        lines.append(f"| {i + 1} | " + " | ".join(f"{cell(run, i, 'val_accuracy')} | {cell(run, i, 'test_accuracy')}"
-                                                  for run, _ in RUNS) + " |")
-    (DST / "README.md").write_text("\n".join(lines) + "\n")
-    started = [str(SRC / run) for run, _ in RUNS if rows[run]]
-    subprocess.run([sys.executable, "-m", "niti", "plot", *started, "-o", str(DST / "curves.png"),
-                    "--title", "ResNet-20, CIFAR-10: integer vs float (validation)"], check=False)
+    lines = snapshot(SRC, DST, list(RUNS), EPOCHS, "ResNet-20 on CIFAR-10, 30 epochs", INTRO)
     print("\n".join(lines))
 
 

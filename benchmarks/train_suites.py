@@ -183,6 +183,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                  for s in seeds]
                 + [(f"r20e-float-s{s}", [*common, "--arith", "float", "--lr", "0.05", "--seed", str(s)])
                    for s in seeds])
+    if name == "cifar-quarter":  # issue 12: the converged CIFAR-10 comparison that fits this CPU (resumable)
+        return [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
+                                     "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
+                for arith in ("int", "float") for s in seeds]
     if name == "err-round-check":  # issue 12/14: stochastic error rounding on the other nets and data sets
         runs = [(f"lenet-int-err{mode[:3]}-s{s}", ["--model", "lenet", "--err-round", mode, "--epochs", str(a.epochs),
                                                    "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
@@ -204,7 +208,8 @@ def main() -> int:
     p.add_argument("suite", choices=["mnist-1epoch", "mnist-seeds", "mnist-ablation", "cifar-vgg7", "cifar-select",
                                       "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke",
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
-                                      "resnet-update", "resnet-errors", "err-round-check"])
+                                      "resnet-update", "resnet-errors", "err-round-check",
+                                      "cifar-quarter"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
