@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import counter_bits
-from .kernels import fused
+from .kernels import cpu_round, fused
 from .kernels.workspace import Workspace
 from .numerics import RoundingPolicy, int_dtype_for_bits
 
@@ -112,14 +112,25 @@ class Runtime:
     def _counter_draw(self, stream: str, bits: int, shape: tuple[int, ...], batched: bool,
                       device: torch.device | str) -> Tensor:
         """The next draw of ``stream``: this rank's slice (rows ``rank·n ..``) of the global batch when ``batched``."""
-        draw = self.draws[stream]
-        count = 1
-        for n in shape:
-            count *= n
-        start = self.rank * count if batched and self.world_size > 1 else 0
+        draw, start = self.draws[stream], self._draw_start(shape, batched)
         local = counter_bits.uniform_bits(self.stream_seed, stream, draw, bits, shape, start=start, device=device)
         self.draws[stream] = draw + 1
         return local
+
+    def _draw_start(self, shape: tuple[int, ...], batched: bool) -> int:
+        """The global index of this rank's first element in a draw over a tensor of local ``shape``."""
+        count = 1
+        for n in shape:
+            count *= n
+        return self.rank * count if batched and self.world_size > 1 else 0
+
+    def _counter_keys(self, stream: str, shape: tuple[int, ...], batched: bool) -> tuple[int, int, int]:
+        """``(k1, k2, start)`` of the next draw of ``stream`` (counted as made): what ``_counter_draw`` would
+        hash, for a kernel that computes the words itself."""
+        draw = self.draws[stream]
+        k1, k2 = counter_bits.draw_keys(self.stream_seed, stream, draw)
+        self.draws[stream] = draw + 1
+        return k1, k2, self._draw_start(shape, batched)
 
     def uniform(self, high: int, shape: tuple[int, ...], *, batched: bool, device: torch.device) -> Tensor:
         """Integers uniform in ``[0, high)`` (a power of two) for a tensor of local ``shape``, on ``device``.
@@ -178,8 +189,18 @@ class Runtime:
         Bit-identical to ``numerics.rescale(t, target_bits, mode, bit_width=..., noise=...)``;
         runs as one fused pass for the bit width and one for rounding and clipping.
         """
+        out_dtype = int_dtype_for_bits(target_bits)
+        if self.mode(role) == "stochastic" and self.random_bits == "counter" and self.recorder is None \
+                and cpu_round.applies_stochastic(t, 1, target_bits, out_dtype):
+            # The CPU's C pass hashes each element's word in the rounding loop: the same draw, no noise tensor.
+            shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits, batched=batched)
+            if shift > 0 and cpu_round.applies_stochastic(t, shift, target_bits, out_dtype):
+                k1, k2, start = self._counter_keys("rounding", tuple(t.shape), batched)
+                return cpu_round.round_clip_stochastic(t, shift, target_bits, start, k1, k2), shift
+            if shift == 0:
+                return fused.round_clip(t, 0, "stochastic", target_bits, out_dtype), 0
         mode, shift, noise = self.rounding(t, target_bits, role, batched=batched)
-        return fused.round_clip(t, shift, mode, target_bits, int_dtype_for_bits(target_bits), noise), shift
+        return fused.round_clip(t, shift, mode, target_bits, out_dtype, noise), shift
 
     def rescale_static(self, t: Tensor, target_bits: int, shift: int, role: str) -> Tensor:
         """``t`` shifted right by a fixed ``shift`` (batch-independent inference, docs/numerics.md §12).

@@ -444,11 +444,58 @@ def test_c_round_clip_takes_only_what_it_can_do_exactly() -> None:
 
     x = torch.zeros(8, dtype=torch.int32)
     assert not cpu_round.applies(x, 25, "nearest", 7, torch.int8)  # width 32: -2**31 could be present
-    assert not cpu_round.applies(x, 3, "stochastic", 7, torch.int8)  # random draws: the fused chain
+    assert not cpu_round.applies(x, 3, "stochastic", 7, torch.int8)  # random draws: round_clip_stochastic
+    assert not cpu_round.applies_stochastic(x, 25, 7, torch.int8) and not cpu_round.applies_stochastic(x, 0, 7,
+                                                                                                       torch.int8)
     assert not cpu_round.applies(x.to(torch.int64), 3, "nearest", 7, torch.int8)
     assert not cpu_round.applies(x, 3, "nearest", 15, torch.int16)
     with pytest.raises(ValueError, match="shift"):
         cpu_round.round_clip(x, 30, "nearest", 7)
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.integers(-(2**31) + 1, 2**31 - 1), min_size=1, max_size=40), target=st.integers(1, 7),
+       data=st.data(), start=st.integers(0, 2**32 - 64), seed=st.integers(0, 2**64 - 1), draw=st.integers(0, 2**40))
+def test_c_stochastic_round_clip_hashes_the_words_it_rounds_with(values: list[int], target: int, data,  # noqa: ANN001
+                                                                 start: int, seed: int, draw: int) -> None:
+    """Element i rounds up when the low ``shift`` bits of word ``start + i`` (``counter_bits.word_reference``)
+    are below its discarded bits: pure Python against the C loop that hashes inside the rounding."""
+    from niti import counter_bits
+    from niti.kernels import cpu_round
+
+    shift = data.draw(st.integers(1, 31 - target))
+    x = torch.tensor(values, dtype=torch.int32)
+    if not cpu_round.applies_stochastic(x, shift, target, torch.int8):
+        pytest.skip("the C rounding pass is not built here")
+    k1, k2 = counter_bits.draw_keys(seed, "rounding", draw)
+    limit, want = (1 << target) - 1, []
+    for i, v in enumerate(values):
+        a, u = abs(v), counter_bits.word_reference(seed, "rounding", draw, start + i) % (1 << shift)
+        q = (a >> shift) + (u < a % (1 << shift))
+        want.append((-1 if v < 0 else 1) * min(q, limit))
+    assert cpu_round.round_clip_stochastic(x, shift, target, start, k1, k2).tolist() == want
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_runtime_stochastic_rescale_on_the_c_pass_equals_the_noise_path(world_size: int) -> None:
+    """``Runtime.rescale`` with stochastic rounding takes the C pass on the CPU: the same bits, shift and draw
+    count as drawing the noise tensor and rounding with it, on every rank's slice, at any shift (0 included)."""
+    from niti.kernels import cpu_round
+    from niti.numerics import RoundingPolicy
+    from niti.runtime import Runtime
+
+    if not cpu_round.applies_stochastic(torch.zeros(1, dtype=torch.int32), 3, 7, torch.int8):
+        pytest.skip("the C rounding pass is not built here")
+    g = torch.Generator().manual_seed(11)
+    for rank in range(world_size):
+        fast, slow = (Runtime(RoundingPolicy(), seed=7, rank=rank, world_size=world_size) for _ in range(2))
+        for top in (2**20, 100, 2**30, 2**9):
+            t = torch.randint(-top, top, (4, 3, 5, 70000 // 60), generator=g, dtype=torch.int32)
+            out, shift = fast.rescale(t, 7, "error")
+            mode, want_shift, noise = slow.rounding(t, 7, "error")
+            assert shift == want_shift and (shift > 0) == (top > 127)
+            assert torch.equal(out, fused.round_clip(t, shift, mode, 7, torch.int8, noise))
+        assert fast.draws == slow.draws
 
 
 # ----------------------------------------------------------------------------- the C im2col

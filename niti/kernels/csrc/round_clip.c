@@ -6,9 +6,22 @@
  * odd) or 2 (truncate); shift 0 only clips.  The caller guarantees |x| < 2**31 (bit width <= 31), so |x| fits
  * uint32 and nothing wraps.  The mode is a compile-time constant of each inlined loop and the pointers are
  * `restrict`, so the loops vectorise.
+ *
+ * Stochastic rounding (niti_round_clip_stochastic_i32_i8) rounds up when u < the discarded bits, u the low `shift`
+ * bits of element i's counter-based word mix(mix((start + i) ^ k1) ^ k2) (section 14): the word is computed in the
+ * loop, so no draw tensor is written or read.  mix is counter_words.c's; both are pinned against
+ * niti.counter_bits.word_reference by the tests.
  */
 #include <omp.h>
 #include <stdint.h>
+
+static inline uint32_t mix(uint32_t x) {
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    return x ^ (x >> 16);
+}
 
 static inline void round_clip_range(const int32_t *restrict x, long lo, long hi, int shift, const int mode,
                                     uint32_t limit, int8_t *restrict out) {
@@ -45,5 +58,21 @@ void niti_round_clip_i32_i8(const int32_t *restrict x, long n, int shift, int mo
         else if (m == 1) round_clip_range(x, lo, hi, shift, 1, (uint32_t)limit, out);
         else if (m == 2) round_clip_range(x, lo, hi, shift, 2, (uint32_t)limit, out);
         else round_clip_range(x, lo, hi, shift, 3, (uint32_t)limit, out);
+    }
+}
+
+/* 1 <= shift <= 24 (so shift + 7 <= 31 and the draw is one word's low bits); start + n <= 2**32. */
+void niti_round_clip_stochastic_i32_i8(const int32_t *restrict x, long n, int shift, int32_t limit, long start,
+                                       uint32_t k1, uint32_t k2, int8_t *restrict out, int nt) {
+    uint32_t low_mask = (uint32_t)(((uint64_t)1 << shift) - 1);
+    if (n < (1L << 16)) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long i = 0; i < n; i++) {
+        int32_t v = x[i];
+        uint32_t a = (uint32_t)(v < 0 ? -(int64_t)v : v);
+        uint32_t u = mix(mix((uint32_t)(start + i) ^ k1) ^ k2) & low_mask;
+        uint32_t q = (a >> shift) + (u < (a & low_mask));
+        int32_t s = (int32_t)(q > (uint32_t)limit ? (uint32_t)limit : q);
+        out[i] = (int8_t)(v < 0 ? -s : s);
     }
 }
