@@ -19,10 +19,12 @@ tensor code is tested against.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_ELEMENTS", "MAX_BITS", "STREAMS", "draw_keys", "word_reference", "words", "uniform_bits"]
+__all__ = ["MAX_ELEMENTS", "MAX_BITS", "STREAMS", "DrawKeys", "draw_keys", "word_reference", "words", "uniform_bits"]
 
 _MASK32 = (1 << 32) - 1
 _MUL1, _MUL2 = 0x7FEB352D, 0x846CA68B
@@ -62,6 +64,21 @@ def draw_keys(seed: int, stream: str, draw: int, part: int = 0) -> tuple[int, in
              draw & _MASK32, draw >> 32, part]
     k1 = _fold(split)
     return k1, _mix_int(k1 ^ _KEY_BASIS)
+
+
+class DrawKeys(NamedTuple):
+    """What a C loop needs to hash a draw itself: the keys of its words (part 0, and part 1 for bits 32..61) and
+    the global index of the first element it rounds."""
+
+    k1: int
+    k2: int
+    hi1: int
+    hi2: int
+    start: int
+
+    @classmethod
+    def of(cls, seed: int, stream: str, draw: int, start: int) -> "DrawKeys":
+        return cls(*draw_keys(seed, stream, draw), *draw_keys(seed, stream, draw, part=1), start)
 
 
 def word_reference(seed: int, stream: str, draw: int, index: int, part: int = 0) -> int:

@@ -124,13 +124,12 @@ class Runtime:
             count *= n
         return self.rank * count if batched and self.world_size > 1 else 0
 
-    def _counter_keys(self, stream: str, shape: tuple[int, ...], batched: bool) -> tuple[int, int, int]:
-        """``(k1, k2, start)`` of the next draw of ``stream`` (counted as made): what ``_counter_draw`` would
-        hash, for a kernel that computes the words itself."""
+    def counter_keys(self, stream: str, shape: tuple[int, ...], *, batched: bool) -> counter_bits.DrawKeys:
+        """The keys and start index of the next draw of ``stream`` (counted as made): what ``_counter_draw``
+        would hash, for a kernel that computes the words itself."""
         draw = self.draws[stream]
-        k1, k2 = counter_bits.draw_keys(self.stream_seed, stream, draw)
         self.draws[stream] = draw + 1
-        return k1, k2, self._draw_start(shape, batched)
+        return counter_bits.DrawKeys.of(self.stream_seed, stream, draw, self._draw_start(shape, batched))
 
     def uniform(self, high: int, shape: tuple[int, ...], *, batched: bool, device: torch.device) -> Tensor:
         """Integers uniform in ``[0, high)`` (a power of two) for a tensor of local ``shape``, on ``device``.
@@ -195,8 +194,8 @@ class Runtime:
             # The CPU's C pass hashes each element's word in the rounding loop: the same draw, no noise tensor.
             shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits, batched=batched)
             if shift > 0 and cpu_round.applies_stochastic(t, shift, target_bits, out_dtype):
-                k1, k2, start = self._counter_keys("rounding", tuple(t.shape), batched)
-                return cpu_round.round_clip_stochastic(t, shift, target_bits, start, k1, k2), shift
+                keys = self.counter_keys("rounding", tuple(t.shape), batched=batched)
+                return cpu_round.round_clip_stochastic(t, shift, target_bits, keys.start, keys.k1, keys.k2), shift
             if shift == 0:
                 return fused.round_clip(t, 0, "stochastic", target_bits, out_dtype), 0
         mode, shift, noise = self.rounding(t, target_bits, role, batched=batched)

@@ -448,13 +448,17 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
         table8 = torch.randint(-128, 128, (256, ch), dtype=torch.int8, generator=gen)
         assert torch.equal(cpu_bn.gather(table8, x), fused.bn_gather(table8, index))
         assert cpu_bn.error_max(g, x, table, g_table) == int(wide.abs().max())
+        from niti import counter_bits
+
         for mode in cpu_bn.MODES:
-            for shift in (0, 1, 17, 40):
-                noise = (torch.randint(0, 1 << shift, tuple(wide.shape), generator=gen)
-                         if mode == "stochastic" and shift else None)
-                assert torch.equal(cpu_bn.error_round(g, x, table, g_table, shift, mode, noise=noise),
+            for shift in (0, 1, 17, 32, 33, 40):
+                keys, noise = None, None
+                if mode == "stochastic" and shift:
+                    keys = counter_bits.DrawKeys.of(seed, "rounding", 3, 5)
+                    noise = counter_bits.uniform_bits(seed, "rounding", 3, shift, tuple(wide.shape), start=5)
+                assert torch.equal(cpu_bn.error_round(g, x, table, g_table, shift, mode, keys=keys),
                                    fused.round_clip(wide, shift, mode, 7, torch.int8, noise))
-        with pytest.raises(ValueError, match="one draw per element"):
+        with pytest.raises(ValueError, match="keys"):
             cpu_bn.error_round(g, x, table, g_table, 3, "stochastic")
 
 

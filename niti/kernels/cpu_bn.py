@@ -19,12 +19,14 @@ import functools
 import torch
 from torch import Tensor
 
+from ..counter_bits import MAX_BITS, DrawKeys
 from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
 __all__ = ["MODES", "SOURCE", "available", "error_max", "error_round", "gather", "value_sums"]
 
 SOURCE = csrc("bn_tables.c")
-#: Rounding modes the C loop implements, by their code in the C source (``stochastic`` takes its draws as input).
+#: Rounding modes the C loop implements, by their code in the C source (``stochastic``: its counter-based words
+#: hashed in the loop from the draw's keys).
 MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2, "stochastic": 4}
 
 
@@ -32,7 +34,8 @@ MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2, "stochastic": 4}
 def _lib() -> ctypes.CDLL | None:
     return bind_library(SOURCE, {
         "niti_bn_error_max": (ctypes.c_int64, [PTR, PTR, PTR, PTR, LONG, LONG, INT]),
-        "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, PTR, INT]),
+        "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, LONG, PTR,
+                                        INT]),
         "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, INT]),
         "niti_bn_gather_int8": (None, [PTR, PTR, LONG, LONG, PTR, INT]),
     })
@@ -66,22 +69,25 @@ def error_max(g: Tensor, x: Tensor, table: Tensor, g_table: Tensor) -> int:
 
 
 def error_round(g: Tensor, x: Tensor, table: Tensor, g_table: Tensor, shift: int, mode: str,
-                limit: int = 127, noise: Tensor | None = None) -> Tensor:
+                limit: int = 127, keys: DrawKeys | None = None) -> Tensor:
     """int8 ``clip(round_shift(table[x's entry] + g_table[g's entry], shift, mode), ±limit)``, ``mode`` in
-    ``MODES``; ``stochastic`` with ``shift > 0`` needs ``noise``, its draws in ``[0, 2**shift)`` (int64, one per
-    element in row-major order, as ``numerics.rescale`` takes them)."""
+    ``MODES``.  ``stochastic`` with ``shift > 0`` needs the draw's ``keys`` (``Runtime.counter_keys``): element
+    ``i`` (row-major) rounds with the low ``shift`` bits of the draw's words of index ``keys.start + i``, the bits
+    ``counter_bits.uniform_bits`` gives ``numerics.rescale`` for that draw."""
     g, x = _plain(g, torch.int8), _plain(x, torch.int8)
     table, g_table = _plain(table, torch.int64), _plain(g_table, torch.int64)
     rows, ch = g.shape
+    start, words = 0, None
     if mode == "stochastic" and shift > 0:
-        if noise is None or noise.numel() != rows * ch:
-            raise ValueError(f"stochastic rounding needs one draw per element ({rows * ch}), got "
-                             f"{None if noise is None else noise.numel()}")
-        noise = _plain(noise, torch.int64)
+        if keys is None or not 0 < shift <= MAX_BITS:
+            raise ValueError(f"stochastic rounding needs the draw's keys and a shift in 1..{MAX_BITS}, got {keys}, "
+                             f"{shift}")
+        start, words = keys.start, (ctypes.c_uint32 * 4)(keys.k1, keys.k2, keys.hi1, keys.hi2)
+        if not 0 <= start <= start + rows * ch <= 1 << 32:
+            raise ValueError(f"a draw covers element indices [0, 2**32); asked for start {start}")
     out = torch.empty((rows, ch), dtype=torch.int8)
     _library().niti_bn_error_round(g.data_ptr(), x.data_ptr(), table.data_ptr(), g_table.data_ptr(), rows, ch, shift,
-                                   MODES[mode], limit, out.data_ptr(), None if noise is None else noise.data_ptr(),
-                                   torch.get_num_threads())
+                                   MODES[mode], limit, out.data_ptr(), start, words, torch.get_num_threads())
     return out
 
 

@@ -57,7 +57,8 @@ def _cache_dir() -> Path:
 def _build(compiler: str, source_path: Path) -> Path:
     """The shared library for this source and these flags (compiled once; an atomic rename publishes it)."""
     source = source_path.read_bytes()
-    key = hashlib.sha256(source + " ".join([compiler, *_FLAGS]).encode()).hexdigest()[:16]
+    headers = b"".join(h.read_bytes() for h in sorted(source_path.parent.glob("*.h")))  # a header change rebuilds
+    key = hashlib.sha256(source + headers + " ".join([compiler, *_FLAGS]).encode()).hexdigest()[:16]
     target = _cache_dir().joinpath(f"{source_path.stem}-{key}.so")
     if target.is_file():
         return target

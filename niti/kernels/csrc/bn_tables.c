@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "counter_hash.h"
+
 /* The largest |t1[x's entry] + t2[g's entry]| (the caller guarantees |t1| + |t2| < 2**62). */
 int64_t niti_bn_error_max(const int8_t *restrict g, const int8_t *restrict x, const int64_t *restrict t1,
                           const int64_t *restrict t2, long rows, long C, int nt) {
@@ -34,10 +36,11 @@ int64_t niti_bn_error_max(const int8_t *restrict g, const int8_t *restrict x, co
 static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *restrict x,
                                        const int64_t *restrict t1, const int64_t *restrict t2, long r0, long r1,
                                        long C, int shift, const int mode, int64_t limit, int8_t *restrict out,
-                                       const int64_t *restrict noise) {
+                                       long start, const uint32_t *restrict keys) {
     uint64_t low_mask = shift ? ((uint64_t)1 << shift) - 1 : 0;
     int h = shift >> 1, odd = shift & 1;
     uint64_t h_mask = ((uint64_t)1 << h) - 1;
+    uint64_t word_hi_mask = shift > 32 ? ((uint64_t)1 << (shift - 32)) - 1 : 0;
     for (long r = r0; r < r1; r++) {
         const int8_t *restrict gr = g + r * C, *restrict xr = x + r * C;
         int8_t *restrict orow = out + r * C;
@@ -53,7 +56,11 @@ static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *r
             } else if (mode == 2) {
                 q = a >> shift;
             } else if (mode == 4) { /* stochastic: up when the draw u in [0, 2**shift) is below the low bits */
-                q = (a >> shift) + ((uint64_t)noise[r * C + c] < (a & low_mask));
+                uint32_t index = (uint32_t)(start + r * C + c);
+                uint64_t u = niti_counter_word(index, keys[0], keys[1]);
+                if (shift > 32) u |= (niti_counter_word(index, keys[2], keys[3]) & word_hi_mask) << 32;
+                u &= low_mask;
+                q = (a >> shift) + (u < (a & low_mask));
             }
             int64_t s = q > (uint64_t)limit ? limit : (int64_t)q;
             orow[c] = (int8_t)(w < 0 ? -s : s);
@@ -61,19 +68,21 @@ static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *r
     }
 }
 
-/* noise: the stochastic draws (int64, rows x C, each in [0, 2**shift)) for mode 4, else unused (may be NULL). */
+/* Mode 4 (stochastic, 1 <= shift <= 62): element (r, c)'s draw is the low `shift` bits of the counter words of index
+ * i = start + r * C + c (counter_hash.h): bits 0..31 from keys[0], keys[1], bits 32.. from keys[2], keys[3] (the
+ * draw's part 1). The other modes ignore start and keys (which may be NULL). */
 void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *t2, long rows, long C,
-                         int shift, int mode, int64_t limit, int8_t *out, const int64_t *noise, int nt) {
+                         int shift, int mode, int64_t limit, int8_t *out, long start, const uint32_t *keys, int nt) {
     int m = shift ? mode : 3; /* 3: shift 0, clip only */
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         long r0 = rows * t / n, r1 = rows * (t + 1) / n;
-        if (m == 0) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 0, limit, out, noise);
-        else if (m == 1) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 1, limit, out, noise);
-        else if (m == 2) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 2, limit, out, noise);
-        else if (m == 4) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 4, limit, out, noise);
-        else bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 3, limit, out, noise);
+        if (m == 0) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 0, limit, out, start, keys);
+        else if (m == 1) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 1, limit, out, start, keys);
+        else if (m == 2) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 2, limit, out, start, keys);
+        else if (m == 4) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 4, limit, out, start, keys);
+        else bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 3, limit, out, start, keys);
     }
 }
 

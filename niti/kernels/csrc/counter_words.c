@@ -8,18 +8,12 @@
 #include <omp.h>
 #include <stdint.h>
 
-static inline uint32_t mix(uint32_t x) {
-    x ^= x >> 16;
-    x *= 0x7FEB352Du;
-    x ^= x >> 15;
-    x *= 0x846CA68Bu;
-    return x ^ (x >> 16);
-}
+#include "counter_hash.h"
 
 void niti_counter_words(long start, long count, uint32_t k1, uint32_t k2, uint32_t mask, int64_t *restrict out,
                         int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long i = 0; i < count; i++) {
-        out[i] = (int64_t)(mix(mix((uint32_t)(start + i) ^ k1) ^ k2) & mask);
+        out[i] = (int64_t)(niti_counter_word((uint32_t)(start + i), k1, k2) & mask);
     }
 }

@@ -8,20 +8,13 @@
  * `restrict`, so the loops vectorise.
  *
  * Stochastic rounding (niti_round_clip_stochastic_i32_i8) rounds up when u < the discarded bits, u the low `shift`
- * bits of element i's counter-based word mix(mix((start + i) ^ k1) ^ k2) (section 14): the word is computed in the
- * loop, so no draw tensor is written or read.  mix is counter_words.c's; both are pinned against
- * niti.counter_bits.word_reference by the tests.
+ * bits of element i's counter-based word of index start + i (section 14): the word is computed in the
+ * loop, so no draw tensor is written or read (counter_hash.h).
  */
 #include <omp.h>
 #include <stdint.h>
 
-static inline uint32_t mix(uint32_t x) {
-    x ^= x >> 16;
-    x *= 0x7FEB352Du;
-    x ^= x >> 15;
-    x *= 0x846CA68Bu;
-    return x ^ (x >> 16);
-}
+#include "counter_hash.h"
 
 static inline void round_clip_range(const int32_t *restrict x, long lo, long hi, int shift, const int mode,
                                     uint32_t limit, int8_t *restrict out) {
@@ -70,7 +63,7 @@ void niti_round_clip_stochastic_i32_i8(const int32_t *restrict x, long n, int sh
     for (long i = 0; i < n; i++) {
         int32_t v = x[i];
         uint32_t a = (uint32_t)(v < 0 ? -(int64_t)v : v);
-        uint32_t u = mix(mix((uint32_t)(start + i) ^ k1) ^ k2) & low_mask;
+        uint32_t u = niti_counter_word((uint32_t)(start + i), k1, k2) & low_mask;
         uint32_t q = (a >> shift) + (u < (a & low_mask));
         int32_t s = (int32_t)(q > (uint32_t)limit ? (uint32_t)limit : q);
         out[i] = (int8_t)(v < 0 ? -s : s);
