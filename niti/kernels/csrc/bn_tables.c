@@ -57,10 +57,15 @@ static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *r
                 q = a >> shift;
             } else if (mode == 4) { /* stochastic: up when the draw u in [0, 2**shift) is below the low bits */
                 uint32_t index = (uint32_t)(start + r * C + c);
-                uint64_t u = niti_counter_word(index, keys[0], keys[1]);
-                if (shift > 32) u |= (niti_counter_word(index, keys[2], keys[3]) & word_hi_mask) << 32;
-                u &= low_mask;
-                q = (a >> shift) + (u < (a & low_mask));
+                uint64_t low = a & low_mask;
+                uint64_t u = niti_counter_word(index, keys[0], keys[1]) & low_mask;
+                q = (a >> shift) + (u < low);
+            } else if (mode == 5) { /* stochastic, shift > 32: u = (part-1 word's low bits << 32) | part-0 word */
+                uint32_t index = (uint32_t)(start + r * C + c);
+                uint64_t low = a & low_mask, lh = low >> 32;
+                uint64_t uh = niti_counter_word(index, keys[2], keys[3]) & word_hi_mask;
+                uint32_t w0 = niti_counter_word(index, keys[0], keys[1]);
+                q = (a >> shift) + ((uh < lh) | ((uh == lh) & (w0 < (uint32_t)low)));
             }
             int64_t s = q > (uint64_t)limit ? limit : (int64_t)q;
             orow[c] = (int8_t)(w < 0 ? -s : s);
@@ -81,7 +86,8 @@ void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, co
         if (m == 0) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 0, limit, out, start, keys);
         else if (m == 1) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 1, limit, out, start, keys);
         else if (m == 2) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 2, limit, out, start, keys);
-        else if (m == 4) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 4, limit, out, start, keys);
+        else if (m == 4 && shift <= 32) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 4, limit, out, start, keys);
+        else if (m == 4) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 5, limit, out, start, keys);
         else bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 3, limit, out, start, keys);
     }
 }
