@@ -1,8 +1,8 @@
 """What stochastic error rounding (the default) costs per training step against nearest errors (the reference's).
 
 Both policies' models are built side by side in one process and stepped alternately on the same random batch, so
-the machine's drift hits both arms alike; the median step time of each is reported, with the peak-memory-free
-comparison of a single process (memory: see bench_step.py). Results: results/err-round-cost/README.md.
+the machine's drift hits both arms alike; the median step time of each is reported (time only: two models in one
+process share a memory peak, so memory is bench_step.py's job). Results: results/err-round-cost/README.md.
 
     python benchmarks/err_round_cost.py --models resnet-20,vgg-small-7-quarter,lenet --steps 6 --threads 2
 """

@@ -193,11 +193,12 @@ class Runtime:
                 and cpu_round.applies_stochastic(t, 1, target_bits, out_dtype):
             # The CPU's C pass hashes each element's word in the rounding loop: the same draw, no noise tensor.
             shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits, batched=batched)
-            if shift > 0 and cpu_round.applies_stochastic(t, shift, target_bits, out_dtype):
+            if cpu_round.applies_stochastic(t, shift, target_bits, out_dtype):
                 keys = self.counter_keys("rounding", tuple(t.shape), batched=batched)
                 return cpu_round.round_clip_stochastic(t, shift, target_bits, keys.start, keys.k1, keys.k2), shift
-            if shift == 0:
-                return fused.round_clip(t, 0, "stochastic", target_bits, out_dtype), 0
+            # Shift 0 (no draw) or a width of 32 bits (-2**31 present): the compiled chain, the same draw.
+            noise = self.uniform(1 << shift, tuple(t.shape), batched=batched, device=t.device) if shift else None
+            return fused.round_clip(t, shift, "stochastic", target_bits, out_dtype, noise), shift
         mode, shift, noise = self.rounding(t, target_bits, role, batched=batched)
         return fused.round_clip(t, shift, mode, target_bits, out_dtype, noise), shift
 

@@ -489,8 +489,10 @@ def test_runtime_stochastic_rescale_on_the_c_pass_equals_the_noise_path(world_si
     g = torch.Generator().manual_seed(11)
     for rank in range(world_size):
         fast, slow = (Runtime(RoundingPolicy(), seed=7, rank=rank, world_size=world_size) for _ in range(2))
-        for top in (2**20, 100, 2**30, 2**9):
+        for top in (2**20, 100, 2**30, 2**9, 2**31):  # 2**31: -2**31 present, a width of 32 bits (the chain)
             t = torch.randint(-top, top, (4, 3, 5, 70000 // 60), generator=g, dtype=torch.int32)
+            if top == 2**31:
+                t[0, 0, 0, 0] = -(2**31)
             out, shift = fast.rescale(t, 7, "error")
             mode, want_shift, noise = slow.rounding(t, 7, "error")
             assert shift == want_shift and (shift > 0) == (top > 127)

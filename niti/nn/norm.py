@@ -281,13 +281,12 @@ class BatchNorm2d(Module):
         table = -kt * (mean_g << q) - kt * slope * ((sign.to(torch.int64) << q) - mean_sign)
         g_table = (fused.VALUES.to(g.device) * kt) << (2 * q)  # (k_c · v) · 2**2q per int8 error value v
         mode = rt.mode("error")
-        c_loop = rt.recorder is None and mode in cpu_bn.MODES and cpu_bn.available(g)
-        shift = rt.shift_for_width(cpu_bn.error_max(g, rows, table, g_table).bit_length(), 7) if c_loop else 0
-        if c_loop and mode == "stochastic" and shift > 0 and rt.random_bits != "counter":
-            c_loop = False  # draws from generators: the PyTorch path (the same bit width)
-        if c_loop:
+        # The C loop draws only counter-based bits (generator draws take the PyTorch path).
+        if rt.recorder is None and mode in cpu_bn.MODES and cpu_bn.available(g) \
+                and (mode != "stochastic" or rt.random_bits == "counter"):
             # The same rescale without an int64 tensor: the bit width from one pass, the rounding in a second
             # (a stochastic one hashes the draw rt.rescale would make inside the loop).
+            shift = rt.shift_for_width(cpu_bn.error_max(g, rows, table, g_table).bit_length(), 7)
             keys = rt.counter_keys("rounding", ctx["shape"], batched=True) if mode == "stochastic" and shift else None
             out = cpu_bn.error_round(g, rows, table, g_table, shift, mode, keys=keys).reshape(ctx["shape"])
         else:

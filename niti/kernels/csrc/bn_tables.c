@@ -30,7 +30,8 @@ int64_t niti_bn_error_max(const int8_t *restrict g, const int8_t *restrict x, co
 
 /* out = clip(round(w / 2**shift), +-limit) of w = t1[x's entry] + t2[g's entry], rounded sign-magnitude with mode 0
  * (nearest, ties away from zero), 1 (pseudo-stochastic: the discarded bits' high half against their low half) or
- * 2 (truncate); shift 0 only clips.  The int8 result of numerics.rescale for these modes. */
+ * 2 (truncate) or 4 / 5 (stochastic with one / two counter words per draw, see niti_bn_error_round); shift 0 only
+ * clips.  The int8 result of numerics.rescale for these modes (stochastic: with the draw's bits as its noise). */
 /* One row range of niti_bn_error_round with the mode a compile-time constant (inlined per mode below), so that the
  * inner loop carries no mode test. */
 static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *restrict x,
@@ -86,8 +87,10 @@ void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, co
         if (m == 0) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 0, limit, out, start, keys);
         else if (m == 1) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 1, limit, out, start, keys);
         else if (m == 2) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 2, limit, out, start, keys);
-        else if (m == 4 && shift <= 32) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 4, limit, out, start, keys);
-        else if (m == 4) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 5, limit, out, start, keys);
+        else if (m == 4 && shift <= 32) /* one word per draw */
+            bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 4, limit, out, start, keys);
+        else if (m == 4) /* two words per draw: mode 5 */
+            bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 5, limit, out, start, keys);
         else bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 3, limit, out, start, keys);
     }
 }
