@@ -120,15 +120,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             "gb5432-k4": ["--gb-schedule", "5,4,3,2@0.25,0.5,0.75", "--momentum-shift", "4"],
             "gb5432-k0": ["--gb-schedule", "5,4,3,2@0.25,0.5,0.75", "--momentum-shift", "0"],
             # ablation: each of the issue's items 1-4 off, and all off (the first version's numerics)
-            "off-softmax": ["--softmax", "coarse"],
-            "off-scales": ["--no-input-std", "--no-full-range-init"],
-            "off-batch": ["--batch-ref", "0"],
-            "off-momentum": ["--momentum-shift", "0"],
-            "off-all": ["--softmax", "coarse", "--no-input-std", "--no-full-range-init", "--batch-ref", "0",
-                        "--momentum-shift", "0", "--accumulator-bits", "8"],
+            **_ABLATION_OFF,
         }
-        base = ["--gb-schedule", "5,4,3@0.5,0.75"]  # the base of the selection: the paper's schedule
-        runs = [(f"lenet-int-{tag}", common + (extra if "--gb-schedule" in extra else base + extra))
+        # The base of the selection: the paper's schedule and the errors' rounding of the time.
+        base = ["--gb-schedule", "5,4,3@0.5,0.75", "--err-round", "nearest"]
+        runs = [(f"lenet-int-{tag}", common + [*base[("--gb-schedule" in extra) * 2:], *extra])
                 for tag, extra in variants.items()]
         runs.append(("lenet-float", common + ["--arith", "float"]))  # lr 0.05: tuned at batch 64 (results/lr_sweep)
         return runs + [(f"lenet-float-lr{lr}", common + ["--arith", "float", "--lr", lr]) for lr in ("0.02", "0.1")]
@@ -195,7 +191,23 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         runs += [(f"q-int-err{mode[:3]}-s{s}", [*q, "--err-round", mode, "--seed", str(s)])
                  for mode in ("nearest", "stochastic") for s in seeds]
         return runs + [(f"q-float-s{s}", [*q, "--arith", "float", "--seed", str(s)]) for s in seeds]
+    if name == "cifar-ablation":  # issue 12: items 1-4 (and stochastic errors) each off, on CIFAR-10 (validation)
+        q = ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
+        # The base (defaults), errors-nearest and float arms are err-round-check's q-* runs: the same commands.
+        return [(f"q-{tag}-s{s}", [*q, *extra, "--seed", str(s)]) for tag, extra in _ABLATION_OFF.items()
+                for s in seeds]
     raise SystemExit(f"unknown suite {name!r}")
+
+
+#: The ablation of issue 12: each item switched off alone, and all of them (the first version's numerics).
+_ABLATION_OFF = {
+    "off-softmax": ["--softmax", "coarse"],
+    "off-scales": ["--no-input-std", "--no-full-range-init"],
+    "off-batch": ["--batch-ref", "0"],
+    "off-momentum": ["--momentum-shift", "0"],
+    "off-all": ["--softmax", "coarse", "--no-input-std", "--no-full-range-init", "--batch-ref", "0",
+                "--momentum-shift", "0", "--accumulator-bits", "8", "--err-round", "nearest"],
+}
 
 
 #: ResNet-20's batch-norm layers (niti.models.architectures), for per-layer gb offsets.
@@ -209,7 +221,7 @@ def main() -> int:
                                       "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke",
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
                                       "resnet-update", "resnet-errors", "err-round-check",
-                                      "cifar-quarter"])
+                                      "cifar-quarter", "cifar-ablation"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

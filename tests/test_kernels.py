@@ -123,6 +123,27 @@ def test_cpu_matmul_path_env_override(monkeypatch) -> None:
     assert matmul.cpu_matmul_path() in ("int_mm", "avx2", "int32")
 
 
+def test_every_c_source_builds_where_a_compiler_and_avx2_exist() -> None:
+    """The C loops fall back to PyTorch silently at run time; here a source that no longer compiles fails loudly
+    (otherwise every test that pins a C loop would skip)."""
+    import shutil
+    import subprocess
+
+    from niti.kernels import cpu_gemm
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if not cpu_gemm.cpu_has_avx2() or not compiler:
+        pytest.skip("no AVX2 or no C compiler: the C loops are not used here")
+    sources = sorted(cpu_gemm.csrc("x").parent.glob("*.c"))
+    assert len(sources) >= 7
+    for source in sources:
+        try:
+            cpu_gemm._build(compiler, source)
+        except subprocess.CalledProcessError as e:
+            pytest.fail(f"{source.name} does not compile:\n{e.stderr.decode(errors='replace')}")
+        assert cpu_gemm.load_library(source) is not None, source.name
+
+
 def test_avx2_kernel_is_exact_for_any_shape_and_layout() -> None:
     """The C kernel against an int64 reference: odd K, K not a multiple of its blocks, M and N off its tile sizes,
     row- and column-major operands and row-strided slices, the full int8 range (-128 included)."""

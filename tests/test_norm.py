@@ -447,7 +447,15 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
         assert torch.equal(cpu_bn.value_sums(x, None), counts) and torch.equal(cpu_bn.value_sums(x, g), sums)
         table8 = torch.randint(-128, 128, (256, ch), dtype=torch.int8, generator=gen)
         assert torch.equal(cpu_bn.gather(table8, x), fused.bn_gather(table8, index))
-        assert cpu_bn.error_max(g, x, table, g_table) == int(wide.abs().max())
+        sums_, lo, hi = cpu_bn.value_ranges(x, g)
+        assert torch.equal(sums_, sums)
+        for c in range(ch):
+            for v in range(-128, 128):
+                present = [gr[c] for xr, gr in zip(xs, gs) if xr[c] == v]
+                assert (int(lo[v + 128, c]), int(hi[v + 128, c])) == ((min(present), max(present)) if present
+                                                                      else (127, -128))
+        mult = k << 24
+        assert cpu_bn.error_max(table, mult, lo, hi) == int(wide.abs().max())
         from niti import counter_bits
 
         for mode in cpu_bn.MODES:
@@ -456,10 +464,10 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
                 if mode == "stochastic" and shift:
                     keys = counter_bits.DrawKeys.of(seed, "rounding", 3, 5)
                     noise = counter_bits.uniform_bits(seed, "rounding", 3, shift, tuple(wide.shape), start=5)
-                assert torch.equal(cpu_bn.error_round(g, x, table, g_table, shift, mode, keys=keys),
+                assert torch.equal(cpu_bn.error_round(g, x, table, mult, shift, mode, keys=keys),
                                    fused.round_clip(wide, shift, mode, 7, torch.int8, noise))
         with pytest.raises(ValueError, match="keys"):
-            cpu_bn.error_round(g, x, table, g_table, 3, "stochastic")
+            cpu_bn.error_round(g, x, table, mult, 3, "stochastic")
 
 
 class _Collect:

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..counter_bits import MAX_BITS, DrawKeys
 from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
-__all__ = ["MODES", "SOURCE", "available", "error_max", "error_round", "gather", "value_sums"]
+__all__ = ["MODES", "SOURCE", "available", "error_max", "error_round", "gather", "value_ranges", "value_sums"]
 
 SOURCE = csrc("bn_tables.c")
 #: Rounding modes the C loop implements, by their code in the C source (``stochastic``: its counter-based words
@@ -33,10 +33,9 @@ MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2, "stochastic": 4}
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
     return bind_library(SOURCE, {
-        "niti_bn_error_max": (ctypes.c_int64, [PTR, PTR, PTR, PTR, LONG, LONG, INT]),
         "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, LONG, PTR,
                                         INT]),
-        "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, INT]),
+        "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, PTR, PTR, INT]),
         "niti_bn_gather_int8": (None, [PTR, PTR, LONG, LONG, PTR, INT]),
     })
 
@@ -59,23 +58,25 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
-def error_max(g: Tensor, x: Tensor, table: Tensor, g_table: Tensor) -> int:
-    """``max |table[x's entry] + g_table[g's entry]|`` over int8 ``g`` and ``x`` (rows, C) (a Python int)."""
-    g, x = _plain(g, torch.int8), _plain(x, torch.int8)
-    table, g_table = _plain(table, torch.int64), _plain(g_table, torch.int64)
-    rows, ch = g.shape
-    return int(_library().niti_bn_error_max(g.data_ptr(), x.data_ptr(), table.data_ptr(), g_table.data_ptr(), rows,
-                                            ch, torch.get_num_threads()))
+def error_max(table: Tensor, mult: Tensor, lo: Tensor, hi: Tensor) -> int:
+    """``max |table[x's entry] + mult[c] · g|`` over the elements, from ``value_ranges``' smallest and largest ``g``
+    per (input value, channel): for one entry ``|t + m·g|`` is convex in ``g``, so its largest value over the
+    entry's elements is at one of the two, and entries no element has (``lo > hi``) count 0.  The max over every
+    element without a pass over them (a Python int)."""
+    lo64, hi64 = lo.to(torch.int64), hi.to(torch.int64)
+    ends = torch.maximum((table + mult * lo64).abs(), (table + mult * hi64).abs())
+    return int(torch.where(lo64 <= hi64, ends, 0).max()) if ends.numel() else 0
 
 
-def error_round(g: Tensor, x: Tensor, table: Tensor, g_table: Tensor, shift: int, mode: str,
+def error_round(g: Tensor, x: Tensor, table: Tensor, mult: Tensor, shift: int, mode: str,
                 limit: int = 127, keys: DrawKeys | None = None) -> Tensor:
-    """int8 ``clip(round_shift(table[x's entry] + g_table[g's entry], shift, mode), ±limit)``, ``mode`` in
+    """int8 ``clip(round_shift(table[x's entry] + mult[c] · g, shift, mode), ±limit)`` (``mult``: int64 (C,)),
+    ``mode`` in
     ``MODES``.  ``stochastic`` with ``shift > 0`` needs the draw's ``keys`` (``Runtime.counter_keys``): element
     ``i`` (row-major) rounds with the low ``shift`` bits of the draw's words of index ``keys.start + i``, the bits
     ``counter_bits.uniform_bits`` gives ``numerics.rescale`` for that draw."""
     g, x = _plain(g, torch.int8), _plain(x, torch.int8)
-    table, g_table = _plain(table, torch.int64), _plain(g_table, torch.int64)
+    table, mult = _plain(table, torch.int64), _plain(mult, torch.int64)
     rows, ch = g.shape
     start, words = 0, None
     if mode == "stochastic" and shift > 0:
@@ -86,7 +87,7 @@ def error_round(g: Tensor, x: Tensor, table: Tensor, g_table: Tensor, shift: int
         if not 0 <= start <= start + rows * ch <= 1 << 32:
             raise ValueError(f"a draw covers element indices [0, 2**32); asked for start {start}")
     out = torch.empty((rows, ch), dtype=torch.int8)
-    _library().niti_bn_error_round(g.data_ptr(), x.data_ptr(), table.data_ptr(), g_table.data_ptr(), rows, ch, shift,
+    _library().niti_bn_error_round(g.data_ptr(), x.data_ptr(), table.data_ptr(), mult.data_ptr(), rows, ch, shift,
                                    MODES[mode], limit, out.data_ptr(), start, words, torch.get_num_threads())
     return out
 
@@ -94,14 +95,27 @@ def error_round(g: Tensor, x: Tensor, table: Tensor, g_table: Tensor, shift: int
 def value_sums(x: Tensor, g: Tensor | None) -> Tensor | None:
     """int64 (256, C): per (input value, channel) of int8 ``x`` (rows, C) the sum of ``g`` (int8, ``x``'s shape), or
     the count when ``g`` is None; None when scratch memory ran out (the caller takes the PyTorch path)."""
+    out = _value_pass(x, g, ranges=False)
+    return None if out is None else out[0]
+
+
+def value_ranges(x: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``value_sums(x, g)`` and, from the same pass, int8 (256, C) ``lo`` and ``hi``: the smallest and largest ``g``
+    per (input value, channel) (``lo > hi`` where no element has that value); None when scratch memory ran out."""
+    return _value_pass(x, g, ranges=True)
+
+
+def _value_pass(x: Tensor, g: Tensor | None, ranges: bool) -> tuple[Tensor, ...] | None:
     x = _plain(x, torch.int8)
     if g is not None:
         g = _plain(g, torch.int8)
     rows, ch = x.shape
     out = torch.empty((256, ch), dtype=torch.int64)
+    lo, hi = (torch.empty((256, ch), dtype=torch.int8) for _ in range(2))
     failed = _library().niti_bn_value_sums(None if g is None else g.data_ptr(), x.data_ptr(), rows, ch,
-                                           out.data_ptr(), torch.get_num_threads())
-    return None if failed else out
+                                           out.data_ptr(), lo.data_ptr() if ranges else None,
+                                           hi.data_ptr() if ranges else None, torch.get_num_threads())
+    return None if failed else (out, lo, hi)
 
 
 def gather(table: Tensor, x: Tensor) -> Tensor:

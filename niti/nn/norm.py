@@ -255,9 +255,15 @@ class BatchNorm2d(Module):
         rt, ch, q = self.runtime, self.num_features, NORM_FRAC_BITS
         g = err.m.reshape(-1, ch)
         rows, xhat, sign, n = ctx["rows"], ctx["xhat"], ctx["sign"], ctx["n"]
+        mode = rt.mode("error")
+        # The C loops round with counter-based bits only (generator draws take the PyTorch path); their first pass
+        # also keeps each (input value, channel)'s smallest and largest error, which bound the rescale's bit width.
+        c_loops = (self.propagate_error and rt.recorder is None and mode in cpu_bn.MODES and cpu_bn.available(g)
+                   and (mode != "stochastic" or rt.random_bits == "counter"))
+        ranges = cpu_bn.value_ranges(rows, g) if c_loops else None
         # Σ g and Σ g·x̂ per channel from the sums of g per (input value, channel): Σ over values of those sums,
         # and of x̂(value) times them.
-        g_sums = _value_sums(rows, g)
+        g_sums = _value_sums(rows, g) if ranges is None else ranges[0]
         a_local = g_sums.sum(dim=0)
         g2_local = (g_sums * xhat).sum(dim=0)
         # The gradients stay local: the model sums every gradient over the ranks after backward.
@@ -279,18 +285,15 @@ class BatchNorm2d(Module):
         # expanded as (k·2**2q)·g + t(value), t = −k·mean_g·2**q − k·slope·(sign·2**q − mean_sign): the same integer.
         kt = _channel_tensor(k, g)
         table = -kt * (mean_g << q) - kt * slope * ((sign.to(torch.int64) << q) - mean_sign)
-        g_table = (fused.VALUES.to(g.device) * kt) << (2 * q)  # (k_c · v) · 2**2q per int8 error value v
-        mode = rt.mode("error")
-        # The C loop draws only counter-based bits (generator draws take the PyTorch path).
-        if rt.recorder is None and mode in cpu_bn.MODES and cpu_bn.available(g) \
-                and (mode != "stochastic" or rt.random_bits == "counter"):
-            # The same rescale without an int64 tensor: the bit width from one pass, the rounding in a second
+        mult = kt << (2 * q)  # k_c · 2**2q per unit of the int8 error
+        if ranges is not None:
+            # The same rescale without an int64 tensor: the bit width from the ranges, the rounding in one pass
             # (a stochastic one hashes the draw rt.rescale would make inside the loop).
-            shift = rt.shift_for_width(cpu_bn.error_max(g, rows, table, g_table).bit_length(), 7)
+            shift = rt.shift_for_width(cpu_bn.error_max(table, mult, ranges[1], ranges[2]).bit_length(), 7)
             keys = rt.counter_keys("rounding", ctx["shape"], batched=True) if mode == "stochastic" and shift else None
-            out = cpu_bn.error_round(g, rows, table, g_table, shift, mode, keys=keys).reshape(ctx["shape"])
+            out = cpu_bn.error_round(g, rows, table, mult, shift, mode, keys=keys).reshape(ctx["shape"])
         else:
-            wide = fused.bn_error(g, fused.bn_value_index(rows), table, g_table)
+            wide = fused.bn_error(g, fused.bn_value_index(rows), table, fused.VALUES.to(g.device) * mult)
             out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")
         return IntTensor(out, err.e + self.weight.e + k_e - q - 2 * q - ctx["e"] + shift)
 

@@ -1,7 +1,7 @@
 /* Batch norm's per-element passes over (value, channel) tables (docs/numerics.md section 13), for the CPU.
  *
- * Rows of C channels; (x + 128) * C + c is an element's entry in a (256, C) table of its int8 input value x, and
- * (g + 128) * C + c that of its int8 error value g.  Integer instructions only; every sum is exact (int64) and
+ * Rows of C channels; (x + 128) * C + c is an element's entry in a (256, C) table of its int8 input value x.  An
+ * element's error term is its int8 error value g times its channel's multiplier m[c].  Integer instructions only; every sum is exact (int64) and
  * independent of the order and of the thread count.  Pointers are `restrict` (the caller passes distinct tensors):
  * without it every int8 store may alias the tables, and the loops reload instead of vectorising (3x slower).
  */
@@ -12,30 +12,14 @@
 
 #include "counter_hash.h"
 
-/* The largest |t1[x's entry] + t2[g's entry]| (the caller guarantees |t1| + |t2| < 2**62). */
-int64_t niti_bn_error_max(const int8_t *restrict g, const int8_t *restrict x, const int64_t *restrict t1,
-                          const int64_t *restrict t2, long rows, long C, int nt) {
-    int64_t best = 0;
-#pragma omp parallel for reduction(max : best) schedule(static) num_threads(nt)
-    for (long r = 0; r < rows; r++) {
-        const int8_t *gr = g + r * C, *xr = x + r * C;
-        for (long c = 0; c < C; c++) {
-            int64_t w = t1[(xr[c] + 128) * C + c] + t2[(gr[c] + 128) * C + c];
-            int64_t a = w < 0 ? -w : w;
-            best = a > best ? a : best;
-        }
-    }
-    return best;
-}
-
-/* out = clip(round(w / 2**shift), +-limit) of w = t1[x's entry] + t2[g's entry], rounded sign-magnitude with mode 0
+/* out = clip(round(w / 2**shift), +-limit) of w = t1[x's entry] + m[c] * g, rounded sign-magnitude with mode 0
  * (nearest, ties away from zero), 1 (pseudo-stochastic: the discarded bits' high half against their low half) or
  * 2 (truncate) or 4 / 5 (stochastic with one / two counter words per draw, see niti_bn_error_round); shift 0 only
  * clips.  The int8 result of numerics.rescale for these modes (stochastic: with the draw's bits as its noise). */
 /* One row range of niti_bn_error_round with the mode a compile-time constant (inlined per mode below), so that the
  * inner loop carries no mode test. */
 static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *restrict x,
-                                       const int64_t *restrict t1, const int64_t *restrict t2, long r0, long r1,
+                                       const int64_t *restrict t1, const int64_t *restrict m, long r0, long r1,
                                        long C, int shift, const int mode, int64_t limit, int8_t *restrict out,
                                        long start, const uint32_t *restrict keys) {
     uint64_t low_mask = shift ? ((uint64_t)1 << shift) - 1 : 0;
@@ -46,7 +30,7 @@ static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *r
         const int8_t *restrict gr = g + r * C, *restrict xr = x + r * C;
         int8_t *restrict orow = out + r * C;
         for (long c = 0; c < C; c++) {
-            int64_t w = t1[(xr[c] + 128) * C + c] + t2[(gr[c] + 128) * C + c];
+            int64_t w = t1[(xr[c] + 128) * C + c] + m[c] * gr[c];
             uint64_t a = (uint64_t)(w < 0 ? -w : w);
             uint64_t q = a;
             if (mode == 0) {
@@ -77,54 +61,84 @@ static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *r
 /* Mode 4 (stochastic, 1 <= shift <= 62): element (r, c)'s draw is the low `shift` bits of the counter words of index
  * i = start + r * C + c (counter_hash.h): bits 0..31 from keys[0], keys[1], bits 32.. from keys[2], keys[3] (the
  * draw's part 1). The other modes ignore start and keys (which may be NULL). */
-void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *t2, long rows, long C,
+void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *m, long rows, long C,
                          int shift, int mode, int64_t limit, int8_t *out, long start, const uint32_t *keys, int nt) {
-    int m = shift ? mode : 3; /* 3: shift 0, clip only */
+    int kind = shift ? mode : 3; /* 3: shift 0, clip only */
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), n = omp_get_num_threads();
         long r0 = rows * t / n, r1 = rows * (t + 1) / n;
-        if (m == 0) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 0, limit, out, start, keys);
-        else if (m == 1) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 1, limit, out, start, keys);
-        else if (m == 2) bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 2, limit, out, start, keys);
-        else if (m == 4 && shift <= 32) /* one word per draw */
-            bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 4, limit, out, start, keys);
-        else if (m == 4) /* two words per draw: mode 5 */
-            bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 5, limit, out, start, keys);
-        else bn_error_round_rows(g, x, t1, t2, r0, r1, C, shift, 3, limit, out, start, keys);
+        if (kind == 0) bn_error_round_rows(g, x, t1, m, r0, r1, C, shift, 0, limit, out, start, keys);
+        else if (kind == 1) bn_error_round_rows(g, x, t1, m, r0, r1, C, shift, 1, limit, out, start, keys);
+        else if (kind == 2) bn_error_round_rows(g, x, t1, m, r0, r1, C, shift, 2, limit, out, start, keys);
+        else if (kind == 4 && shift <= 32) /* one word per draw */
+            bn_error_round_rows(g, x, t1, m, r0, r1, C, shift, 4, limit, out, start, keys);
+        else if (kind == 4) /* two words per draw: mode 5 */
+            bn_error_round_rows(g, x, t1, m, r0, r1, C, shift, 5, limit, out, start, keys);
+        else bn_error_round_rows(g, x, t1, m, r0, r1, C, shift, 3, limit, out, start, keys);
     }
 }
 
 /* out[(x + 128) * C + c] = sum of g (or the count, g NULL) over the elements of channel c with input value x: exact
- * int64 sums, one private (256, C) histogram per thread.  Returns 1 when a scratch allocation failed. */
+ * int64 sums, one private (256, C) histogram per thread.  With lo and hi (int8 (256, C), g given) also the smallest
+ * and largest g of each entry (lo 127 > hi -128 where no element has it).  Returns 1 when a scratch allocation
+ * failed. */
 int niti_bn_value_sums(const int8_t *restrict g, const int8_t *restrict x, long rows, long C, int64_t *restrict out,
-                       int nt) {
+                       int8_t *restrict lo, int8_t *restrict hi, int nt) {
     int failed = 0;
     long bins = 256 * C;
+    int ranges = g && lo && hi;
     memset(out, 0, sizeof(int64_t) * bins);
+    if (ranges) {
+        memset(lo, 127, bins);
+        memset(hi, -128, bins);
+    }
 #pragma omp parallel num_threads(nt)
     {
         int64_t *restrict hist = (int64_t *)calloc(bins, sizeof(int64_t));
-        if (!hist) {
+        int8_t *restrict tlo = ranges ? (int8_t *)malloc(bins) : NULL, *restrict thi = ranges ? (int8_t *)malloc(bins) : NULL;
+        int ok = hist && (!ranges || (tlo && thi));
+        if (!ok) {
 #pragma omp atomic write
             failed = 1;
+        } else if (ranges) {
+            memset(tlo, 127, bins);
+            memset(thi, -128, bins);
         }
 #pragma omp for schedule(static)
         for (long r = 0; r < rows; r++) {
             const int8_t *restrict xr = x + r * C;
-            if (!hist) continue;
-            if (g) {
+            if (!ok) continue;
+            if (ranges) {
+                const int8_t *restrict gr = g + r * C;
+                for (long c = 0; c < C; c++) {
+                    long b = (xr[c] + 128) * C + c;
+                    int8_t v = gr[c];
+                    hist[b] += v;
+                    tlo[b] = v < tlo[b] ? v : tlo[b];
+                    thi[b] = v > thi[b] ? v : thi[b];
+                }
+            } else if (g) {
                 const int8_t *restrict gr = g + r * C;
                 for (long c = 0; c < C; c++) hist[(xr[c] + 128) * C + c] += gr[c];
             } else {
                 for (long c = 0; c < C; c++) hist[(xr[c] + 128) * C + c] += 1;
             }
         }
-        if (hist) {
+        if (ok) {
 #pragma omp critical
-            for (long b = 0; b < bins; b++) out[b] += hist[b];
-            free(hist);
+            {
+                for (long b = 0; b < bins; b++) out[b] += hist[b];
+                if (ranges)
+                    for (long b = 0; b < bins; b++) {
+                        lo[b] = tlo[b] < lo[b] ? tlo[b] : lo[b];
+                        hi[b] = thi[b] > hi[b] ? thi[b] : hi[b];
+                    }
+            }
         }
+        free(hist);
+        free(tlo);
+        free(thi);
     }
     return failed;
 }
