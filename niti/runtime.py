@@ -190,7 +190,7 @@ class Runtime:
         """
         out_dtype = int_dtype_for_bits(target_bits)
         if self.mode(role) == "stochastic" and self.random_bits == "counter" and self.recorder is None \
-                and cpu_round.applies_stochastic(t, 1, target_bits, out_dtype):
+                and fused.c_loops_allowed() and cpu_round.applies_stochastic(t, 1, target_bits, out_dtype):
             # The CPU's C pass hashes each element's word in the rounding loop: the same draw, no noise tensor.
             shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits, batched=batched)
             if cpu_round.applies_stochastic(t, shift, target_bits, out_dtype):

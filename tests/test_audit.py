@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -197,3 +198,30 @@ def test_the_static_scan_catches_planted_float_code(tmp_path: Path) -> None:
         assert _scan(tmp_path, name), name
     (tmp_path / "ok.py").write_text("from math import isqrt\nshift = e // 2 + isqrt(n) - (1 << k)\n")
     assert _scan(tmp_path, "ok.py") == []
+
+
+#: C's floating-point types and intrinsics (``__m256``, ``_mm256_add_ps``), float literals (``1.5``, ``2e3``, ``0x1p4``)
+#: and ``<math.h>``: none may appear in the
+#: C loops of the step (``niti/kernels/csrc``), which the dispatch audit cannot see into.
+_C_FLOAT = re.compile(r"\b(float|double|_Float\d+|__m\d+[dh]?|math\.h|_mm\d*_\w+_p[sdh])\b|\b\d+\.\d*|\b\d+[eE][+-]?\d+\b"
+                      r"|\b0x[\da-fA-F]*p")
+
+
+def _c_code(text: str) -> str:
+    """A C source without its comments and string literals."""
+    return re.sub(r'/\*.*?\*/|//[^\n]*|"(?:\\.|[^"\\])*"', " ", text, flags=re.S)
+
+
+def test_c_loops_hold_no_float_code() -> None:
+    """The step's C loops use integer types and instructions only: no float, double, float vector type
+    (``__m256``, ``__m256d``), float literal or <math.h> outside comments."""
+    csrc = Path(niti.__file__).resolve().parent / "kernels" / "csrc"
+    sources = sorted(csrc.glob("*.[ch]"))
+    assert len(sources) >= 8
+    found = [f"{p.name}:{i}: {line.strip()}" for p in sources
+             for i, line in enumerate(_c_code(p.read_text()).splitlines(), 1) if _C_FLOAT.search(line)]
+    assert not found, "float code in the C loops:\n" + "\n".join(found)
+    for planted in ("double x = 0;", "float y;", "__m256 v;", "s = 1.5 * t;", "q = 2e3;", "#include <math.h>",
+                    "v = _mm256_cvtepi32_ps(a);"):
+        assert _C_FLOAT.search(_c_code(planted)), planted
+    assert not _C_FLOAT.search(_c_code("/* a float in a comment */ int64_t q = a >> 3; __m256i v;"))

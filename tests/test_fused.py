@@ -28,6 +28,18 @@ def _compiling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(fused.COMPILE_ENV, raising=False)
 
 
+@pytest.fixture(params=["c", "chain"])
+def chain_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the C loops (``cpu_chains``, the pool's) where built, and on the chains (compiled)."""
+    from niti.kernels import cpu_chains
+
+    if request.param == "c" and not cpu_chains.available(torch.zeros(1)):
+        pytest.skip("the C loops cannot be built here (no AVX2 or no C compiler)")
+    if request.param == "chain":
+        monkeypatch.setattr(fused, "c_loops_allowed", lambda: False)
+    return request.param
+
+
 def _assert_compiled(chain: fused.Fused) -> None:
     assert chain.broken is None, f"{chain.__name__} fell back to eager: {chain.broken}"
 
@@ -130,7 +142,7 @@ def _ref_maxpool_backward(err: torch.Tensor, index: torch.Tensor, k: int, shape:
 
 @pytest.mark.parametrize("shape,k,hi", [((4, 8, 8, 20), 2, 3), ((2, 9, 7, 16), 2, 127), ((3, 6, 6, 5), 3, 1),
                                         ((1, 4, 4, 33), 2, 0)])
-def test_maxpool_forward_backward_match_reference(shape: tuple, k: int, hi: int) -> None:
+def test_maxpool_forward_backward_match_reference(shape: tuple, k: int, hi: int, chain_path: str) -> None:
     g = torch.Generator().manual_seed(sum(shape) + k)
     x = torch.randint(-hi, hi + 1, shape, dtype=torch.int8, generator=g)  # small ranges: many ties
     want_out, want_idx = _ref_maxpool(x, k)
@@ -148,7 +160,7 @@ def test_maxpool_forward_backward_match_reference(shape: tuple, k: int, hi: int)
     _assert_compiled(fused._maxpool_backward)
 
 
-def test_relu_backward_passes_error_where_output_positive() -> None:
+def test_relu_backward_passes_error_where_output_positive(chain_path: str) -> None:
     g = torch.Generator().manual_seed(1)
     x = torch.randint(-127, 128, (3, 5, 5, 17), dtype=torch.int8, generator=g)
     y = x.clamp_min(0)
@@ -160,7 +172,8 @@ def test_relu_backward_passes_error_where_output_positive() -> None:
 
 
 @pytest.mark.parametrize("n,h,c_in,c_out,k,p", [(3, 12, 20, 50, 5, 0), (2, 9, 4, 40, 3, 1), (2, 8, 3, 30, 5, 2)])
-def test_col2im_grad_input_matches_im2col_path(n: int, h: int, c_in: int, c_out: int, k: int, p: int) -> None:
+def test_col2im_grad_input_matches_im2col_path(n: int, h: int, c_in: int, c_out: int, k: int, p: int,
+                                               chain_path: str) -> None:
     g = torch.Generator().manual_seed(n + h + c_in)
     wt = torch.randint(-127, 128, (c_out, k, k, c_in), dtype=torch.int8, generator=g)
     ho = h + 2 * p - k + 1
@@ -170,9 +183,9 @@ def test_col2im_grad_input_matches_im2col_path(n: int, h: int, c_in: int, c_out:
     got = conv.conv2d_grad_input(err, wt, (h, h), (1, 1), (p, p), workspace=Workspace())
     assert got.dtype == torch.int32 and torch.equal(got, want)
     contrib = (err.reshape(-1, c_out).to(torch.int64) @ wt.reshape(c_out, -1).to(torch.int64)).to(torch.int32)
-    eager = fused.col2im.eager(contrib.view(n, ho, ho, k, k, c_in), kernel=(k, k), padding=(p, p))
+    eager = fused._col2im.eager(contrib.view(n, ho, ho, k, k, c_in), kernel=(k, k), padding=(p, p))
     assert torch.equal(eager, want)
-    _assert_compiled(fused.col2im)
+    _assert_compiled(fused._col2im)
 
 
 # ------------------------------------------------ convolution with a workspace
@@ -235,10 +248,13 @@ def _run(name: str, batch: int, steps: int, **kw: object) -> tuple[str, list]:
     ("resnet-20", 4, {}),  # the batch-norm chains, the strided max pool is eager
 ])
 def test_train_steps_compiled_equal_eager(monkeypatch: pytest.MonkeyPatch, name: str, batch: int, kw: dict) -> None:
-    compiled = _run(name, batch, 3, **kw)
+    c_loops = _run(name, batch, 3, **kw)  # the C loops where built, compiled chains for the rest
+    monkeypatch.setattr(fused, "c_loops_allowed", lambda: False)
+    compiled = _run(name, batch, 3, **kw)  # every chain compiled
+    assert compiled == c_loops
     monkeypatch.setenv(fused.COMPILE_ENV, "0")
     assert not fused._round_clip.use_compiled(torch.zeros(1))
-    assert compiled == _run(name, batch, 3, **kw)
+    assert compiled == _run(name, batch, 3, **kw)  # every chain's eager twin
     for chain in CHAINS.values():
         _assert_compiled(chain)
 
@@ -326,7 +342,7 @@ def test_generated_code_has_no_floating_point_types() -> None:
         (fused._relu_backward, (x8.view(-1), x8.view(-1).flip(0)), {}),
         (fused._maxpool, (x8.view(8, 2, 4, 2, 16),), {"k": 2}),
         (fused._maxpool_backward, (out, idx), {"k": 2}),
-        (fused.col2im, (acc[:2 * 4 * 4 * 3 * 3 * 8].view(2, 4, 4, 3, 3, 8),), {"kernel": (3, 3), "padding": (1, 1)}),
+        (fused._col2im, (acc[:2 * 4 * 4 * 3 * 3 * 8].view(2, 4, 4, 3, 3, 8),), {"kernel": (3, 3), "padding": (1, 1)}),
         (fused._sgd_update, (acc, acc.to(torch.int16), acc, *(fused._scalar(v, torch.int64, f"t{v}")
                                                              for v in (3, 2**20, 9, 300, 9, 4, 8, 32767))),
          {"mode": "pseudo_stochastic", "grad_down": True, "decay": "right", "momentum": True}),
@@ -369,21 +385,25 @@ def _sgd_reference(grad, w, v, grad_shift, grad_bits, decay_shift, mult, mult_sh
 
 @pytest.mark.parametrize("mode", ["nearest", "pseudo_stochastic", "truncate", "stochastic"])
 @pytest.mark.parametrize("grad_shift,decay_shift,k", [(6, 3, 3), (-2, -1, 0), (1, None, 2), (12, 0, 1)])
+@pytest.mark.parametrize("grad_dtype,w_dtype", [(torch.int32, torch.int16), (torch.int64, torch.int8)])
 def test_sgd_update_matches_the_step_by_step_reference(mode: str, grad_shift: int, decay_shift: int | None,
-                                                       k: int) -> None:
+                                                       k: int, grad_dtype: torch.dtype, w_dtype: torch.dtype,
+                                                       chain_path: str) -> None:
     g = torch.Generator().manual_seed(grad_shift + 7 * k)
     n = 3000
-    grad = torch.randint(-2**24, 2**24, (n,), dtype=torch.int32, generator=g)
-    w = torch.randint(-32767, 32768, (n,), dtype=torch.int16, generator=g)
+    limit = torch.iinfo(w_dtype).max
+    grad = torch.randint(-2**24, 2**24, (n,), dtype=grad_dtype, generator=g)
+    w = torch.randint(-limit, limit + 1, (n,), dtype=w_dtype, generator=g)
     v = torch.randint(-2**20, 2**20, (n,), dtype=torch.int32, generator=g) if k else None
     g_noise = torch.randint(0, 1 << max(grad_shift, 1), (n,), generator=g) if mode == "stochastic" and grad_shift > 0 \
         else None
     s_noise = torch.randint(0, 1 << 8, (n,), generator=g) if mode == "stochastic" else None
     args = dict(grad_shift=grad_shift, grad_bits=30, decay_shift=decay_shift, mult=3 * 181, mult_shift=9,
-                momentum_shift=k, frac_bits=8, weight_limit=32767, mode=mode)
-    got_w, got_v = fused.sgd_update(grad, w, v, grad_noise=g_noise, step_noise=s_noise, **args)
-    want_w, want_v = _sgd_reference(grad, w, v, grad_shift, 30, decay_shift, 3 * 181, 9, k, 8, 32767, mode, g_noise,
-                                    s_noise)
-    assert got_w.dtype == torch.int16 and torch.equal(got_w, want_w)
-    assert (got_v is None) == (k == 0) and (got_v is None or torch.equal(got_v, want_v))
+                momentum_shift=k, frac_bits=8, weight_limit=limit, mode=mode)
+    for velocity in ([v, None] if k else [v]):  # a first step has no velocity yet: it starts at 0
+        got_w, got_v = fused.sgd_update(grad, w, velocity, grad_noise=g_noise, step_noise=s_noise, **args)
+        want_w, want_v = _sgd_reference(grad, w, velocity, grad_shift, 30, decay_shift, 3 * 181, 9, k, 8, limit, mode,
+                                        g_noise, s_noise)
+        assert got_w.dtype == w_dtype and torch.equal(got_w, want_w)
+        assert (got_v is None) == (k == 0) and (got_v is None or torch.equal(got_v, want_v))
     _assert_compiled(fused._sgd_update)

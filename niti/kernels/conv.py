@@ -252,7 +252,8 @@ def conv2d_grad_input(err: Tensor, weight: Tensor, input_hw: tuple[int, int], st
             contrib = int_matmul(e[n0 * rows:n1 * rows], wmat,
                                  out=workspace.take("contrib", ((n1 - n0) * rows, wmat.shape[1]), torch.int32,
                                                     err.device))
-            out[n0:n1] = fused.col2im(contrib.view(n1 - n0, ho, wo, kh, kw, c_in), kernel=(kh, kw), padding=(ph, pw))
+            fused.col2im(contrib.view(n1 - n0, ho, wo, kh, kw, c_in), kernel=(kh, kw), padding=(ph, pw),
+                         out=out[n0:n1])
         return out
     if workspace is not None and err.device.type == "cpu" and kh * kw * c_out <= MAX_K_INT32:
         # Rows (i, j, c_out) of the flipped weight, row-major: the layout _int_mm reads fastest.

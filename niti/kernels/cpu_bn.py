@@ -33,6 +33,7 @@ MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2, "stochastic": 4}
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
     return bind_library(SOURCE, {
+        "niti_bn_range_max": (ctypes.c_int64, [PTR, PTR, PTR, PTR, LONG]),
         "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, LONG, PTR,
                                         INT]),
         "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, PTR, PTR, INT]),
@@ -63,9 +64,10 @@ def error_max(table: Tensor, mult: Tensor, lo: Tensor, hi: Tensor) -> int:
     per (input value, channel): for one entry ``|t + m·g|`` is convex in ``g``, so its largest value over the
     entry's elements is at one of the two, and entries no element has (``lo > hi``) count 0.  The max over every
     element without a pass over them (a Python int)."""
-    lo64, hi64 = lo.to(torch.int64), hi.to(torch.int64)
-    ends = torch.maximum((table + mult * lo64).abs(), (table + mult * hi64).abs())
-    return int(torch.where(lo64 <= hi64, ends, 0).max()) if ends.numel() else 0
+    table, mult = _plain(table, torch.int64), _plain(mult, torch.int64)
+    lo, hi = _plain(lo, torch.int8), _plain(hi, torch.int8)
+    return int(_library().niti_bn_range_max(table.data_ptr(), mult.data_ptr(), lo.data_ptr(), hi.data_ptr(),
+                                            table.shape[1]))
 
 
 def error_round(g: Tensor, x: Tensor, table: Tensor, mult: Tensor, shift: int, mode: str,

@@ -9,6 +9,13 @@ loop (measured on one thread: rounding and clipping LeNet's first 2.9 M-element
 int32 product took 90 ms as eager ops, 2.5 ms compiled).  ``tests/test_fused.py``
 checks compiled == eager == the reference in ``niti.numerics`` bit for bit.
 
+On a CPU where niti's C loops build (AVX2 and a C compiler), the chains a
+default training step uses run as those loops instead (``cpu_round``,
+``cpu_chains``, the pool's): a step compiles nothing at run time, so a fresh
+process does not wait for inductor.  The chains stay the reference the loops
+are pinned against and the path everywhere else; under a dispatch mode (the
+audit) the loops yield to the eager twins (``c_loops_allowed``).
+
 Compiling: shapes are symbolic (``dynamic=True``), so one compilation serves
 every batch size; shifts and clip limits enter as 0-d integer tensors, so
 they never recompile either.  Inductor caches compiled code on disk; the
@@ -41,9 +48,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import cpu_round
+from . import cpu_chains, cpu_round
 
-__all__ = ["COMPILE_ENV", "Fused", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
+__all__ = ["COMPILE_ENV", "Fused", "c_loops_allowed", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
            "maxpool", "maxpool_backward", "col2im", "bn_value_index", "bn_value_counts", "bn_value_sums", "bn_gather",
            "bn_normalise", "bn_error", "sgd_update"]
 
@@ -64,6 +71,12 @@ def _dispatch_mode_active() -> bool:
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     return _get_current_dispatch_mode() is not None
+
+
+def c_loops_allowed() -> bool:
+    """Whether a chain may run as its C loop (``cpu_chains``, the pool's loops): not under a dispatch mode, so that
+    ``niti.audit.integer_only()`` checks the eager twin op by op instead (it cannot see inside a C loop)."""
+    return not _dispatch_mode_active()
 
 
 class Fused:
@@ -222,8 +235,14 @@ def round_clip(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: to
     stochastic draws in ``[0, 2**shift)`` (same shape as ``t``).  int32 → int8 with a
     value-only mode runs as a C loop on the CPU (``cpu_round``), where it is built.
     """
-    if cpu_round.applies(t, shift, mode, target_bits, out_dtype):
-        return cpu_round.round_clip(t, shift, mode, target_bits)
+    if c_loops_allowed():
+        c_mode = "nearest" if shift == 0 else mode  # shift 0 only clips, whatever the mode
+        if t.dtype == torch.int16 and t.device.type == "cpu":  # int16 master weights: widened exactly, the C pass
+            wide = t.to(torch.int32)
+            if cpu_round.applies(wide, shift, c_mode, target_bits, out_dtype):
+                return cpu_round.round_clip(wide, shift, c_mode, target_bits)
+        if cpu_round.applies(t, shift, c_mode, target_bits, out_dtype):
+            return cpu_round.round_clip(t, shift, c_mode, target_bits)
     work = _work_dtype(t, shift)
     limit = _scalar((1 << target_bits) - 1, work, "limit", t.device)
     flat = t.reshape(-1)
@@ -322,6 +341,11 @@ def sgd_update(grad: Tensor, w: Tensor, v: Tensor | None, *, grad_shift: int, gr
     """
     dev, i64 = w.device, torch.int64
     momentum = momentum_shift > 0
+    if c_loops_allowed() and (done := cpu_chains.sgd_update(
+            grad, w, v, grad_shift=grad_shift, grad_limit=(1 << grad_bits) - 1, decay_shift=decay_shift, mult=mult,
+            mult_shift=mult_shift, momentum_shift=momentum_shift, frac_bits=frac_bits, weight_limit=weight_limit,
+            mode=mode, grad_noise=grad_noise, step_noise=step_noise)) is not None:
+        return done
     if v is None or not momentum:
         v = torch.zeros(w.shape, dtype=torch.int32, device=dev) if momentum else w
     decay = "" if decay_shift is None else ("right" if decay_shift > 0 else "left")
@@ -348,6 +372,8 @@ def _relu_backward(err: Tensor, y: Tensor) -> Tensor:
 
 def relu_backward(err: Tensor, y: Tensor) -> Tensor:
     """The error where the ReLU output ``y`` is positive (exactly where its input was), else 0."""
+    if c_loops_allowed() and (out := cpu_chains.relu_backward(err, y)) is not None:
+        return out
     return _relu_backward(err.reshape(-1), y.reshape(-1)).view(err.shape)
 
 
@@ -413,9 +439,16 @@ def _col2im_chain(cols: Tensor, *, kernel: tuple[int, int], padding: tuple[int, 
     return out
 
 
-col2im = Fused(_col2im_chain, dynamic=False)  # 2-3x faster with known sizes (c = 20 in LeNet)
-col2im.__doc__ = ("Stride-1 col2im: sum each kernel tap's slice of ``cols`` (n, ho, wo, kh, kw, c) into the NHWC "
-                  "input it came from (n, ho + kh - 1 - 2ph, wo + kw - 1 - 2pw, c), in ``cols``' dtype.")
+_col2im = Fused(_col2im_chain, dynamic=False)  # 2-3x faster with known sizes (c = 20 in LeNet)
+
+
+def col2im(cols: Tensor, *, kernel: tuple[int, int], padding: tuple[int, int], out: Tensor | None = None) -> Tensor:
+    """Stride-1 col2im: sum each kernel tap's slice of ``cols`` (n, ho, wo, kh, kw, c) into the NHWC input it came
+    from (n, ho + kh - 1 - 2ph, wo + kw - 1 - 2pw, c), in ``cols``' dtype; into ``out`` when given."""
+    if c_loops_allowed() and (done := cpu_chains.col2im(cols, kernel, padding, out)) is not None:
+        return done
+    result = _col2im(cols, kernel=kernel, padding=padding)
+    return result if out is None else out.copy_(result)
 
 
 # ------------------------------------------------------------ batch norm (docs/numerics.md §13)

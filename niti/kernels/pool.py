@@ -1,10 +1,12 @@
 """Integer max pooling on NHWC tensors with first-maximum routing (docs/numerics.md §4).
 
-The window arithmetic is the fused chain ``kernels.fused.maxpool`` /
-``maxpool_backward`` (compiled on the CPU, its eager twin elsewhere).
-Overlapping (strided, padded) windows, as ResNet's stem pool, run as C loops
-on the CPU (``csrc/maxpool_strided.c``, built like the AVX2 GEMM) and as a
-PyTorch loop over the window's taps elsewhere: the same bits.
+On the CPU every pool runs as C loops (``csrc/maxpool_strided.c``, built like
+the AVX2 GEMM): overlapping (strided, padded) windows, as ResNet's stem pool,
+and non-overlapping ones (stride k).  Elsewhere, where the loops cannot be
+built, and under ``niti.audit.integer_only()``, non-overlapping windows run the
+fused chain ``kernels.fused.maxpool`` / ``maxpool_backward`` (its eager twin, or
+compiled) and overlapping ones a PyTorch loop over the window's taps: the same
+bits.
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def maxpool2d(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     n, h, w, c = x.shape
     ho, wo = h // k, w // k
+    if fused.c_loops_allowed() and (lib := _c_pool(k, x)) is not None:  # the strided loop with stride k
+        x = x.contiguous()
+        out, index = (torch.empty((n, ho, wo, c), dtype=torch.int8) for _ in range(2))
+        lib.niti_maxpool_strided(x.data_ptr(), n, h, w, c, k, k, 0, ho, wo, out.data_ptr(), index.data_ptr(),
+                                 torch.get_num_threads())
+        return out, index
     return fused.maxpool(x[:, :ho * k, :wo * k], k)
 
 
@@ -37,6 +45,12 @@ def maxpool2d_backward(err: Tensor, index: Tensor, k: int, input_shape: torch.Si
     """Route each error to its window's first maximum; zero elsewhere (and in cropped rows/cols)."""
     n, h, w, c = input_shape
     ho, wo = err.shape[1], err.shape[2]
+    if fused.c_loops_allowed() and (lib := _c_pool(k, err, index)) is not None:
+        err, index = err.contiguous(), index.contiguous()
+        out = torch.empty((n, h, w, c), dtype=torch.int8)
+        lib.niti_maxpool_route_i8(err.data_ptr(), index.data_ptr(), n, h, w, c, k, ho, wo, out.data_ptr(),
+                                  torch.get_num_threads())
+        return out
     routed = fused.maxpool_backward(err, index, k)
     if ho * k == h and wo * k == w:
         return routed
@@ -83,6 +97,7 @@ def _pool_library() -> ctypes.CDLL | None:
     return bind_library(_POOL_SOURCE, {
         "niti_maxpool_strided": (None, [PTR, LONG, LONG, LONG, LONG, i, i, i, LONG, LONG, PTR, PTR, i]),
         "niti_maxpool_strided_backward": (None, [PTR, PTR, LONG, LONG, LONG, LONG, i, i, i, LONG, LONG, PTR, i]),
+        "niti_maxpool_route_i8": (None, [PTR, PTR, LONG, LONG, LONG, LONG, i, LONG, LONG, PTR, i]),
     })
 
 

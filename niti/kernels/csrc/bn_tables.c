@@ -12,6 +12,23 @@
 
 #include "counter_hash.h"
 
+/* The largest |t1[x's entry] + m[c] * g| over the elements, from the smallest and largest g per (value, channel)
+ * entry (lo and hi of niti_bn_value_sums; lo > hi: no element): |t + m g| is convex in g, so an entry's largest
+ * value is at one of its two ends.  The caller guarantees |t1| + |m| * 128 < 2**62. */
+int64_t niti_bn_range_max(const int64_t *restrict t1, const int64_t *restrict m, const int8_t *restrict lo,
+                          const int8_t *restrict hi, long C) {
+    int64_t best = 0;
+    for (long b = 0; b < 256 * C; b++) {
+        if (lo[b] > hi[b]) continue;
+        int64_t c = b % C, u = t1[b] + m[c] * lo[b], v = t1[b] + m[c] * hi[b];
+        u = u < 0 ? -u : u;
+        v = v < 0 ? -v : v;
+        u = u > v ? u : v;
+        best = u > best ? u : best;
+    }
+    return best;
+}
+
 /* out = clip(round(w / 2**shift), +-limit) of w = t1[x's entry] + m[c] * g, rounded sign-magnitude with mode 0
  * (nearest, ties away from zero), 1 (pseudo-stochastic: the discarded bits' high half against their low half) or
  * 2 (truncate) or 4 / 5 (stochastic with one / two counter words per draw, see niti_bn_error_round); shift 0 only

@@ -1,5 +1,7 @@
 /* k x k max pooling of NHWC int8 with any stride and padding, and its backward, for the CPU
- * (niti.kernels.pool.maxpool2d_strided; the PyTorch taps loop is the reference and the fallback).
+ * (niti.kernels.pool.maxpool2d_strided; the PyTorch taps loop is the reference and the fallback).  The
+ * non-overlapping pool (stride k, no padding) takes the same forward and niti_maxpool_route_i8 as its backward
+ * (niti.kernels.pool.maxpool2d; the fused chain is the reference and the fallback).
  *
  * Taps are numbered t = i * k + j (row i, column j of the window).  Padded cells read -128, below any clipped
  * int8, so a window's maximum is always an input element; ties keep the first maximum (strictly greater wins).
@@ -64,6 +66,26 @@ void niti_maxpool_strided_backward(const int8_t *restrict err, const int8_t *res
                 for (long ch = 0; ch < c; ch++) {
                     long off = offset[ix[ch]];
                     if (off >= 0) out[off + ch] = (int16_t)(out[off + ch] + e[ch]);
+                }
+            }
+        }
+    }
+}
+
+/* Backward of a non-overlapping pool (stride k, no padding): each input element is the first maximum of at most one
+ * window, so it receives that window's int8 error or 0 (also in the trailing rows and columns no window covers). */
+void niti_maxpool_route_i8(const int8_t *restrict err, const int8_t *restrict index, long n, long h, long w, long c,
+                           int k, long ho, long wo, int8_t *restrict out, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long b = 0; b < n; b++) {
+        memset(out + b * h * w * c, 0, h * w * c);
+        for (long oy = 0; oy < ho; oy++) {
+            for (long ox = 0; ox < wo; ox++) {
+                const int8_t *restrict e = err + ((b * ho + oy) * wo + ox) * c;
+                const int8_t *restrict ix = index + ((b * ho + oy) * wo + ox) * c;
+                for (int t = 0; t < k * k; t++) {
+                    int8_t *restrict d = out + ((b * h + oy * k + t / k) * w + ox * k + t % k) * c;
+                    for (long ch = 0; ch < c; ch++) d[ch] = ix[ch] == t ? e[ch] : 0;
                 }
             }
         }

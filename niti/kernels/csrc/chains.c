@@ -1,0 +1,128 @@
+/* The fused chains of niti.kernels.fused as C loops for the CPU (niti.kernels.cpu_chains): the ReLU backward, the
+ * stride-1 col2im and the momentum-SGD update (docs/numerics.md sections 4-5).  The chains' eager twins are the
+ * reference and the fallback, and the tests pin these loops against them bit for bit.  With these (and the other
+ * csrc loops) a training step on an AVX2 CPU compiles nothing at run time, so a fresh process starts at once.
+ *
+ * Integer instructions only.  Every element is independent (col2im: every image), so the thread count cannot change
+ * a bit.  Pointers are `restrict`: the caller passes distinct tensors.
+ */
+#include <omp.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Below this many elements a parallel region costs more than it saves. */
+#define NITI_SMALL (1L << 16)
+
+/* out = err where y > 0, else 0 (int8). */
+void niti_relu_backward_i8(const int8_t *restrict err, const int8_t *restrict y, long n, int8_t *restrict out,
+                           int nt) {
+    if (n < NITI_SMALL) nt = 1;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long i = 0; i < n; i++) out[i] = y[i] > 0 ? err[i] : 0;
+}
+
+/* Stride-1 col2im: cols (n, ho, wo, kh, kw, c) int32, out (n, h, w, c) with h = ho + kh - 1 - 2 ph and
+ * w = wo + kw - 1 - 2 pw: out[b, y, x] = sum over taps (i, j) of cols[b, y - i + ph, x - j + pw, i, j] where that
+ * output exists.  The sums wrap mod 2**32 like the chain's int32 adds (the caller's bound keeps them exact). */
+void niti_col2im_i32(const int32_t *restrict cols, long n, long ho, long wo, int kh, int kw, long c, int ph, int pw,
+                     int32_t *restrict out, int nt) {
+    long h = ho + kh - 1 - 2 * ph, w = wo + kw - 1 - 2 * pw;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (long b = 0; b < n; b++) {
+        uint32_t *restrict o = (uint32_t *)out + b * h * w * c;
+        memset(o, 0, sizeof(uint32_t) * h * w * c);
+        for (long oy = 0; oy < ho; oy++) {
+            for (long ox = 0; ox < wo; ox++) {
+                const uint32_t *restrict src = (const uint32_t *)cols + ((b * ho + oy) * wo + ox) * kh * kw * c;
+                for (int i = 0; i < kh; i++) {
+                    long iy = oy + i - ph;
+                    if (iy < 0 || iy >= h) continue;
+                    for (int j = 0; j < kw; j++) {
+                        long ix = ox + j - pw;
+                        if (ix < 0 || ix >= w) continue;
+                        const uint32_t *restrict s = src + (i * kw + j) * c;
+                        uint32_t *restrict d = o + (iy * w + ix) * c;
+                        for (long ch = 0; ch < c; ch++) d[ch] += s[ch];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* numerics.round_shift of t by s >= 1 bits, sign-magnitude: mode 0 nearest (ties away from zero), 1
+ * pseudo-stochastic, 2 truncate, 4 stochastic (up when the draw, in [0, 2**s), is below the discarded bits). */
+static inline int64_t round_shift(int64_t t, int s, const int mode, int64_t draw) {
+    uint64_t a = (uint64_t)(t < 0 ? -t : t), q = a >> s, low = a & (((uint64_t)1 << s) - 1);
+    if (mode == 0) {
+        q += (a >> (s - 1)) & 1;
+    } else if (mode == 1) {
+        int h = s >> 1;
+        q += (low >> h) > ((low & (((uint64_t)1 << h) - 1)) << (s & 1));
+    } else if (mode == 4) {
+        q += (uint64_t)draw < low;
+    }
+    return t < 0 ? -(int64_t)q : (int64_t)q;
+}
+
+static inline int64_t clamp(int64_t x, int64_t limit) { return x < -limit ? -limit : (x > limit ? limit : x); }
+
+/* The update's per-element settings (fused._sgd_update_chain's tensors and static choices). */
+typedef struct {
+    int grad_down, g_shift; /* grad_down: round the gradient down by g_shift bits and clip to g_limit; else << */
+    int64_t g_limit;
+    int decay, decay_shift; /* 0 none, 1 add round(w / 2**decay_shift) (nearest), 2 add w << decay_shift */
+    int64_t mult;
+    int mult_shift;
+    int momentum, m_shift, fv;
+    int64_t w_limit;
+} niti_sgd_args;
+
+/* One element of the momentum-SGD step (docs/numerics.md section 5), in int64; returns the new weight and sets *v
+ * to the new velocity. */
+static inline int64_t sgd_element(int64_t x, int64_t w, int64_t *v, const niti_sgd_args *p, const int mode,
+                                  int64_t g_draw, int64_t s_draw) {
+    if (p->grad_down) x = clamp(round_shift(x, p->g_shift, mode, g_draw), p->g_limit);
+    else x = (int64_t)((uint64_t)x << p->g_shift);
+    if (p->decay == 1) x += round_shift(w, p->decay_shift, 0, 0);
+    else if (p->decay == 2) x += (int64_t)((uint64_t)w << p->decay_shift);
+    x = round_shift(x * p->mult, p->mult_shift, 0, 0);
+    if (p->momentum) x = *v + round_shift(x - *v, p->m_shift, 0, 0);
+    *v = x;
+    return clamp(w - round_shift(x, p->fv, mode, s_draw), p->w_limit);
+}
+
+/* One function per (gradient type, weight type): int32 or int64 gradients, int8 or int16 weights.  v_in / v_out
+ * (int32) only with momentum; g_noise / s_noise (int64 draws) only for stochastic rounding (g_noise when the
+ * gradient is rounded down). */
+#define NITI_SGD(NAME, GT, WT)                                                                                       \
+    static inline void NAME##_range(const GT *restrict grad, const WT *restrict w, const int32_t *restrict v_in,   \
+                                    long lo, long hi, const niti_sgd_args *p, const int mode,                      \
+                                    const int64_t *restrict g_noise, const int64_t *restrict s_noise,              \
+                                    WT *restrict w_out, int32_t *restrict v_out) {                                 \
+        for (long i = lo; i < hi; i++) {                                                                           \
+            int64_t v = p->momentum ? v_in[i] : 0;                                                                 \
+            int64_t nw = sgd_element(grad[i], w[i], &v, p, mode, mode == 4 && g_noise ? g_noise[i] : 0,            \
+                                     mode == 4 ? s_noise[i] : 0);                                                  \
+            w_out[i] = (WT)nw;                                                                                     \
+            if (p->momentum) v_out[i] = (int32_t)v;                                                                \
+        }                                                                                                          \
+    }                                                                                                              \
+    void NAME(const GT *grad, const WT *w, const int32_t *v_in, long n, const niti_sgd_args *args, int mode,       \
+              const int64_t *g_noise, const int64_t *s_noise, WT *w_out, int32_t *v_out, int nt) {                 \
+        niti_sgd_args p = *args;                                                                                   \
+        if (n < NITI_SMALL) nt = 1;                                                                                \
+        _Pragma("omp parallel num_threads(nt)") {                                                                  \
+            int t = omp_get_thread_num(), k = omp_get_num_threads();                                               \
+            long lo = n * t / k, hi = n * (t + 1) / k;                                                             \
+            if (mode == 0) NAME##_range(grad, w, v_in, lo, hi, &p, 0, g_noise, s_noise, w_out, v_out);             \
+            else if (mode == 1) NAME##_range(grad, w, v_in, lo, hi, &p, 1, g_noise, s_noise, w_out, v_out);        \
+            else if (mode == 2) NAME##_range(grad, w, v_in, lo, hi, &p, 2, g_noise, s_noise, w_out, v_out);        \
+            else NAME##_range(grad, w, v_in, lo, hi, &p, 4, g_noise, s_noise, w_out, v_out);                       \
+        }                                                                                                          \
+    }
+
+NITI_SGD(niti_sgd_update_i32_i8, int32_t, int8_t)
+NITI_SGD(niti_sgd_update_i32_i16, int32_t, int16_t)
+NITI_SGD(niti_sgd_update_i64_i8, int64_t, int8_t)
+NITI_SGD(niti_sgd_update_i64_i16, int64_t, int16_t)
