@@ -85,7 +85,7 @@ void niti_maxpool_route_i8(const int8_t *restrict err, const int8_t *restrict in
                 const int8_t *restrict ix = index + ((b * ho + oy) * wo + ox) * c;
                 for (int t = 0; t < k * k; t++) {
                     int8_t *restrict d = out + ((b * h + oy * k + t / k) * w + ox * k + t % k) * c;
-                    for (long ch = 0; ch < c; ch++) d[ch] = ix[ch] == t ? e[ch] : 0;
+                    for (long ch = 0; ch < c; ch++) d[ch] = (int8_t)(e[ch] & -(ix[ch] == t)); /* vectorises */
                 }
             }
         }
