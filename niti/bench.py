@@ -285,11 +285,12 @@ def _integer_worker(req: dict) -> dict:
 
 def kernel_paths() -> dict[str, str]:
     """Which implementation each CPU kernel family uses in this process: the int8 product (``int_mm``, ``avx2``
-    or ``int32``) and the C loops of batch norm, strided max pooling, the rescale's rounding and im2col (``C``,
-    or ``PyTorch`` where they could not be built): a slow run names its cause."""
+    or ``int32``) and the C loops of batch norm, max pooling, the rescale's rounding, im2col and the other chains
+    (ReLU backward, col2im, the SGD update) (``C``, or ``PyTorch`` where they could not be built, then compiled
+    chains): a slow run names its cause."""
     import torch
 
-    from .kernels import cpu_bn, cpu_im2col, cpu_round, pool
+    from .kernels import cpu_bn, cpu_chains, cpu_im2col, cpu_round, pool
     from .kernels.matmul import cpu_matmul_path
 
     cpu = torch.zeros(1, dtype=torch.int8)
@@ -298,9 +299,9 @@ def kernel_paths() -> dict[str, str]:
         return "C" if built else "PyTorch"
 
     return {"int8 product": cpu_matmul_path(), "batch norm": path(cpu_bn.available(cpu)),
-            "strided max pool": path(pool._c_pool(3, cpu) is not None),
+            "max pool": path(pool._c_pool(3, cpu) is not None),
             "rounding": path(cpu_round.applies(cpu.to(torch.int32), 1, "nearest", 7, torch.int8)),
-            "im2col": path(cpu_im2col.applies(cpu, (0, 0)))}
+            "im2col": path(cpu_im2col.applies(cpu, (0, 0))), "chains": path(cpu_chains.available(cpu))}
 
 
 def _integer_worker_main() -> None:

@@ -38,8 +38,8 @@ def test_run_bench_reports_every_measurement(tiny: dict) -> None:
     paths = integer["kernel_paths"]  # measured in the worker process, which is set up like this one
     assert paths["int8 product"] == cpu_matmul_path()
     assert paths["batch norm"] == ("C" if cpu_bn.available(fused.VALUES) else "PyTorch")
-    assert set(paths) == {"int8 product", "batch norm", "strided max pool", "rounding", "im2col"}
-    assert paths["rounding"] == paths["im2col"] == paths["batch norm"]  # all C loops build alike
+    assert set(paths) == {"int8 product", "batch norm", "max pool", "rounding", "im2col", "chains"}
+    assert paths["rounding"] == paths["im2col"] == paths["batch norm"] == paths["chains"]  # all C loops build alike
     assert "kernels: int8 product" in bench.format_report(tiny)
 
 

@@ -245,7 +245,7 @@ def _run(name: str, batch: int, steps: int, **kw: object) -> tuple[str, list]:
     ("lenet", 16, {}),
     ("lenet", 8, {"policy": RoundingPolicy.all("stochastic"), "accumulator_bits": 16}),
     ("vgg-small-7", 4, {"policy": RoundingPolicy.all("pseudo_stochastic")}),
-    ("resnet-20", 4, {}),  # the batch-norm chains, the strided max pool is eager
+    ("resnet-20", 4, {}),  # batch norm, the strided max pool, the residual add
 ])
 def test_train_steps_compiled_equal_eager(monkeypatch: pytest.MonkeyPatch, name: str, batch: int, kw: dict) -> None:
     c_loops = _run(name, batch, 3, **kw)  # the C loops where built, compiled chains for the rest
