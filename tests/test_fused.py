@@ -389,6 +389,8 @@ def _sgd_reference(grad, w, v, grad_shift, grad_bits, decay_shift, mult, mult_sh
 def test_sgd_update_matches_the_step_by_step_reference(mode: str, grad_shift: int, decay_shift: int | None,
                                                        k: int, grad_dtype: torch.dtype, w_dtype: torch.dtype,
                                                        chain_path: str) -> None:
+    if chain_path == "chain" and grad_dtype == torch.int64:
+        pytest.skip("the compiled chain is checked on one dtype pair (each pair compiles afresh); the C loop on both")
     g = torch.Generator().manual_seed(grad_shift + 7 * k)
     n = 3000
     limit = torch.iinfo(w_dtype).max
