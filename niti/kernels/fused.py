@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import cpu_chains, cpu_round
 
@@ -68,8 +69,6 @@ def compile_enabled() -> bool:
 
 
 def _dispatch_mode_active() -> bool:
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
     return _get_current_dispatch_mode() is not None
 
 
