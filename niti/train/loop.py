@@ -319,7 +319,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                 per_epoch = batches.batches_per_epoch
                 bar_total = min(per_epoch, start_batch + total_steps - model.step)
                 desc = f"epoch {epoch + 1}/{config.epochs}"
-                # The first step of a process compiles the fused integer kernels (seconds; cached on disk).
+                # The first step of a process may compile kernels: niti's C loops once per machine, or inductor's
+                # chains where those cannot be built (seconds; both cached on disk).
                 compiling = steps_this_call == 0 and fused.compile_enabled()
                 bar = _progress(show, bar_total, start_batch, f"{desc} (compiling kernels)" if compiling else desc)
                 run_loss, run_correct, run_seen = running if start_batch else (0.0, 0, 0)
