@@ -203,8 +203,8 @@ def test_the_static_scan_catches_planted_float_code(tmp_path: Path) -> None:
 #: C's floating-point types and intrinsics (``__m256``, ``_mm256_add_ps``), float literals (``1.5``, ``2e3``, ``0x1p4``)
 #: and ``<math.h>``: none may appear in the
 #: C loops of the step (``niti/kernels/csrc``), which the dispatch audit cannot see into.
-_C_FLOAT = re.compile(r"\b(float|double|_Float\d+|__m\d+[dh]?|math\.h|_mm\d*_\w+_p[sdh])\b|\b\d+\.\d*|\b\d+[eE][+-]?\d+\b"
-                      r"|\b0x[\da-fA-F]*p")
+_C_FLOAT = re.compile(r"\b(float|double|_Float\d+|__m\d+[dh]?|math\.h|_mm\d*_\w+_p[sdh])\b"
+                      r"|\b\d+\.\d*|\b\d+[eE][+-]?\d+\b|\b0x[\da-fA-F]*p")
 
 
 def _c_code(text: str) -> str:

@@ -37,7 +37,13 @@ def chain_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         pytest.skip("the C loops cannot be built here (no AVX2 or no C compiler)")
     if request.param == "chain":
         monkeypatch.setattr(fused, "c_loops_allowed", lambda: False)
+    else:  # the C path must not fall back to a chain unnoticed
+        monkeypatch.setattr(fused.Fused, "__call__", _no_chain)
     return request.param
+
+
+def _no_chain(self: fused.Fused, *args: object, **kwargs: object) -> None:
+    raise AssertionError(f"{self.__name__} ran as a chain where its C loop should have")
 
 
 def _assert_compiled(chain: fused.Fused) -> None:
@@ -257,6 +263,18 @@ def test_train_steps_compiled_equal_eager(monkeypatch: pytest.MonkeyPatch, name:
     assert compiled == _run(name, batch, 3, **kw)  # every chain's eager twin
     for chain in CHAINS.values():
         _assert_compiled(chain)
+
+
+@pytest.mark.parametrize("name", ["lenet", "vgg-small-7-quarter", "resnet-20"])
+def test_a_default_cpu_step_runs_no_chain_where_the_c_loops_build(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """With the C loops built, a default training step calls no fused chain, so nothing compiles at run time
+    (results/first-step/)."""
+    from niti.kernels import cpu_chains
+
+    if not cpu_chains.available(torch.zeros(1)):
+        pytest.skip("the C loops cannot be built here (no AVX2 or no C compiler)")
+    monkeypatch.setattr(fused.Fused, "__call__", _no_chain)
+    _run(name, 4, 2)
 
 
 def test_audit_runs_the_eager_twins(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,8 +73,7 @@ def error_max(table: Tensor, mult: Tensor, lo: Tensor, hi: Tensor) -> int:
 def error_round(g: Tensor, x: Tensor, table: Tensor, mult: Tensor, shift: int, mode: str,
                 limit: int = 127, keys: DrawKeys | None = None) -> Tensor:
     """int8 ``clip(round_shift(table[x's entry] + mult[c] · g, shift, mode), ±limit)`` (``mult``: int64 (C,)),
-    ``mode`` in
-    ``MODES``.  ``stochastic`` with ``shift > 0`` needs the draw's ``keys`` (``Runtime.counter_keys``): element
+    ``mode`` in ``MODES``.  ``stochastic`` with ``shift > 0`` needs the draw's ``keys`` (``Runtime.counter_keys``): element
     ``i`` (row-major) rounds with the low ``shift`` bits of the draw's words of index ``keys.start + i``, the bits
     ``counter_bits.uniform_bits`` gives ``numerics.rescale`` for that draw."""
     g, x = _plain(g, torch.int8), _plain(x, torch.int8)
@@ -107,16 +106,16 @@ def value_ranges(x: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
     return _value_pass(x, g, ranges=True)
 
 
-def _value_pass(x: Tensor, g: Tensor | None, ranges: bool) -> tuple[Tensor, ...] | None:
+def _value_pass(x: Tensor, g: Tensor | None, ranges: bool) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
     x = _plain(x, torch.int8)
     if g is not None:
         g = _plain(g, torch.int8)
     rows, ch = x.shape
     out = torch.empty((256, ch), dtype=torch.int64)
-    lo, hi = (torch.empty((256, ch), dtype=torch.int8) for _ in range(2))
+    lo, hi = (torch.empty((256, ch), dtype=torch.int8) for _ in range(2)) if ranges else (None, None)
     failed = _library().niti_bn_value_sums(None if g is None else g.data_ptr(), x.data_ptr(), rows, ch,
-                                           out.data_ptr(), lo.data_ptr() if ranges else None,
-                                           hi.data_ptr() if ranges else None, torch.get_num_threads())
+                                           out.data_ptr(), None if lo is None else lo.data_ptr(),
+                                           None if hi is None else hi.data_ptr(), torch.get_num_threads())
     return None if failed else (out, lo, hi)
 
 

@@ -51,9 +51,9 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import cpu_chains, cpu_round
 
-__all__ = ["COMPILE_ENV", "Fused", "c_loops_allowed", "compile_enabled", "max_abs", "round_clip", "update", "relu_backward",
-           "maxpool", "maxpool_backward", "col2im", "bn_value_index", "bn_value_counts", "bn_value_sums", "bn_gather",
-           "bn_normalise", "bn_error", "sgd_update"]
+__all__ = ["COMPILE_ENV", "Fused", "c_loops_allowed", "compile_enabled", "max_abs", "round_clip", "update",
+           "relu_backward", "maxpool", "maxpool_backward", "col2im", "bn_value_index", "bn_value_counts",
+           "bn_value_sums", "bn_gather", "bn_normalise", "bn_error", "sgd_update"]
 
 #: Set to "0" to run every chain eagerly.
 COMPILE_ENV = "NITI_COMPILE"
@@ -231,15 +231,14 @@ def round_clip(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: to
     """``clip(round_shift(t, shift, mode), ±(2**target_bits - 1))`` as ``out_dtype``, in one pass.
 
     Bit-identical to ``numerics.rescale`` given the same shift; ``noise`` are the
-    stochastic draws in ``[0, 2**shift)`` (same shape as ``t``).  int32 → int8 with a
-    value-only mode runs as a C loop on the CPU (``cpu_round``), where it is built.
+    stochastic draws in ``[0, 2**shift)`` (same shape as ``t``).  int32 (or int16, widened
+    exactly) → int8 with a value-only mode, or any mode at shift 0, runs as a C loop on the CPU
+    (``cpu_round``), where it is built.
     """
     if c_loops_allowed():
         c_mode = "nearest" if shift == 0 else mode  # shift 0 only clips, whatever the mode
-        if t.dtype == torch.int16 and t.device.type == "cpu":  # int16 master weights: widened exactly, the C pass
-            wide = t.to(torch.int32)
-            if cpu_round.applies(wide, shift, c_mode, target_bits, out_dtype):
-                return cpu_round.round_clip(wide, shift, c_mode, target_bits)
+        if t.dtype == torch.int16 and t.device.type == "cpu":  # int16 master weights; the chain works in int32 too
+            t = t.to(torch.int32)
         if cpu_round.applies(t, shift, c_mode, target_bits, out_dtype):
             return cpu_round.round_clip(t, shift, c_mode, target_bits)
     work = _work_dtype(t, shift)
