@@ -2,7 +2,9 @@
 
 Copies each run's config, metrics and step log from runs/bench/<suite>/<run>, writes a per-epoch validation / test
 table (README.md, under the hand-written intro.md of the folder when there is one) and plots the curves, so a run
-that spans several working sessions can be committed honestly at any point.
+that spans several working sessions can be committed honestly at any point. An unfinished run's checkpoint.pt is
+copied too: runs/ is not kept between sessions, so the committed copy is what ``train_suites.py --resume`` continues
+from in the next one (``--resume-from``); a finished run's copy is deleted.
 
     python benchmarks/snapshot.py cifar-quarter --epochs 40 --runs q-int-s0=integer,q-float-s0=float \\
         --out results/cifar-quarter/partial
@@ -42,6 +44,11 @@ def snapshot(src: Path, dst: Path, runs: list[tuple[str, str]], epochs: int, tit
         for name in ("config.json", "metrics.jsonl", "steps.jsonl", "summary.json"):
             if (src / run / name).exists():
                 shutil.copy(src / run / name, dst / run / name)
+        carried = dst / run / "checkpoint.pt"
+        if (src / run / "summary.json").exists():
+            carried.unlink(missing_ok=True)
+        elif (src / run / "checkpoint.pt").exists():
+            shutil.copy(src / run / "checkpoint.pt", carried)
         rows[run] = read_metrics(src / run)
     finished = all((src / run / "summary.json").exists() for run, _ in runs)
     now = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"

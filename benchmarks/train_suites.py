@@ -228,6 +228,10 @@ def main() -> int:
     p.add_argument("--resume", action="store_true",
                    help="continue runs whose run directory holds a checkpoint (niti train --resume) instead of "
                         "starting them again")
+    p.add_argument("--resume-from", default=None,
+                   help="with --resume: where a run whose run directory has no checkpoint finds one "
+                        "(<DIR>/<run>/checkpoint.pt, as benchmarks/snapshot.py commits it; runs/ is not kept between "
+                        "working sessions); default <results>/partial")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--lr", type=float, default=None, help="float runs: learning rate (default: niti's tuned value)")
     p.add_argument("--gb-schedule", default=None, help="integer runs: gradient bit-width schedule (default: niti's)")
@@ -250,6 +254,13 @@ def main() -> int:
 
     def one(run: str, args: list[str]) -> int:
         out = Path(a.runs_dir) / a.suite / run
+        carried = Path(a.resume_from or results / "partial") / run / "checkpoint.pt"
+        if a.resume and not (out / "checkpoint.pt").exists() and carried.exists():
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "metrics.jsonl", "steps.jsonl", "checkpoint.pt"):  # the logs as they stood
+                if (carried.parent / name).exists():
+                    shutil.copy(carried.parent / name, out / name)
+            print(f"resuming {run} from the committed {carried}", flush=True)
         if a.resume and (out / "checkpoint.pt").exists():
             cmd = [sys.executable, "-m", "niti", "train", "--resume", str(out), "--threads", str(a.threads),
                    "--no-progress"]
