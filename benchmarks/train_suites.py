@@ -183,6 +183,26 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
                                      "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
                 for arith in ("int", "float") for s in seeds]
+    if name == "cifar-quarter-lr":  # issue 12: the float twin's lr for the quarter VGG, chosen on validation
+        # lr 0.01 (the untuned fallback) is err-round-check's q-float-s0: the same command.
+        q = ["--model", "vgg-small-7-quarter", "--arith", "float", "--epochs", str(a.epochs), "--batch-size",
+             str(a.batch_size or 128)]
+        return [(f"q-float-lr{lr}-s{s}", [*q, "--lr", lr, "--seed", str(s)]) for lr in ("0.02", "0.05", "0.1")
+                for s in seeds]
+    if name == "cifar-quarter-gb":  # issue 12: the integer arm's counterpart, its gb schedule (validation)
+        # The default 5,4,3,2 is err-round-check's q-int-errsto-s0: the same command.
+        q = ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
+        runs = [(f"q-int-gb{gb.split('@')[0].replace(',', '')}-s{s}", [*q, "--gb-schedule", gb, "--seed", str(s)])
+                for gb in ("6,5,4,3@0.25,0.5,0.75", "4,3,2,1@0.25,0.5,0.75", "7,6,5,4@0.25,0.5,0.75") for s in seeds]
+        # Per-layer offsets on the default schedule: the first layer's step halved, the classifier's ×4 (the
+        # offsets results/cifar-gb chose for VGG-small-7 from results/update-scale's per-layer step ratios).
+        return runs + [(f"q-int-L0{first:+d}L6{last:+d}-s{s}", [*q, f"--gb-offsets={first},0,0,0,0,0,{last}",
+                                                                 "--seed", str(s)])
+                       for first, last in ((-1, 2), (0, 2)) for s in seeds]
+    if name == "mnist-offsets":  # issue 12: does the first/last-layer gb offset hold on LeNet / MNIST (validation)
+        common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
+        return [(f"lenet-int-{tag}-s{s}", [*common, *extra, "--seed", str(s)])
+                for tag, extra in (("default", []), ("L0-1L3+2", ["--gb-offsets=-1,0,0,2"])) for s in seeds]
     if name == "err-round-check":  # issue 12/14: stochastic error rounding on the other nets and data sets
         runs = [(f"lenet-int-err{mode[:3]}-s{s}", ["--model", "lenet", "--err-round", mode, "--epochs", str(a.epochs),
                                                    "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
@@ -221,7 +241,8 @@ def main() -> int:
                                       "cifar-gb", "numerics2-mnist", "mnist-defaults", "cifar-quarter-smoke",
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
                                       "resnet-update", "resnet-errors", "err-round-check",
-                                      "cifar-quarter", "cifar-ablation"])
+                                      "cifar-quarter", "cifar-ablation", "cifar-quarter-lr",
+                                      "cifar-quarter-gb", "mnist-offsets"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

@@ -30,7 +30,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .models.architectures import Architecture, get_architecture
 from .models.integer import IntegerModel
 
-__all__ = ["DEFAULT_STATS", "FloatModel", "LrSchedule", "build_float"]
+__all__ = ["DEFAULT_STATS", "FloatModel", "LrSchedule", "TUNED_LR", "build_float", "tuned_lr"]
 
 #: Per-channel (mean, std) of the training sets in [0, 1] pixel units (computed from ../shared/data, float64).
 DEFAULT_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -349,9 +349,17 @@ class FloatModel:
                 f"weight_decay={self.weight_decay})\n{self.net!r}")
 
 
-#: Learning rates picked by the validation sweep (benchmarks/lr_sweep.py, results/lr_sweep/README.md).
-TUNED_LR = {"lenet": 0.05}
+#: Learning rates chosen on the validation split, per model: LeNet by benchmarks/lr_sweep.py (results/lr_sweep);
+#: VGG-small-7 among 0.02 / 0.05 (results/cifar-select, as the 35-epoch H200 sweep in results/cifar-vgg7-gpu);
+#: VGG-small-7-quarter among 0.01 / 0.02 / 0.05 / 0.1 (results/cifar-quarter-lr); ResNet-20 among 0.05 / 0.1 / 0.2
+#: (results/resnet-norm).  Other models take ``_FALLBACK_LR``.
+TUNED_LR = {"lenet": 0.05, "vgg-small-7": 0.05, "vgg-small-7-quarter": 0.05, "resnet-20": 0.05}
 _FALLBACK_LR = 0.01
+
+
+def tuned_lr(name: str) -> float:
+    """The float twin's learning rate for the zoo model ``name``: ``TUNED_LR``'s, else ``_FALLBACK_LR``."""
+    return TUNED_LR.get(name, _FALLBACK_LR)
 
 
 def build_float(name: str, *, seed: int = 0, lr: float | None = None, momentum: float = 0.9, weight_decay: float = 5e-4,
@@ -361,10 +369,10 @@ def build_float(name: str, *, seed: int = 0, lr: float | None = None, momentum: 
     """A ``FloatModel`` for a built-in name (``"lenet"``, ``"vgg-small-7"``, ...) or a ``MODULE:FACTORY`` path
     (then ``input_shape`` (H, W, C) is required): the module as written, trained in float32.
 
-    ``lr=None`` takes the model's tuned rate from ``TUNED_LR`` (0.01 where none was tuned).
+    ``lr=None`` takes the model's tuned rate (``tuned_lr``).
     """
     if lr is None:
-        lr = TUNED_LR.get(name, _FALLBACK_LR)
+        lr = tuned_lr(name)
     schedule = LrSchedule(float(lr), tuple(float(d) for d in lr_decay), tuple(float(b) for b in lr_boundaries))
     return FloatModel(get_architecture(name, input_shape), seed=seed, schedule=schedule, momentum=momentum,
                       weight_decay=weight_decay, total_steps=total_steps, mean=mean, std=std)

@@ -196,3 +196,26 @@ def test_bad_counts_and_devices_are_rejected_by_the_config() -> None:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**kw)
     TrainConfig(device="cuda:1")  # a CUDA device is checked when training starts, so eval can load it on a CPU
+
+
+def test_float_run_records_its_lr_and_an_open_one_resumes_with_the_rate_it_trained_with(
+        tmp_path: Path, mnist_small_npz: Path) -> None:
+    from niti.baseline import tuned_lr
+    from niti.train.loop import load_model
+
+    fresh = _config(tmp_path / "a", mnist_small_npz, arith="float", epochs=1, max_steps=3)
+    fit(fresh)
+    assert json.loads((tmp_path / "a" / "run" / "config.json").read_text())["lr"] == tuned_lr("lenet") == 0.05
+    # A run written before rates were recorded: its config says lr None, its state the rate it trained with (here
+    # not today's tuned one). Resuming and evaluating it keep that rate; a straight run at that rate gives the bits.
+    straight = fit(_config(tmp_path / "b", mnist_small_npz, arith="float", epochs=1, max_steps=6, lr=0.01))
+    cfg = _config(tmp_path / "c", mnist_small_npz, arith="float", epochs=1, max_steps=6, lr=0.01)
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg, stop_after_steps=3)
+    path = Path(cfg.out) / "checkpoint.pt"
+    state = load_checkpoint(path)
+    state["config"]["lr"] = None
+    save_checkpoint(path, state)
+    assert load_model(cfg.out)[1].lr == 0.01
+    resumed = fit(cfg.replace(lr=None), resume=True)
+    assert resumed["weights_sha256"] == straight["weights_sha256"]

@@ -86,7 +86,7 @@ def load_model(checkpoint: str | Path):  # noqa: ANN201
     """
     path = Path(checkpoint)
     state = load_train_state(path)
-    config = TrainConfig.from_dict(state["config"])
+    config = _with_lr(TrainConfig.from_dict(state["config"]), state)
     model = build_model(config.replace(device="cpu"), state["total_steps"], tuple(state["mean"]),
                         input_shape=input_shape_of(state, path))
     restore_model(model, state, path)
@@ -204,6 +204,17 @@ def _check_data(ds: niti_data.Dataset, config: TrainConfig) -> None:
         raise ValueError(f"data set {ds.name} has an empty test split (x_test has 0 images): nothing to evaluate")
 
 
+def _with_lr(config: TrainConfig, state: dict | None) -> TrainConfig:
+    """A float run's config with its learning rate resolved (recorded, like ``val_size``): the model's tuned rate
+    for a new run; for a saved run whose config left it open (written before rates were recorded, when the tuned
+    table was smaller), the rate it trained with, kept in its state."""
+    if config.arith != "float" or config.lr is not None:
+        return config
+    from ..baseline import tuned_lr
+
+    return config.replace(lr=float(state["model"]["hyper"]["lr"]) if state else tuned_lr(config.model))
+
+
 def _check_resume_config(saved: TrainConfig, config: TrainConfig) -> None:
     a, b = saved.to_dict(), config.to_dict()
     diff = sorted(k for k in a if a[k] != b[k] and k not in _RESUMABLE_CHANGES)
@@ -250,8 +261,9 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     _check_data(ds, config)
     if config.val_size is None:  # recorded resolved, in config.json, the checkpoint and summary.json
         config = config.replace(val_size=default_val_size(len(ds.x_train)))
+    config = _with_lr(config, state)
     if state:
-        _check_resume_config(TrainConfig.from_dict(state["config"]), config)
+        _check_resume_config(_with_lr(TrainConfig.from_dict(state["config"]), state), config)
     x_train, y_train, x_val, y_val, augment = training_split(config, ds, dataset_name)
     if config.batch_size % world:
         raise ValueError(f"batch size {config.batch_size} does not divide among {world} processes")
