@@ -42,6 +42,13 @@ at step 2,200). The stochastic-error run was recalibrated from its first epoch. 
 rule of the code that ran them: without the logits' bit of headroom (docs/numerics.md §12) in its first process
 (started 2026-11-30 03:05 UTC), with it from its first resume on; its training bits are the same either way.
 
+The stochastic-error run had to start again on 2026-11-30 at 09:21 UTC (2 threads): its first pass reached epoch 20
+(84.46 % validation, 84.83 % test) but its checkpoint lived in runs/, which a new session does not keep. The second
+pass reproduced the first's training bits exactly (train loss and accuracy equal at every epoch compared) and, from
+epoch 3 on, its evaluations too; epochs 1-2 differ only because the first pass evaluated them without the logits'
+headroom. Since then an unfinished run's checkpoint.pt is committed beside its metrics here, and
+`train_suites.py --resume` continues from it.
+
 Threads only change speed, never bits: the first integer run moved to 2 threads at step ~3,730 (epoch 10.6) once
 the float run had finished; code that landed meanwhile is bit-identical, and its checkpoint keeps the generator
 random bits it started with (docs/numerics.md section 14).

@@ -190,9 +190,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return [(f"q-float-lr{lr}-s{s}", [*q, "--lr", lr, "--seed", str(s)]) for lr in ("0.02", "0.05", "0.1")
                 for s in seeds]
     if name == "cifar-quarter-gb":  # issue 12: the integer arm's counterpart, its gb schedule (validation)
-        # The default 5,4,3,2 is err-round-check's q-int-errsto-s0: the same command.
+        # The default 5,4,3,2 (q-int-default) at seed 0 is err-round-check's q-int-errsto-s0: the same command.
         q = ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
-        runs = [(f"q-int-gb{gb.split('@')[0].replace(',', '')}-s{s}", [*q, "--gb-schedule", gb, "--seed", str(s)])
+        runs = [(f"q-int-default-s{s}", [*q, "--seed", str(s)]) for s in seeds]
+        runs += [(f"q-int-gb{gb.split('@')[0].replace(',', '')}-s{s}", [*q, "--gb-schedule", gb, "--seed", str(s)])
                 for gb in ("6,5,4,3@0.25,0.5,0.75", "4,3,2,1@0.25,0.5,0.75", "7,6,5,4@0.25,0.5,0.75") for s in seeds]
         # Per-layer offsets on the default schedule: the first layer's step halved, the classifier's ×4 (the
         # offsets results/cifar-gb chose for VGG-small-7 from results/update-scale's per-layer step ratios).
