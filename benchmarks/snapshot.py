@@ -39,8 +39,13 @@ def snapshot(src: Path, dst: Path, runs: list[tuple[str, str]], epochs: int, tit
     """Copy the runs' files from ``src`` to ``dst`` and write ``dst/README.md`` and ``dst/curves.png``."""
     dst.mkdir(parents=True, exist_ok=True)
     rows = {}
+    # A run this session's runs/ does not hold (finished or carried in an earlier session) keeps its committed copy.
+    where = {run: src / run if (src / run).exists() else dst / run for run, _ in runs}
     for run, _ in runs:
         (dst / run).mkdir(exist_ok=True)
+        if where[run] != src / run:
+            rows[run] = read_metrics(dst / run)
+            continue
         for name in ("config.json", "metrics.jsonl", "steps.jsonl", "summary.json"):
             if (src / run / name).exists():
                 shutil.copy(src / run / name, dst / run / name)
@@ -50,10 +55,10 @@ def snapshot(src: Path, dst: Path, runs: list[tuple[str, str]], epochs: int, tit
         elif (src / run / "checkpoint.pt").exists():
             shutil.copy(src / run / "checkpoint.pt", carried)
         rows[run] = read_metrics(src / run)
-    finished = all((src / run / "summary.json").exists() for run, _ in runs)
+    finished = all((where[run] / "summary.json").exists() for run, _ in runs)
     now = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"
     lines = [f"# {title}: {'finished' if finished else 'IN PROGRESS (partial)'}", "",
-             "Status: " + "; ".join(status(src / run, label, rows[run], epochs) for run, label in runs) + ".", "",
+             "Status: " + "; ".join(status(where[run], label, rows[run], epochs) for run, label in runs) + ".", "",
              f"Snapshot taken {now} UTC by `benchmarks/snapshot.py` from `runs/bench/`.", "", intro.strip(), "",
              "| epoch | " + " | ".join(f"{label} val % | {label} test %" for _, label in runs) + " |",
              "|---|" + "---|---|" * len(runs)]
@@ -66,7 +71,7 @@ def snapshot(src: Path, dst: Path, runs: list[tuple[str, str]], epochs: int, tit
         lines.append(f"| {i + 1} | " + " | ".join(f"{cell(run, i, 'val_accuracy')} | {cell(run, i, 'test_accuracy')}"
                                                   for run, _ in runs) + " |")
     (dst / "README.md").write_text("\n".join(lines) + "\n")
-    started = [str(src / run) for run, _ in runs if rows[run]]
+    started = [str(where[run]) for run, _ in runs if rows[run]]
     if started:
         subprocess.run([sys.executable, "-m", "niti", "plot", *started, "-o", str(dst / "curves.png"),
                         "--title", f"{title} (validation)"], check=False)

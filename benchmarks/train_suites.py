@@ -199,7 +199,12 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         # offsets results/cifar-gb chose for VGG-small-7 from results/update-scale's per-layer step ratios).
         return runs + [(f"q-int-L0{first:+d}L6{last:+d}-s{s}", [*q, f"--gb-offsets={first},0,0,0,0,0,{last}",
                                                                  "--seed", str(s)])
-                       for first, last in ((-1, 2), (0, 2)) for s in seeds]
+                       for first, last in ((-1, 2), (0, 2)) for s in seeds] + [
+            # Weight headroom h (docs/numerics.md §6): weights may grow 2**h past their full-range initial values
+            # before the int16 master saturates; gb - h keeps the default's initial real steps.
+            (f"q-int-h{h}-s{s}", [*q, "--weight-headroom", str(h), "--gb-schedule",
+                                  ",".join(str(g - h) for g in (5, 4, 3, 2)) + "@0.25,0.5,0.75", "--seed", str(s)])
+            for h in (1, 2) for s in seeds]
     if name == "mnist-offsets":  # issue 12: does the first/last-layer gb offset hold on LeNet / MNIST (validation)
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         return [(f"lenet-int-{tag}-s{s}", [*common, *extra, "--seed", str(s)])
