@@ -184,7 +184,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                                      "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
                 for arith in ("int", "float") for s in seeds]
     if name == "cifar-quarter-lr":  # issue 12: the float twin's lr for the quarter VGG, chosen on validation
-        # lr 0.01 (the untuned fallback) is err-round-check's q-float-s0: the same command.
+        # lr 0.01 (the then untuned fallback) is err-round-check's q-float-s0 (run before lr 0.05 became the default).
         q = ["--model", "vgg-small-7-quarter", "--arith", "float", "--epochs", str(a.epochs), "--batch-size",
              str(a.batch_size or 128)]
         return [(f"q-float-lr{lr}-s{s}", [*q, "--lr", lr, "--seed", str(s)]) for lr in ("0.02", "0.05", "0.1")
