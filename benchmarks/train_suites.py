@@ -205,6 +205,14 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             (f"q-int-h{h}-s{s}", [*q, "--weight-headroom", str(h), "--gb-schedule",
                                   ",".join(str(g - h) for g in (5, 4, 3, 2)) + "@0.25,0.5,0.75", "--seed", str(s)])
             for h in (1, 2) for s in seeds]
+    if name == "cifar-quarter-step":  # issue 12: float SGD's step (--step-scale exponent) on the quarter VGG
+        # The float twin's schedule (x0.1 at 50 %, x0.01 at 75 %) in gb: log2(10) ~ 10/3. gb 5 is float's lr 0.05.
+        q = ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
+             "--step-scale", "exponent"]
+        arms = {f"g{g}": ["--gb-schedule", f"{g},{g * 3 - 10}/3,{g * 3 - 20}/3@1/2,3/4"] for g in (3, 4, 5, 6)}
+        arms["g5-wd17"] = [*arms["g5"], "--decay-shift", "17"]  # float's wd 5e-4 at lr 0.05 (docs/numerics.md §5)
+        arms["g5-int-schedule"] = ["--gb-schedule", "5,4,3,2@0.25,0.5,0.75"]
+        return [(f"q-exp-{tag}-s{s}", [*q, *extra, "--seed", str(s)]) for tag, extra in arms.items() for s in seeds]
     if name == "mnist-offsets":  # issue 12: does the first/last-layer gb offset hold on LeNet / MNIST (validation)
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         return [(f"lenet-int-{tag}-s{s}", [*common, *extra, "--seed", str(s)])
@@ -248,7 +256,7 @@ def main() -> int:
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
                                       "resnet-update", "resnet-errors", "err-round-check",
                                       "cifar-quarter", "cifar-ablation", "cifar-quarter-lr",
-                                      "cifar-quarter-gb", "mnist-offsets"])
+                                      "cifar-quarter-gb", "mnist-offsets", "cifar-quarter-step"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

@@ -46,8 +46,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="image folders: decoding processes (default: the CPU count, at most 8; 0: in-process)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (torch.distributed)")
-    for role, default in (("act", "nearest"), ("err", "nearest"), ("grad", "pseudo_stochastic"),
-                          ("loss", "stochastic")):
+    for role in ("act", "err", "grad", "loss"):
+        default = getattr(defaults, f"{role}_round")
         p.add_argument(f"--{role}-round", default=default, choices=ROUNDING_MODES,
                        help=f"rounding of {role} rescales (default {default})")
     p.add_argument("--round-all", default=None, choices=ROUNDING_MODES, help="one rounding mode for every role")
@@ -68,6 +68,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help=f"integer momentum: velocity decay 1 - 2**-K (default {defaults.momentum_shift}; 0: none)")
     p.add_argument("--decay-shift", type=int, default=defaults.decay_shift,
                    help=f"integer weight decay 2**(gb - D) per step (default {defaults.decay_shift}: none)")
+    p.add_argument("--step-scale", choices=["max", "exponent"], default=defaults.step_scale,
+                   help="how a gradient becomes a step: rescaled to gb bits per tensor (max, the paper's; default) "
+                        "or float SGD's, 2**(gb - 20) times the real summed gradient (exponent: gb 5 at batch 128 "
+                        "is float's lr 0.05 with momentum)")
     p.add_argument("--weight-headroom", type=int, default=defaults.weight_headroom, metavar="BITS",
                    help=f"bits of room above their initial range for convolution and linear weights (16-bit "
                         f"accumulators; default {defaults.weight_headroom})")
@@ -125,7 +129,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        augment=args.augment, max_steps=args.max_steps, train_limit=args.train_limit,
                        threads=args.threads, image_size=args.image_size, workers=args.workers, device=args.device, gb_schedule=args.gb_schedule,
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
-                       momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, softmax=args.softmax,
+                       momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, step_scale=args.step_scale,
+                       softmax=args.softmax,
                        weight_headroom=args.weight_headroom,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
                        inference=args.inference, random_bits=args.random_bits, norm_recalibration=args.norm_recalibration,

@@ -20,6 +20,12 @@ so ``gb`` is the step size.  On top of the paper's rule (all integer):
 With 16-bit weight accumulators the step is in units of the int16 master
 weight (``2**-8`` int8 LSB), so ``gb`` may go down to -7.
 The schedule is expressed as exact fractions of all training steps.
+
+``UpdateRule.step_scale = "exponent"`` replaces the per-tensor rescale by
+float SGD's rule: the gradient's own exponent (``IntParameter.grad_e``, set
+by the layer's backward) places the step, ``2**(gb - EXPONENT_STEP_BIAS)``
+times the real gradient summed over the batch, so layers and steps keep the
+relative sizes float SGD gives them (docs/numerics.md §5).
 """
 
 from __future__ import annotations
@@ -36,13 +42,22 @@ from .nn.module import IntParameter
 from .numerics import round_shift
 from .runtime import Runtime
 
-__all__ = ["GB_RANGE", "GbSchedule", "UpdateRule", "VELOCITY_FRAC_BITS", "apply_update", "check_update",
+__all__ = ["EXPONENT_STEP_BIAS", "GB_RANGE", "STEP_SCALES", "GbSchedule", "UpdateRule", "VELOCITY_FRAC_BITS", "apply_update", "check_update",
            "format_fraction", "pow2_fraction_q8"]
 
 #: The gb values a schedule may hold; values below 1 need 16-bit weight accumulators.
 GB_RANGE = range(-7, 8)
 #: Fractional bits of the velocity (and of the scaled gradient before the step is rounded).
 VELOCITY_FRAC_BITS = 8
+#: ``step_scale="exponent"``: the step is ``2**(gb - EXPONENT_STEP_BIAS)`` times the real summed gradient. The
+#: loss error is 128 · (softmax - onehot) per image, so gb 5 at batch 128 with momentum is float SGD's lr 0.05 with
+#: momentum 0.9 on the mean loss (docs/numerics.md §5).
+EXPONENT_STEP_BIAS = 20
+#: How a gradient becomes a step: "max" (the paper's per-tensor rescale to gb bits) or "exponent" (float SGD's).
+STEP_SCALES = ("max", "exponent")
+#: ``step_scale="exponent"``: bits of the largest step of one weight, in master units (one int8 range; int8
+#: masters: 7). A larger step is clipped and counted in ``IntParameter.step_clips``.
+_EXPONENT_STEP_BITS = {16: 15, 8: 7}
 #: Largest denominator of a fractional gb (``4.5``, ``13/4``; the step multiplier is exact to 2**-8 anyway).
 _MAX_GB_DENOMINATOR = 64
 
@@ -93,11 +108,16 @@ class UpdateRule:
     two; 0: batch-independent, the paper's rule).  ``momentum_shift`` k: the
     velocity decays by ``2**-k`` per step (0: no momentum).  ``decay_shift`` D:
     weight decay ``2**(gb - D)`` per step at ``batch_ref`` (0: none).
+    ``step_scale``: "max" (the gradient rescaled to gb bits per tensor) or
+    "exponent" (``2**(gb - EXPONENT_STEP_BIAS)`` times the real gradient, float
+    SGD's rule; ``batch_ref`` is then unused: the summed gradient already
+    grows with the batch).
     """
 
     batch_ref: int = 256
     momentum_shift: int = 3
     decay_shift: int = 0
+    step_scale: str = "max"
 
     def __post_init__(self) -> None:
         if self.batch_ref < 0 or (self.batch_ref and self.batch_ref & (self.batch_ref - 1)):
@@ -106,6 +126,8 @@ class UpdateRule:
             raise ValueError(f"momentum_shift must be in 0..16 (0: no momentum), got {self.momentum_shift}")
         if self.decay_shift != 0 and not 8 <= self.decay_shift <= 40:
             raise ValueError(f"decay_shift must be 0 (off) or in 8..40, got {self.decay_shift}")
+        if self.step_scale not in STEP_SCALES:
+            raise ValueError(f"step_scale must be one of {STEP_SCALES}, got {self.step_scale!r}")
 
     @classmethod
     def paper(cls) -> "UpdateRule":
@@ -246,7 +268,7 @@ class _Plan:
 
 def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int | None) -> _Plan:
     gb = Fraction(gb)
-    if rule.batch_ref and (batch is None or batch < 1):
+    if rule.batch_ref and rule.step_scale == "max" and (batch is None or batch < 1):
         raise ValueError(f"a batch-size-aware update needs the batch size (>= 1), got {batch}")
     wide = param.accumulator_bits == 16
     if wide and gb < -7:
@@ -255,9 +277,12 @@ def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int 
         raise ValueError(f"gb {gb} < 1 needs a 16-bit weight accumulator; {param!r} has 8 bits")
     fv, limit = VELOCITY_FRAC_BITS, (32767 if wide else 127)
     gb_int = gb.numerator // gb.denominator  # floor
-    target = gb_int + (8 if wide else 0) + fv
+    exponent = rule.step_scale == "exponent"
+    target = (_EXPONENT_STEP_BITS[param.accumulator_bits] if exponent else gb_int + (8 if wide else 0)) + fv
     mult, mult_shift = pow2_fraction_q8(gb - gb_int), 8
-    if rule.batch_ref:
+    if exponent and param.grad is not None and param.grad_e is None:
+        raise ValueError(f"{param!r} has a gradient without an exponent (grad_e); step_scale='exponent' needs it")
+    if rule.batch_ref and not exponent:
         mult, mult_shift = mult * batch, mult_shift + rule.batch_ref.bit_length() - 1
     decay_shift, decay_bound = None, 0
     if rule.decay_shift:
@@ -267,6 +292,24 @@ def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int 
         raise ValueError(f"batch {batch} with gb {gb} could overflow the int32 velocity; use a smaller batch "
                          f"or gb")
     return _Plan(gb, gb_int, target, mult, mult_shift, decay_shift)
+
+
+def _exponent_shift(param: IntParameter, plan: _Plan) -> int:
+    """``step_scale="exponent"``: the right shift (negative: left) from the summed gradient to the step in master
+    units, ``grad · 2**(grad_e + gb_int - EXPONENT_STEP_BIAS - master_e)``; clips a gradient whose step would pass
+    ``2**plan.target`` (counted in ``param.step_clips``) so the shift up cannot overflow."""
+    assert param.grad is not None and param.grad_e is not None
+    master_e = param.master_e if param.accumulator_bits == 16 else param.e
+    assert master_e is not None
+    shift = master_e + EXPONENT_STEP_BIAS - plan.gb_int - param.grad_e
+    bits = plan.target - VELOCITY_FRAC_BITS  # of the step before its fractional bits
+    limit = (1 << bits) - 1 if shift <= 0 else ((1 << (bits + shift)) - 1)
+    if shift < 0:
+        limit >>= -shift
+    if fused.max_abs(param.grad) > limit:
+        param.step_clips += int((param.grad.abs() > limit).sum())
+        param.grad = param.grad.clamp(-limit, limit)
+    return shift
 
 
 def check_update(param: IntParameter, gb: int | Fraction, rule: UpdateRule | None = None,
@@ -291,7 +334,9 @@ def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule
         raise RuntimeError(f"{param!r} has no gradient to apply")
     rule = rule or UpdateRule.paper()
     plan = _plan(param, gb, rule, batch)
-    if rule == UpdateRule.paper() and plan.gb.denominator == 1:
+    if rule.step_scale == "exponent":
+        shift = _exponent_shift(param, plan)
+    elif rule == UpdateRule.paper() and plan.gb.denominator == 1:
         _apply_paper_update(param, plan.gb_int, runtime)
         return
     wide = param.accumulator_bits == 16
@@ -299,8 +344,11 @@ def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule
     assert w is not None
     fv, target = VELOCITY_FRAC_BITS, plan.target
 
-    # The paper's shift (never amplifies a gradient already below gb bits), keeping fv more fractional bits.
-    mode, shift, _ = runtime.rounding(param.grad, target - fv, "gradient", batched=False)
+    if rule.step_scale == "max":
+        # The paper's shift (never amplifies a gradient already below gb bits), keeping fv more fractional bits.
+        mode, shift, _ = runtime.rounding(param.grad, target - fv, "gradient", batched=False)
+    else:
+        mode = runtime.mode("gradient")  # shift: from _exponent_shift
     grad_noise = step_noise = None
     if mode == "stochastic":  # drawn in this order: the gradient's rounding, then the step's
         if shift > fv:

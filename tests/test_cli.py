@@ -250,3 +250,15 @@ def test_eval_refuses_an_empty_test_split(tmp_path: Path, mnist_small_npz: Path,
     capsys.readouterr()
     assert main(["eval", str(out), "--dataset", str(empty)]) == 2
     _one_line_error(capsys, "empty test split")
+
+
+def test_train_flags_default_to_the_config_defaults():
+    """``niti train`` with no numerics flags is ``TrainConfig()``: a CLI default that drifts from the documented
+    one (the error rounding once defaulted to nearest here and to stochastic in the config) fails this."""
+    from niti.cli import _config_from_args, build_parser
+    from niti.train import TrainConfig
+
+    args = build_parser().parse_args(["train"])
+    got, want = _config_from_args(args).to_dict(), TrainConfig().to_dict()
+    skip = {"out", "progress"}  # the CLI names its own output folder
+    assert {k: v for k, v in got.items() if k not in skip} == {k: v for k, v in want.items() if k not in skip}

@@ -97,10 +97,11 @@ def test_backward_is_the_derivative_of_l1_batch_norm(shape: tuple[int, ...]) -> 
     # γ and β gradients are exact integer sums: Σ g·x̂ (x̂ at 2**-12) and Σ g.
     g = err.m.reshape(-1, shape[-1]).to(torch.int64)
     assert torch.equal(bn.bias.grad, g.sum(0))
+    assert bn.bias.grad_e == err.e and bn.weight.grad_e == err.e - NORM_FRAC_BITS
     assert torch.equal(bn.weight.grad, (g * bn.normalised(ctx).to(torch.int64)).sum(0))
     xhat = bn.normalised(ctx).to(torch.float64) / 2 ** NORM_FRAC_BITS
     want_dgamma = (_value(err).reshape(-1, shape[-1]) * xhat).sum(0)
-    assert torch.allclose(bn.weight.grad.to(torch.float64) * 2.0 ** (err.e - NORM_FRAC_BITS), want_dgamma)
+    assert torch.allclose(bn.weight.grad.to(torch.float64) * 2.0 ** bn.weight.grad_e, want_dgamma)
     assert torch.allclose(gamma.grad.flatten(), want_dgamma, rtol=1e-3, atol=scale * 1e-3 + 1e-9)
 
 

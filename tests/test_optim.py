@@ -489,3 +489,97 @@ def test_update_rule_validation() -> None:
     p.grad = torch.tensor([5, 6], dtype=torch.int32)
     with pytest.raises(ValueError, match="batch size"):
         apply_update(p, 5, _nearest_runtime(), UpdateRule())
+
+
+# --------------------------------------------------------------------------- float SGD's step (step_scale="exponent")
+def ref_exponent_update(w: list[int], grads: list[int], grad_e: int, master_e: int, vel: list[int] | None,
+                        gb: Fraction, mode: str, wide: bool, k: int, d: int) -> tuple[list[int], list[int] | None, int]:
+    """numerics.md §5 with ``step_scale="exponent"``, unbounded Python ints: (weights, velocity, clipped count)."""
+    fv, limit, bits = 8, (32767 if wide else 127), (15 if wide else 7)
+    gi = gb.numerator // gb.denominator
+    s = master_e + 20 - gi - grad_e  # the summed gradient times 2**(gb - 20), in master units: a right shift s
+    g_max = (2 ** (bits + s) - 1) if s > 0 else (2 ** bits - 1) >> -s
+    clipped = sum(abs(g) > g_max for g in grads)
+    x = [max(-(2 ** (bits + fv) - 1), min(2 ** (bits + fv) - 1, _py_round(max(-g_max, min(g_max, g)), s - fv, mode)))
+         for g in grads]
+    if d:
+        x = [xi + _py_round(wi, d - gi - fv, "nearest") for xi, wi in zip(x, w)]
+    x = [_py_round(xi * _py_pow2_q8(gb - gi), 8, "nearest") for xi in x]
+    if k:
+        vel = [v + _py_round(xi - v, k, "nearest") for v, xi in zip(vel or [0] * len(x), x)]
+        x = vel
+    step = [_py_round(xi, fv, mode) for xi in x]
+    return [max(-limit, min(limit, wi - si)) for wi, si in zip(w, step)], vel, clipped
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([Fraction(v) for v in (1, 3, 5, 7)] + [Fraction(5, 3), Fraction(-5, 3), Fraction(-7)]),
+       st.sampled_from(["nearest", "pseudo_stochastic", "truncate"]), st.booleans(), st.integers(0, 5),
+       st.sampled_from([0, 12, 17]), st.integers(-40, 10), st.sampled_from([1, 64, 256]),
+       st.lists(st.integers(-2**30, 2**30), min_size=1, max_size=24), st.data())
+def test_exponent_step_matches_python_reference(gb, mode, wide, k, d, grad_e, batch, grads, data) -> None:
+    """Float SGD's step from the gradient's exponent, with momentum, decay and the counted clip: bit for bit."""
+    from niti.optim import UpdateRule
+
+    if not wide and gb < 1:
+        gb = Fraction(3)
+    rule = UpdateRule(256, k, d, "exponent")
+    ms = data.draw(st.lists(st.integers(-127, 127), min_size=len(grads), max_size=len(grads)))
+    p = IntParameter(torch.tensor(ms, dtype=torch.int8), -7, accumulator_bits=16 if wide else 8)
+    w, master_e = ([v * 256 for v in ms], -15) if wide else (list(ms), -7)
+    vel, clipped = None, 0
+    for step in range(3):
+        g = [v * (step + 1) // 2 - step for v in grads]
+        p.grad, p.grad_e = torch.tensor(g, dtype=torch.int64), grad_e + step
+        apply_update(p, gb, Runtime(RoundingPolicy(gradient=mode)), rule, batch)  # batch: unused by this rule
+        w, vel, c = ref_exponent_update(w, g, grad_e + step, master_e, vel, gb, mode, wide, k, d)
+        clipped += c
+        assert (p.master if wide else p.m).tolist() == w
+        assert p.step_clips == clipped
+        if k:
+            assert p.velocity.tolist() == vel
+
+
+def test_exponent_step_is_float_sgd_in_real_units() -> None:
+    """Without momentum the real weight moves by 2**(gb - 20) times the real summed gradient, whatever the
+    gradient's exponent; the same real gradient at another exponent gives the same step (no per-tensor max)."""
+    from niti.optim import UpdateRule
+
+    rule = UpdateRule(0, 0, 0, "exponent")
+    for grad_e, scale in ((-10, 1), (-12, 4)):
+        p = IntParameter(torch.zeros(3, dtype=torch.int8), -7, accumulator_bits=16)  # master exponent -15
+        p.grad, p.grad_e = torch.tensor([3 << 12, -(1 << 12), 0], dtype=torch.int32) * scale, grad_e
+        apply_update(p, 5, _nearest_runtime(), rule)
+        # real step = 2**(5 - 20) · grad · 2**-10 = grad · 2**-25; in master units (2**-15): grad · 2**-10
+        assert (p.master * 2**-15).tolist() == [-(3 << 12) * 2**-25, (1 << 12) * 2**-25, 0.0]
+        assert p.step_clips == 0
+
+
+def test_exponent_step_needs_the_gradient_exponent_and_changes_nothing() -> None:
+    from niti.optim import UpdateRule
+
+    p = IntParameter(torch.tensor([5, -5], dtype=torch.int8), -7, accumulator_bits=16)
+    before = p.master.clone()
+    p.grad = torch.tensor([100, 200], dtype=torch.int32)
+    with pytest.raises(ValueError, match="grad_e"):
+        apply_update(p, 5, _nearest_runtime(), UpdateRule(step_scale="exponent"))
+    assert torch.equal(p.master, before) and p.velocity is None
+    with pytest.raises(ValueError, match="step_scale"):
+        UpdateRule(step_scale="lr")
+
+
+def test_exponent_step_trains_every_model_under_the_audit() -> None:
+    """Every weighted layer (conv, linear, bias, batch norm) records its gradient's exponent; the step stays
+    integer-only."""
+    from niti.optim import UpdateRule
+
+    g = torch.Generator().manual_seed(3)
+    for name, shape in (("lenet", (8, 28, 28, 1)), ("resnet-20", (4, 32, 32, 3))):
+        model = niti.build(name, seed=0, total_steps=4, rule=UpdateRule(step_scale="exponent"))
+        images = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+        labels = torch.randint(0, 10, (shape[0],), generator=g)
+        before = model.weights_sha256()
+        with niti.integer_only():
+            model.train_step(images, labels)
+        assert model.weights_sha256() != before
+        assert all(p.grad is None for p in model.parameters())

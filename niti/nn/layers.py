@@ -79,7 +79,7 @@ class Conv2d(Module):
         acc, cols = kernels.conv2d(x.m, self.weight.m, self.stride, self.padding,
                                    workspace=self.runtime.workspace)
         if ctx is not None:
-            ctx["cols"], ctx["hw"] = cols, (x.m.shape[1], x.m.shape[2])
+            ctx["cols"], ctx["hw"], ctx["x_e"] = cols, (x.m.shape[1], x.m.shape[2]), x.e
         acc, e = _add_bias(acc, x.e + self.weight.e, self.acc_bits, self.bias)
         out, shift = self.rescale_activation(acc, ctx)
         return IntTensor(out, e + shift)
@@ -87,8 +87,9 @@ class Conv2d(Module):
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
         ctx = _saved(ctx, self)
         self.weight.grad = kernels.conv2d_grad_weight(err.m, ctx["cols"], self.kernel_size)
+        self.weight.grad_e = err.e + ctx["x_e"]
         if self.bias is not None:
-            self.bias.grad = _bias_grad(err.m)
+            self.bias.grad, self.bias.grad_e = _bias_grad(err.m), err.e
         if not self.propagate_error:
             return None
         acc = kernels.conv2d_grad_input(err.m, self.weight.m, ctx["hw"], self.stride, self.padding,
@@ -120,17 +121,18 @@ class Linear(Module):
         xm = x.m.contiguous()
         acc = kernels.int_matmul(xm, self.weight.m.t())
         if ctx is not None:
-            ctx["x"] = xm
+            ctx["x"], ctx["x_e"] = xm, x.e
         acc, e = _add_bias(acc, x.e + self.weight.e, self.acc_bits, self.bias)
         out, shift = self.rescale_activation(acc, ctx)
         return IntTensor(out, e + shift)
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor | None:
-        x = _saved(ctx, self)["x"]
+        ctx = _saved(ctx, self)
+        x = ctx["x"]
         em = err.m.contiguous()
-        self.weight.grad = kernels.int_matmul(em.t(), x)
+        self.weight.grad, self.weight.grad_e = kernels.int_matmul(em.t(), x), err.e + ctx["x_e"]
         if self.bias is not None:
-            self.bias.grad = _bias_grad(em)
+            self.bias.grad, self.bias.grad_e = _bias_grad(em), err.e
         if not self.propagate_error:
             return None
         acc = kernels.int_matmul(em, self.weight.m)

@@ -46,6 +46,10 @@ class IntParameter:
             self.master = m.to(torch.int16) << 8
             self.master_e = e - 8
         self.grad: Tensor | None = None
+        #: The exponent of ``grad`` (real gradient = grad · 2**grad_e), set with it by the layer's backward.
+        self.grad_e: int | None = None
+        #: Weights whose step was clipped (``step_scale="exponent"``, niti.optim): counted, never silent.
+        self.step_clips = 0
         #: int32 momentum velocity (docs/numerics.md §5), created by the first update that uses momentum.
         self.velocity: Tensor | None = None
 

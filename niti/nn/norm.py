@@ -268,6 +268,7 @@ class BatchNorm2d(Module):
         g2_local = (g_sums * xhat).sum(dim=0)
         # The gradients stay local: the model sums every gradient over the ranks after backward.
         self.weight.grad, self.bias.grad = g2_local, a_local
+        self.weight.grad_e, self.bias.grad_e = err.e - q, err.e  # x̂ has q fractional bits
         if not self.propagate_error:
             return None
         read = torch.cat((rt.reduce_sum(a_local), rt.reduce_sum(g2_local), rt.reduce_sum(ctx["sign_sum"]),

@@ -66,6 +66,9 @@ class TrainConfig:
     batch_ref: int = 256  # the step scales with batch / batch_ref; 0: batch-independent (the paper's)
     momentum_shift: int = 3  # integer momentum, velocity decay 1 - 2**-k; 0: none
     decay_shift: int = 0  # weight decay 2**(gb - D) per step; 0: none
+    #: "max": each gradient rescaled to gb bits per tensor (the paper's); "exponent": float SGD's step,
+    #: 2**(gb - 20) times the real summed gradient (docs/numerics.md §5).
+    step_scale: str = "max"
     #: Bits of room above their initial range for convolution and linear int16 masters (docs/numerics.md §6).
     weight_headroom: int = 0
     softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
@@ -113,7 +116,7 @@ class TrainConfig:
             raise ValueError(f"random_bits must be one of {RANDOM_BITS}, got {self.random_bits!r}")
         if self.numerics not in (1, 2):
             raise ValueError(f"numerics must be 1 or 2, got {self.numerics}")
-        self.rule  # validates batch_ref, momentum_shift, decay_shift
+        self.rule  # validates batch_ref, momentum_shift, decay_shift, step_scale
         schedule = GbSchedule.parse(self.gb_schedule)  # validates
         offsets = GbSchedule.parse_offsets(self.gb_offsets)
         if self.arith == "int":
@@ -158,7 +161,7 @@ class TrainConfig:
 
     @property
     def rule(self) -> UpdateRule:
-        return UpdateRule(self.batch_ref, self.momentum_shift, self.decay_shift)
+        return UpdateRule(self.batch_ref, self.momentum_shift, self.decay_shift, self.step_scale)
 
     @property
     def schedule(self) -> GbSchedule:

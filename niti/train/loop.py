@@ -394,6 +394,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                           "test_accuracy": test_acc, "seconds": seconds}
                 if hasattr(model, "current_gb"):
                     record["gb"] = _gb_text(model)
+                    if config.step_scale == "exponent":  # clipped steps since the run (or its resume) started
+                        record["step_clips"] = sum(p.step_clips for p in model.parameters())
                 history.append(record)
                 if val_acc is not None and val_acc > best_val:
                     best_val, best_epoch = val_acc, epoch + 1
