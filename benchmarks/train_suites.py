@@ -212,7 +212,13 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         arms = {f"g{g}": ["--gb-schedule", f"{g},{g * 3 - 10}/3,{g * 3 - 20}/3@1/2,3/4"] for g in (3, 4, 5, 6)}
         arms["g5-wd17"] = [*arms["g5"], "--decay-shift", "17"]  # float's wd 5e-4 at lr 0.05 (docs/numerics.md §5)
         arms["g5-int-schedule"] = ["--gb-schedule", "5,4,3,2@0.25,0.5,0.75"]
-        return [(f"q-exp-{tag}-s{s}", [*q, *extra, "--seed", str(s)]) for tag, extra in arms.items() for s in seeds]
+        runs = [(f"q-exp-{tag}-s{s}", [*q, *extra, "--seed", str(s)]) for tag, extra in arms.items() for s in seeds]
+        # The default per-tensor step ("max") with today's stochastic errors: the larger steps that helped with
+        # nearest errors in cifar-quarter-gb (which ran with the CLI's then default, nearest).
+        m = q[:-2]
+        return runs + [(f"q-max-{tag}-s{s}", [*m, *extra, "--seed", str(s)]) for tag, extra in (
+            ("gb6543", ["--gb-schedule", "6,5,4,3@0.25,0.5,0.75"]), ("L0-1L6+2", ["--gb-offsets=-1,0,0,0,0,0,2"]))
+            for s in seeds]
     if name == "mnist-offsets":  # issue 12: does the first/last-layer gb offset hold on LeNet / MNIST (validation)
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         return [(f"lenet-int-{tag}-s{s}", [*common, *extra, "--seed", str(s)])
