@@ -280,8 +280,13 @@ def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int 
     exponent = rule.step_scale == "exponent"
     target = (_EXPONENT_STEP_BITS[param.accumulator_bits] if exponent else gb_int + (8 if wide else 0)) + fv
     mult, mult_shift = pow2_fraction_q8(gb - gb_int), 8
-    if exponent and param.grad is not None and param.grad_e is None:
-        raise ValueError(f"{param!r} has a gradient without an exponent (grad_e); step_scale='exponent' needs it")
+    if exponent and param.grad is not None:
+        if param.grad_e is None:
+            raise ValueError(f"{param!r} has a gradient without an exponent (grad_e); step_scale='exponent' needs it")
+        shift = _exponent_step_shift(param, gb_int)
+        if not -(target - fv) <= shift <= fv + 62:  # one gradient unit past the step cap, or a shift past 62 bits
+            raise ValueError(f"{param!r}: gradient exponent {param.grad_e} puts the step 2**{-shift} master units "
+                             f"per unit at gb {gb}, outside what step_scale='exponent' can represent; change gb")
     if rule.batch_ref and not exponent:
         mult, mult_shift = mult * batch, mult_shift + rule.batch_ref.bit_length() - 1
     decay_shift, decay_bound = None, 0
@@ -294,14 +299,20 @@ def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int 
     return _Plan(gb, gb_int, target, mult, mult_shift, decay_shift)
 
 
+def _exponent_step_shift(param: IntParameter, gb_int: int) -> int:
+    """The right shift from ``param.grad`` (exponent ``grad_e``) to master units times ``2**(gb_int - 20)``."""
+    assert param.grad_e is not None
+    master_e = param.master_e if param.accumulator_bits == 16 else param.e
+    assert master_e is not None
+    return master_e + EXPONENT_STEP_BIAS - gb_int - param.grad_e
+
+
 def _exponent_shift(param: IntParameter, plan: _Plan) -> int:
     """``step_scale="exponent"``: the right shift (negative: left) from the summed gradient to the step in master
     units, ``grad · 2**(grad_e + gb_int - EXPONENT_STEP_BIAS - master_e)``; clips a gradient whose step would pass
     ``2**plan.target`` (counted in ``param.step_clips``) so the shift up cannot overflow."""
-    assert param.grad is not None and param.grad_e is not None
-    master_e = param.master_e if param.accumulator_bits == 16 else param.e
-    assert master_e is not None
-    shift = master_e + EXPONENT_STEP_BIAS - plan.gb_int - param.grad_e
+    assert param.grad is not None
+    shift = _exponent_step_shift(param, plan.gb_int)  # within the range _plan checked
     bits = plan.target - VELOCITY_FRAC_BITS  # of the step before its fractional bits
     limit = (1 << bits) - 1 if shift <= 0 else ((1 << (bits + shift)) - 1)
     if shift < 0:

@@ -564,6 +564,11 @@ def test_exponent_step_needs_the_gradient_exponent_and_changes_nothing() -> None
     with pytest.raises(ValueError, match="grad_e"):
         apply_update(p, 5, _nearest_runtime(), UpdateRule(step_scale="exponent"))
     assert torch.equal(p.master, before) and p.velocity is None
+    for grad_e in (-80, 20):  # a shift past 62 bits; one gradient unit already past the step cap
+        p.grad_e = grad_e
+        with pytest.raises(ValueError, match="outside what"):
+            apply_update(p, 5, _nearest_runtime(), UpdateRule(step_scale="exponent"))
+        assert torch.equal(p.master, before) and p.velocity is None and p.step_clips == 0
     with pytest.raises(ValueError, match="step_scale"):
         UpdateRule(step_scale="lr")
 
