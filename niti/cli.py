@@ -75,6 +75,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-headroom", type=int, default=defaults.weight_headroom, metavar="BITS",
                    help=f"bits of room above their initial range for convolution and linear weights (16-bit "
                         f"accumulators; default {defaults.weight_headroom})")
+    p.add_argument("--dropout", default=defaults.dropout, choices=["sample", "batch"],
+                   help="dropout masks: one per element, as the float twin's (sample; default) or one per feature "
+                        "shared by the batch (batch: the NITI reference's)")
     p.add_argument("--softmax", default=defaults.softmax, choices=["precise", "coarse"],
                    help="integer softmax of the loss gradient (coarse: the first version's, for ablations)")
     p.add_argument("--full-range-init", action=argparse.BooleanOptionalAction, default=defaults.full_range_init,
@@ -130,7 +133,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        threads=args.threads, image_size=args.image_size, workers=args.workers, device=args.device, gb_schedule=args.gb_schedule,
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, step_scale=args.step_scale,
-                       softmax=args.softmax,
+                       softmax=args.softmax, dropout=args.dropout,
                        weight_headroom=args.weight_headroom,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
                        inference=args.inference, random_bits=args.random_bits, norm_recalibration=args.norm_recalibration,

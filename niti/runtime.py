@@ -153,10 +153,17 @@ class Runtime:
         self.record("noise", local)
         return local.to(device)
 
-    def dropout_mask(self, shape: tuple[int, ...], device: torch.device | str) -> Tensor:
-        """A 0/1 int8 keep-mask of ``shape`` (one per feature, shared by the batch) on ``device``."""
+    def dropout_mask(self, shape: tuple[int, ...], device: torch.device | str, *, batched: bool = False) -> Tensor:
+        """A 0/1 int8 keep-mask of ``shape`` on ``device``: one per feature, shared by the batch; with ``batched``
+        one per element, ``shape[0]`` being this rank's shard of the global batch (the draw covers the whole
+        batch and this rank gets its slice, so 1 and N processes draw the same mask)."""
         if self.random_bits == "counter":
-            return self._counter_draw("dropout", 1, shape, False, device).to(torch.int8)
+            return self._counter_draw("dropout", 1, shape, batched, device).to(torch.int8)
+        if batched and self.world_size > 1:
+            n = shape[0]
+            full = torch.randint(0, 2, (n * self.world_size, *shape[1:]), generator=self.dropout_generator,
+                                 dtype=torch.int8)
+            return full[self.rank * n:(self.rank + 1) * n].to(device)
         return torch.randint(0, 2, shape, generator=self.dropout_generator, dtype=torch.int8).to(device)
 
     def shift_for_width(self, width: int, target_bits: int, *, batched: bool = True) -> int:

@@ -93,6 +93,16 @@ def test_a_rank_hashes_its_own_slice_of_the_whole_batch_draw() -> None:
         assert torch.equal(local, whole[rank * 2:(rank + 1) * 2])
 
 
+@pytest.mark.parametrize("random_bits", ["counter", "generator"])
+def test_a_rank_gets_its_slice_of_the_whole_batch_dropout_mask(random_bits: str) -> None:
+    whole = Runtime(seed=4, random_bits=random_bits).dropout_mask((8, 3, 10), "cpu", batched=True)
+    assert set(whole.unique().tolist()) == {0, 1} and not torch.equal(whole[0], whole[1])  # a mask per sample
+    for rank in range(4):
+        local = Runtime(seed=4, rank=rank, world_size=4, random_bits=random_bits).dropout_mask((2, 3, 10), "cpu",
+                                                                                              batched=True)
+        assert torch.equal(local, whole[rank * 2:(rank + 1) * 2])
+
+
 def test_each_draw_and_stream_moves_its_own_counter() -> None:
     rt = Runtime(seed=1)
     a = rt.uniform(16, (5,), batched=False, device=torch.device("cpu"))

@@ -221,18 +221,23 @@ def test_flatten_is_nhwc_order_and_backward_restores_shape() -> None:
     assert cosine(to_float(gx), xf.grad) >= 0.99 and torch.equal(to_float(gx), xf.grad)
 
 
-def test_dropout_one_mask_per_feature_matches_float_autograd() -> None:
+@pytest.mark.parametrize("mask", ["sample", "batch"])
+def test_dropout_masks_match_float_autograd(mask: str) -> None:
     n, feats = 4, 4096
     signs = _int8((n, feats), 26, 0, 1) * 2 - 1
     x = IntTensor(signs * _int8((n, feats), 27, 1, 127), -5)  # no zeros, so the mask is visible
-    layer = Dropout()
+    layer = Dropout(mask)
     layer.set_runtime(Runtime(seed=3))
     ctx: dict = {}
     out = layer.forward(x, ctx)
     keep = out.m != 0
-    assert torch.equal(keep, keep[:1].expand_as(keep))  # one mask for the whole batch
-    kept = int(keep[0].sum())
-    assert abs(kept - feats // 2) < 200  # p = 1/2 (about 6 standard deviations)
+    if mask == "batch":
+        assert torch.equal(keep, keep[:1].expand_as(keep))  # one mask for the whole batch
+    else:  # one per element: the samples' masks are independent, each keeping about half
+        assert all(not torch.equal(keep[i], keep[j]) for i in range(n) for j in range(i))
+        assert abs(int((keep[0] & keep[1]).sum()) - feats // 4) < 200
+    for kept in keep.sum(dim=1).tolist():
+        assert abs(kept - feats // 2) < 200  # p = 1/2 (about 6 standard deviations)
     assert out.e == x.e + 1
     assert torch.equal(out.m[keep], x.m[keep])
 
@@ -245,6 +250,11 @@ def test_dropout_one_mask_per_feature_matches_float_autograd() -> None:
     y.backward(to_float(err))
     assert torch.equal(to_float(out), y.detach())
     assert cosine(to_float(gx), xf.grad) >= 0.99 and torch.equal(to_float(gx), xf.grad)
+
+
+def test_dropout_refuses_an_unknown_mask() -> None:
+    with pytest.raises(ValueError, match="dropout mask"):
+        Dropout("channel")
 
 
 def test_dropout_seeded_and_identity_in_eval() -> None:

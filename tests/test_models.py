@@ -78,6 +78,20 @@ def test_vgg_structure(name: str) -> None:
     assert [layer.propagate_error for layer in model.net.layers][:2] == [False, True]
 
 
+def test_dropout_masks_are_per_sample_by_default_and_a_config_from_before_keeps_the_batch_mask() -> None:
+    from niti.train import TrainConfig
+
+    assert niti.build("vgg-small-7-quarter").net.layers[-2].mask == "sample"
+    assert niti.build("vgg-small-7-quarter", dropout="batch").net.layers[-2].mask == "batch"
+    with pytest.raises(ValueError, match="dropout"):
+        niti.build("vgg-small-7-quarter", dropout="channel")
+    assert TrainConfig().dropout == "sample"
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "dropout"}  # written before the key existed
+    assert TrainConfig.from_dict(old).dropout == "batch"
+    with pytest.raises(ValueError, match="dropout"):
+        TrainConfig(dropout="channel")
+
+
 def test_build_rejects_unknown_names_and_bad_means() -> None:
     with pytest.raises(ValueError, match="unknown model"):
         niti.build("resnet-1000")

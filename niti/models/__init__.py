@@ -22,7 +22,8 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
           mean: tuple[int, ...] | None = None, gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None,
           scale: tuple[int, ...] | None = None, rule: UpdateRule | None = None, softmax: str = "precise",
           full_range_init: bool = True, input_shape: tuple[int, int, int] | None = None,
-          inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0) -> IntegerModel:
+          inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
+          dropout: str = "sample") -> IntegerModel:
     """An ``IntegerModel`` for a name in ``ARCHITECTURES`` (``"lenet"``, ``"vgg-small-7"``, ...) or a
     ``MODULE:FACTORY`` path (then ``input_shape`` (H, W, C) is required).
 
@@ -32,11 +33,14 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
     prediction depends on its image only) or ``"batch"`` (each batch's own shifts, as in training).
     ``random_bits``: ``"counter"`` (hashed, device-independent) or ``"generator"`` (the first version's).
     ``weight_headroom``: bits of room the convolution and linear int16 masters get above their initial range.
+    ``dropout``: ``"sample"`` (a mask per element, as torch's) or ``"batch"`` (one per feature for the whole batch,
+    the NITI reference's).
     """
     return IntegerModel(get_architecture(name, input_shape), seed=seed, policy=policy, schedule=schedule,
                         accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean, gb_offsets=gb_offsets,
                         scale=scale, rule=rule, softmax=softmax, full_range_init=full_range_init,
-                        inference=inference, random_bits=random_bits, weight_headroom=weight_headroom)
+                        inference=inference, random_bits=random_bits, weight_headroom=weight_headroom,
+                        dropout=dropout)
 
 
 def from_torch(module: torch.nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,
@@ -44,7 +48,7 @@ def from_torch(module: torch.nn.Module, input_shape: tuple[int, int, int], *, se
     """The integer twin of ``module`` (traced with ``torch.fx``) for uint8 NHWC images of ``input_shape`` (H, W, C).
 
     ``options`` are ``IntegerModel``'s (``policy``, ``schedule``, ``accumulator_bits``, ``total_steps``,
-    ``mean``, ``scale``, ``gb_offsets``, ``rule``, ``softmax``, ``full_range_init``).  The module itself is
+    ``mean``, ``scale``, ``gb_offsets``, ``rule``, ``softmax``, ``full_range_init``, ``dropout``).  The module itself is
     not changed and stays usable as the float twin.  Unsupported operations raise ``UnsupportedModule``
     (a ``ValueError``) naming the operation and where it is.
     """

@@ -95,9 +95,12 @@ class IntegerModel:
                  total_steps: int | None = None, mean: tuple[int, ...] | None = None,
                  gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
                  rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True,
-                 inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0) -> None:
+                 inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
+                 dropout: str = "sample") -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
+        if dropout not in nn.DROPOUT_MASKS:
+            raise ValueError(f"dropout must be one of {nn.DROPOUT_MASKS}, got {dropout!r}")
         self.arch = arch
         #: Running whole-batch bit width of the input conversion (None before the first training step).
         self.input_calibration: int | None = None
@@ -115,6 +118,11 @@ class IntegerModel:
         if arch.num_classes and num_classes != arch.num_classes:
             raise ValueError(f"model {arch.name} returns {num_classes} logits, expected {arch.num_classes}")
         self.num_classes = num_classes
+        #: Dropout masks (docs/numerics.md §4): per element (``sample``, the float twin's) or per batch.
+        self.dropout = dropout
+        for layer in self.net.modules():
+            if isinstance(layer, nn.Dropout):
+                layer.mask = dropout
         site = output_site(self.net)
         if site is not None:  # clipped logits tie in the argmax: the logits' static shift keeps a bit of room
             site.static_headroom = OUTPUT_HEADROOM

@@ -2,12 +2,13 @@
 
 from .input import images_to_int8
 from .graph import Graph, Node, Sequential, Tape
-from .layers import Add, AvgPool2d, Conv2d, Dropout, Flatten, Identity, Linear, MaxPool2d, ReLU
+from .layers import DROPOUT_MASKS, Add, AvgPool2d, Conv2d, Dropout, Flatten, Identity, Linear, MaxPool2d, ReLU
 from .norm import BatchNorm2d
 from .loss import SOFTMAXES, cross_entropy_backward, softmax_grad
 from .module import IntParameter, Module
 
 __all__ = [
+    "DROPOUT_MASKS",
     "SOFTMAXES",
     "Add",
     "AvgPool2d",

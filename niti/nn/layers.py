@@ -19,7 +19,7 @@ from ..numerics import IntTensor, aligned_sum
 from .init import xavier_int8
 from .module import IntParameter, Module
 
-__all__ = ["Add", "AvgPool2d", "Conv2d", "Dropout", "Flatten", "Identity", "Linear", "MaxPool2d", "ReLU"]
+__all__ = ["DROPOUT_MASKS", "Add", "AvgPool2d", "Conv2d", "Dropout", "Flatten", "Identity", "Linear", "MaxPool2d", "ReLU"]
 
 
 def _saved(ctx: dict | None, layer: Module) -> dict:
@@ -271,14 +271,28 @@ class Identity(Module):
         return err
 
 
+#: Dropout masks: one per element, as torch's (``sample``), or one per feature shared by the batch (``batch``,
+#: the NITI reference's and niti's first).
+DROPOUT_MASKS = ("sample", "batch")
+
+
 class Dropout(Module):
-    """p = 1/2 dropout: one seeded 0/1 mask per feature for the whole batch, exponent + 1."""
+    """p = 1/2 dropout with seeded 0/1 masks, exponent + 1: a mask per element (``mask="sample"``, torch's) or one
+    per feature shared by the whole batch (``"batch"``, the NITI reference's)."""
+
+    def __init__(self, mask: str = "sample") -> None:
+        super().__init__()
+        if mask not in DROPOUT_MASKS:
+            raise ValueError(f"dropout mask must be one of {DROPOUT_MASKS}, got {mask!r}")
+        self.mask = mask
 
     def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:
         if not self.training:
             return x
         # 0/1 int8: multiplying by it is exactly where(keep, x, 0), and a vectorised eager op.
-        keep = self.runtime.dropout_mask(tuple(x.m.shape[1:]), x.m.device)
+        per_sample = self.mask == "sample"
+        shape = tuple(x.m.shape) if per_sample else tuple(x.m.shape[1:])
+        keep = self.runtime.dropout_mask(shape, x.m.device, batched=per_sample)
         if ctx is not None:
             ctx["mask"] = keep
         self.runtime.record("mask", keep)
@@ -286,6 +300,9 @@ class Dropout(Module):
 
     def backward(self, err: IntTensor, ctx: dict) -> IntTensor:
         return IntTensor(err.m * _saved(ctx, self)["mask"], err.e + 1)
+
+    def extra_repr(self) -> str:
+        return f"mask={self.mask!r}"
 
 
 class Add(Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ..nn.layers import DROPOUT_MASKS
 from ..nn.loss import SOFTMAXES
 from ..numerics import ROUNDING_MODES, RoundingPolicy
 from ..optim import GbSchedule, UpdateRule
@@ -74,6 +75,9 @@ class TrainConfig:
     softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
     full_range_init: bool = True  # initial mantissas fill ±127 (False: ±bound_m, the first version)
     input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
+    #: Dropout masks: "sample" (one per element, as the float twin's) or "batch" (one per feature shared by the
+    #: batch, the reference's); configs without the key had "batch" (docs/numerics.md §4).
+    dropout: str = "sample"
     #: 2: this numerics; configs without the key are version 1 (the paper's update, coarse softmax, ...).
     numerics: int = 2
     #: Evaluation shifts: "static" (calibrated per layer, batch-independent) or "batch" (the batch's own).
@@ -110,6 +114,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
         if self.softmax not in SOFTMAXES:
             raise ValueError(f"softmax must be one of {SOFTMAXES}, got {self.softmax!r}")
+        if self.dropout not in DROPOUT_MASKS:
+            raise ValueError(f"dropout must be one of {DROPOUT_MASKS}, got {self.dropout!r}")
         if self.inference not in ("static", "batch"):
             raise ValueError(f"inference must be 'static' or 'batch', got {self.inference!r}")
         if self.random_bits not in RANDOM_BITS:
@@ -182,6 +188,8 @@ class TrainConfig:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         if "numerics" not in d:  # written before numerics 2: keep that run's arithmetic on resume
             d = {**_NUMERICS_1, **d}
+        if "dropout" not in d:  # written before per-sample dropout masks: keep the batch's mask on resume
+            d = {**d, "dropout": "batch"}
         return cls(**d)
 
     def replace(self, **changes: object) -> "TrainConfig":

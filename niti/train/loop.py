@@ -67,7 +67,8 @@ def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...],
                       accumulator_bits=config.accumulator_bits, total_steps=total_steps, mean=mean,
                       gb_offsets=config.layer_gb_offsets, scale=scale, rule=config.rule, softmax=config.softmax,
                       full_range_init=config.full_range_init, input_shape=input_shape, inference=config.inference,
-                      random_bits=config.random_bits, weight_headroom=config.weight_headroom)
+                      random_bits=config.random_bits, weight_headroom=config.weight_headroom,
+                      dropout=config.dropout)
     else:
         from ..baseline import build_float
 
