@@ -253,7 +253,7 @@ def test_nested_graph_keeps_the_backward_chain() -> None:
 
 # ------------------------------------------------------------------ the zoo through the new path
 #: weights_sha256 after 3 steps, recorded with the spec interpreter the zoo replaced (commit 4cf6f5c), whose
-#: random bits came from generators.
+#: random bits came from generators and whose dropout shared one mask per feature across the batch.
 OLD_PATH_SHA = {
     ("lenet", 16, "reference"): "04d484a5dd25d7d0dafd8588ec16e753687e946750b895aa4ef4cc3d1bb238ed",
     ("lenet", 8, "stochastic"): "14e147e6d1cd844becbb89690e44e67aee61cf3a739b758685c53732b0cf9d86",
@@ -264,7 +264,8 @@ OLD_PATH_SHA = {
 @pytest.mark.parametrize("name,bits,policy", list(OLD_PATH_SHA))
 def test_zoo_through_conversion_matches_the_old_spec_path(name: str, bits: int, policy: str) -> None:
     rounding = RoundingPolicy.reference() if policy == "reference" else RoundingPolicy.all("stochastic")
-    model = niti.build(name, seed=3, accumulator_bits=bits, total_steps=4, policy=rounding, random_bits="generator")
+    model = niti.build(name, seed=3, accumulator_bits=bits, total_steps=4, policy=rounding, random_bits="generator",
+                       dropout="batch")
     g = torch.Generator().manual_seed(1)
     h, w, c = model.arch.input_shape
     for _ in range(3):
