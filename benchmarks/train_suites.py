@@ -221,7 +221,9 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         m = q[:-2]
         return runs + [(f"q-max-{tag}-s{s}", [*m, *extra, "--seed", str(s)]) for tag, extra in (
             ("gb6543", ["--gb-schedule", "6,5,4,3@0.25,0.5,0.75"]), ("L0-1L6+2", ["--gb-offsets=-1,0,0,0,0,0,2"]),
-            ("act-sto", ["--act-round", "stochastic"]))  # a diagnostic: does the forward's rounding slow fitting?
+            ("act-sto", ["--act-round", "stochastic"]),  # a diagnostic: does the forward's rounding slow fitting?
+            # The per-tensor step on float's schedule (x0.1 at 50 %, x0.01 at 75 %): it anneals 100x, the default 8x.
+            ("float-schedule", ["--gb-schedule", "5,5/3,-5/3@1/2,3/4"]))
             for s in seeds]
     if name == "mnist-offsets":  # issue 12: does the first/last-layer gb offset hold on LeNet / MNIST (validation)
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
