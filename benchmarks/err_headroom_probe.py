@@ -2,7 +2,7 @@
 
 Every error tensor is narrowed to int8 with one exponent set by its largest element (docs/numerics.md §4), and in
 a trained quarter VGG that element is an outlier: fewer than 0.1 % of a convolution's errors reach 32 of 127
-(``benchmarks/error_resolution.py`` and ``results/cifar-quarter-step/error-resolution.md``). With ``--headroom H``
+(``benchmarks/error_resolution.py`` on ``results/cifar-quarter/partial/q-int-s0`` at epoch 20, commit 5967e39). With ``--headroom H``
 each error rescale shifts ``H`` bits less (never below 0) and saturates at ±127 what no longer fits, counting the
 saturated elements; everything else is ``niti train`` unchanged. The question it answers: does finer error
 resolution, paid for with clipped outliers, make the integer model fit faster?

@@ -64,8 +64,10 @@ def float_gradients(net: nn.Graph, x: torch.Tensor, labels: torch.Tensor, masks:
         elif isinstance(op, nn.Flatten):
             h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1) if h.dim() == 4 else h.reshape(h.shape[0], -1)
         elif isinstance(op, nn.Dropout):
-            keep = masks.pop(0).to(torch.float64)
-            h = h * (keep.permute(2, 0, 1) if h.dim() == 4 else keep) * 2.0
+            keep = masks.pop(0).to(torch.float64)  # NHWC like the integer model's, per sample or per batch
+            if h.dim() == 4:
+                keep = keep.permute(0, 3, 1, 2) if keep.dim() == 4 else keep.permute(2, 0, 1)
+            h = h * keep * 2.0
         elif not isinstance(op, nn.Identity):
             raise ValueError(f"grad_fidelity does not handle {type(op).__name__}")
         if int_values is not None:
@@ -93,9 +95,9 @@ def fidelity(run: str, draws: int, gb: int, batch: int, offset: int) -> tuple[li
     draw_mask, calls = rt.dropout_mask, [0]
     dropouts = sum(isinstance(n.op, nn.Dropout) for n in net.nodes)
 
-    def fixed_mask(shape, device):  # noqa: ANN001, ANN202  (the first forward's masks, every time)
+    def fixed_mask(shape, device, **kwargs):  # noqa: ANN001, ANN003, ANN202  (the first forward's masks, every time)
         if len(masks) < dropouts:
-            masks.append(draw_mask(shape, device))
+            masks.append(draw_mask(shape, device, **kwargs))
         calls[0] += 1
         return masks[(calls[0] - 1) % dropouts]
 

@@ -243,10 +243,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return [(f"q-{tag}-s{s}", [*q, *extra, "--seed", str(s)]) for tag, extra in _ABLATION_OFF.items()
                 for s in seeds]
     if name == "cifar-dropout":  # issue 12: a dropout mask per element (the float twin's) or per batch (validation)
-        # Seed 0: sample is results/dropout's probe run (the same draws), batch err-round-check's q-int-errsto-s0.
+        # Seed 0: sample is results/cifar-dropout/probe-sample-s0 (the same draws), batch err-round-check's
+        # q-int-errsto-s0 (the same command).
         q = ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
-        return [(f"q-int-dropout-{mask}-s{s}", [*q, "--dropout", mask, "--seed", str(s)]) for mask in ("sample", "batch")
-                for s in seeds]
+        return [(f"q-int-dropout-{mask}-s{s}", [*q, "--dropout", mask, "--seed", str(s)])
+                for mask in ("sample", "batch") for s in seeds]
     if name == "mnist-ablation-items":  # issue 12: items 1-4 each off on MNIST with today's defaults (validation)
         # The base (defaults) is err-round-check's lenet-int-errsto-s*: the same commands.
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]

@@ -35,7 +35,8 @@ CONFIGS = {
     "pseudo_stochastic": ("lenet", "mnist", RoundingPolicy.all("pseudo_stochastic"), 8, 32, 4),
     "truncate": ("lenet", "mnist", RoundingPolicy.all("truncate"), 8, 32, 4),
     "default-acc16": ("lenet", "mnist", RoundingPolicy(), 16, 32, 4),
-    # Dropout (a mask per feature shared by the batch) and 3-channel input; a smaller batch keeps it quick.
+    # Dropout (a mask per element, each rank its slice of the whole batch's) and 3-channel input; a smaller batch
+    # keeps it quick.
     "vgg-stochastic": ("vgg-small-7", "cifar10", RoundingPolicy.all("stochastic"), 8, 4, 2),
     # Integer batch norm: per-channel sums over both ranks (mean, deviation, the backward's means), running stats.
     "resnet-20": ("resnet-20", "cifar10", RoundingPolicy(), 16, 8, 2),

@@ -48,8 +48,8 @@ def from_torch(module: torch.nn.Module, input_shape: tuple[int, int, int], *, se
     """The integer twin of ``module`` (traced with ``torch.fx``) for uint8 NHWC images of ``input_shape`` (H, W, C).
 
     ``options`` are ``IntegerModel``'s (``policy``, ``schedule``, ``accumulator_bits``, ``total_steps``,
-    ``mean``, ``scale``, ``gb_offsets``, ``rule``, ``softmax``, ``full_range_init``, ``dropout``).  The module itself is
-    not changed and stays usable as the float twin.  Unsupported operations raise ``UnsupportedModule``
+    ``mean``, ``scale``, ``gb_offsets``, ``rule``, ``softmax``, ``full_range_init``, ``dropout``).  The module
+    itself is not changed and stays usable as the float twin.  Unsupported operations raise ``UnsupportedModule``
     (a ``ValueError``) naming the operation and where it is.
     """
     from .convert import output_shape

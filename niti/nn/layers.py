@@ -19,7 +19,8 @@ from ..numerics import IntTensor, aligned_sum
 from .init import xavier_int8
 from .module import IntParameter, Module
 
-__all__ = ["DROPOUT_MASKS", "Add", "AvgPool2d", "Conv2d", "Dropout", "Flatten", "Identity", "Linear", "MaxPool2d", "ReLU"]
+__all__ = ["DROPOUT_MASKS", "Add", "AvgPool2d", "Conv2d", "Dropout", "Flatten", "Identity", "Linear", "MaxPool2d",
+           "ReLU"]
 
 
 def _saved(ctx: dict | None, layer: Module) -> dict:
