@@ -188,7 +188,13 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return runs + [(f"q-int-anneal100-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs),
                                                   "--batch-size", str(a.batch_size or 128),
                                                   "--gb-schedule", "5,5/3,-5/3@1/2,3/4", "--seed", str(s)])
-                       for s in seeds]
+                       for s in seeds] + [
+            # Two bits of weight headroom (docs/numerics.md §6) with gb lowered by 2, so the first steps are the
+            # default's in real terms: the trained default's weights pile up at their int16 rails (the init's
+            # range), while the float twin's grow 2-7x past it (results/cifar-quarter/weight-range.md).
+            (f"q-int-h2-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
+                                str(a.batch_size or 128), "--weight-headroom", "2", "--gb-schedule",
+                                "3,2,1,0@0.25,0.5,0.75", "--seed", str(s)]) for s in seeds]
     if name == "cifar-quarter-lr":  # issue 12: the float twin's lr for the quarter VGG, chosen on validation
         # lr 0.01 (the then untuned fallback) is err-round-check's q-float-s0 (run before lr 0.05 became the default).
         q = ["--model", "vgg-small-7-quarter", "--arith", "float", "--epochs", str(a.epochs), "--batch-size",
