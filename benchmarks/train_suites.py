@@ -244,6 +244,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return [(f"lenet-int-{tag}-s{s}", [*common, *extra, "--seed", str(s)])
                 for tag, extra in (("anneal100", ["--gb-schedule", "5,5/3,-5/3@1/2,3/4"]), ("default", []))
                 for s in seeds]
+    if name == "mnist-headroom":  # issue 12: does two bits of weight headroom hold on LeNet / MNIST (validation)
+        # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
+        return [(f"lenet-int-h2-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
+                                        str(a.batch_size or 128), "--weight-headroom", "2", "--gb-schedule",
+                                        "3,2,1,0@0.25,0.5,0.75", "--seed", str(s)]) for s in seeds]
     if name == "mnist-offsets":  # issue 12: does the first/last-layer gb offset hold on LeNet / MNIST (validation)
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         return [(f"lenet-int-{tag}-s{s}", [*common, *extra, "--seed", str(s)])
@@ -298,8 +303,8 @@ def main() -> int:
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
                                       "resnet-update", "resnet-errors", "err-round-check",
                                       "cifar-quarter", "cifar-ablation", "cifar-quarter-lr",
-                                      "cifar-quarter-gb", "mnist-offsets", "mnist-anneal", "cifar-quarter-step",
-                                      "mnist-ablation-items", "cifar-dropout"])
+                                      "cifar-quarter-gb", "mnist-offsets", "mnist-anneal", "mnist-headroom",
+                                      "cifar-quarter-step", "mnist-ablation-items", "cifar-dropout"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
