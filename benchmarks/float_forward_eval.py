@@ -36,6 +36,9 @@ from niti.nn.input import INPUT_SCALE_BITS  # noqa: E402
 from niti.train.loop import default_dataset, load_model, load_run_data, training_split  # noqa: E402
 from niti.train.metrics import evaluate  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from grad_fidelity import weightless_op  # noqa: E402  (the same float forward as the gradient check)
+
 
 def _weight(p: nn.IntParameter, master: bool) -> torch.Tensor:
     if master and getattr(p, "master", None) is not None:
@@ -55,12 +58,8 @@ def float_logits(net: nn.Graph, x: torch.Tensor, master: bool) -> torch.Tensor:
             b = None if op.bias is None else _weight(op.bias, master)
             h = (F.conv2d(h, w.permute(0, 3, 1, 2), b, op.stride, op.padding) if w.dim() == 4
                  else F.linear(h, w, b))
-        elif isinstance(op, nn.ReLU):
-            h = F.relu(h)
-        elif isinstance(op, nn.MaxPool2d):
-            h = F.max_pool2d(h, op.kernel_size, op.stride, op.padding)
-        elif isinstance(op, nn.Flatten):
-            h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1) if h.dim() == 4 else h.reshape(h.shape[0], -1)
+        elif isinstance(op, (nn.ReLU, nn.MaxPool2d, nn.Flatten)):
+            h = weightless_op(op, h)
         elif not isinstance(op, (nn.Dropout, nn.Identity)):
             raise ValueError(f"float_forward_eval does not handle {type(op).__name__}")
     return h

@@ -41,6 +41,18 @@ def _real(p: nn.IntParameter) -> torch.Tensor:
     return p.m.to(torch.float64) * 2.0 ** p.e
 
 
+def weightless_op(op: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The float form of a ReLU, max pool or flatten on ``h`` (NCHW while 4-D; flattened in NHWC order, like the
+    integer model)."""
+    if isinstance(op, nn.ReLU):
+        return F.relu(h)
+    if isinstance(op, nn.MaxPool2d):
+        return F.max_pool2d(h, op.kernel_size, op.stride, op.padding)
+    if isinstance(op, nn.Flatten):
+        return h.permute(0, 2, 3, 1).reshape(h.shape[0], -1) if h.dim() == 4 else h.reshape(h.shape[0], -1)
+    raise ValueError(f"not a weightless op: {type(op).__name__}")
+
+
 def float_gradients(net: nn.Graph, x: torch.Tensor, labels: torch.Tensor, masks: list[torch.Tensor],
                     int_values: list[torch.Tensor] | None) -> list[torch.Tensor]:
     """Float64 weight gradients (in the integer layout) of the summed cross-entropy; with ``int_values`` (each
@@ -57,12 +69,8 @@ def float_gradients(net: nn.Graph, x: torch.Tensor, labels: torch.Tensor, masks:
             weights.append(w)
             b = None if op.bias is None else _real(op.bias)
             h = F.conv2d(h, w, b, op.stride, op.padding) if w.dim() == 4 else F.linear(h, w, b)
-        elif isinstance(op, nn.ReLU):
-            h = F.relu(h)
-        elif isinstance(op, nn.MaxPool2d):
-            h = F.max_pool2d(h, op.kernel_size, op.stride, op.padding)
-        elif isinstance(op, nn.Flatten):
-            h = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1) if h.dim() == 4 else h.reshape(h.shape[0], -1)
+        elif isinstance(op, (nn.ReLU, nn.MaxPool2d, nn.Flatten)):
+            h = weightless_op(op, h)
         elif isinstance(op, nn.Dropout):
             keep = masks.pop(0).to(torch.float64)  # NHWC like the integer model's, per sample or per batch
             if h.dim() == 4:
