@@ -30,8 +30,7 @@ def real_weights(run: str) -> list[tuple[str, torch.Tensor, float | None]]:
     """``(name, real weights as float64, rail or None)`` for every 2-d and 4-d weight of a run's checkpoint."""
     model, config, _ = load_model(run)
     if config.arith == "float":
-        net = next(v for v in vars(model).values() if isinstance(v, torch.nn.Module))
-        return [(k, v.detach().to(torch.float64), None) for k, v in net.state_dict().items() if v.dim() > 1]
+        return [(k, v.detach().to(torch.float64), None) for k, v in model.named_parameters() if v.dim() > 1]
     out = []
     for name, p in model.named_parameters():
         if p.m.dim() > 1:
