@@ -194,7 +194,13 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             # range), while the float twin's grow 2-7x past it (results/cifar-quarter/weight-range.md).
             (f"q-int-h2-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
                                 str(a.batch_size or 128), "--weight-headroom", "2", "--gb-schedule",
-                                "3,2,1,0@0.25,0.5,0.75", "--seed", str(s)]) for s in seeds]
+                                "3,2,1,0@0.25,0.5,0.75", "--seed", str(s)]) for s in seeds] + [
+            # Integer weight decay at the float twin's strength: its lr * wd / (1 - momentum) = 0.5 * 5e-4 ~ 2**-12
+            # of the weight per step at lr 0.05, and 2**(gb - D) * batch / batch_ref = 2**(4 - D) at gb 5, batch
+            # 128 (docs/numerics.md §5), so D = 16; both decay with the schedule. The twin has weight decay, the
+            # integer default none (chosen on 1 MNIST epoch, where D = 19 changed nothing).
+            (f"q-int-wd16-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
+                                  str(a.batch_size or 128), "--decay-shift", "16", "--seed", str(s)]) for s in seeds]
     if name == "cifar-quarter-lr":  # issue 12: the float twin's lr for the quarter VGG, chosen on validation
         # lr 0.01 (the then untuned fallback) is err-round-check's q-float-s0 (run before lr 0.05 became the default).
         q = ["--model", "vgg-small-7-quarter", "--arith", "float", "--epochs", str(a.epochs), "--batch-size",

@@ -282,3 +282,43 @@ def test_short_mnist_training_learns(mnist: dict) -> None:
     _train(m, x, y, 2000 // 32, 32)
     accuracy = (m.predict(xt) == yt).double().mean().item()
     assert accuracy > 0.75, f"LeNet after 2000 images reached {accuracy:.3f} test accuracy"
+
+
+def _fake_quant_module():  # noqa: ANN202
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_quant_twin.py"
+    spec = importlib.util.spec_from_file_location("fake_quant_twin", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fake_quant_twin_rounds_to_int8_grids_and_passes_gradients_through() -> None:
+    """The diagnostic twin (benchmarks/fake_quant_twin.py): every layer output is an int8 mantissa times one power
+    of two with its peak in (63, 127], gradients are the identity's, and the state dict keeps the twin's names."""
+    fq = _fake_quant_module()
+    x = torch.randn(4, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    q = fq.fake_int8(x)
+    scale = 2.0 ** torch.ceil(torch.log2(x.detach().abs().max() / 127))
+    m = q.detach() / scale
+    assert torch.equal(m, m.round()) and 63 < m.abs().max() <= 127
+    assert (q.detach() - x.detach()).abs().max() <= scale / 2
+    q.sum().backward()
+    assert torch.equal(x.grad, torch.ones_like(x))
+    assert torch.equal(fq.fake_int8(torch.zeros(3)), torch.zeros(3))
+
+    model = FloatModel(TINY, seed=0, total_steps=4)
+    names = list(model.net.state_dict())
+    fq.install(model, "all")
+    outs = []
+    for layer in model.net.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            layer.register_forward_hook(lambda _layer, _inp, out: outs.append(out.detach()))
+    images = torch.randint(0, 256, (8, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    model.train_step(images, torch.arange(8) % 10)
+    assert len(outs) == 2 and list(model.net.state_dict()) == names
+    for out in outs:
+        m = out / 2.0 ** torch.ceil(torch.log2(out.abs().max() / 127))
+        assert torch.equal(m, m.round())
