@@ -284,21 +284,23 @@ def test_short_mnist_training_learns(mnist: dict) -> None:
     assert accuracy > 0.75, f"LeNet after 2000 images reached {accuracy:.3f} test accuracy"
 
 
-def _fake_quant_module():  # noqa: ANN202
+def _benchmark_module(name: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN202
+    """A script of benchmarks/ as a module (its own imports resolved from benchmarks/ for this test only)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fake_quant_twin.py"
-    spec = importlib.util.spec_from_file_location("fake_quant_twin", path)
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # int_update_twin imports fake_quant_twin
+    spec = importlib.util.spec_from_file_location(name, benchmarks / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-def test_fake_quant_twin_rounds_to_int8_grids_and_passes_gradients_through() -> None:
+def test_fake_quant_twin_rounds_to_int8_grids_and_passes_gradients_through(monkeypatch: pytest.MonkeyPatch) -> None:
     """The diagnostic twin (benchmarks/fake_quant_twin.py): every layer output is an int8 mantissa times one power
     of two with its peak in (63, 127], gradients are the identity's, and the state dict keeps the twin's names."""
-    fq = _fake_quant_module()
+    fq = _benchmark_module("fake_quant_twin", monkeypatch)
     x = torch.randn(4, 33, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
     q = fq.fake_int8(x)
     scale = 2.0 ** torch.ceil(torch.log2(x.detach().abs().max() / 127))
@@ -322,3 +324,40 @@ def test_fake_quant_twin_rounds_to_int8_grids_and_passes_gradients_through() -> 
     for out in outs:
         m = out / 2.0 ** torch.ceil(torch.log2(out.abs().max() / 127))
         assert torch.equal(m, m.round())
+
+
+def test_int_update_twin_takes_the_integer_step_and_resumes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/int_update_twin.py: integer-grid initial weights, a first step whose largest element is
+    2**(gb-1)..2**gb units * batch/256 / 2**3 (momentum's average), weights inside the rail, and a resume from
+    the float twin's state dict that continues bit-identically."""
+    iu = _benchmark_module("int_update_twin", monkeypatch)
+    images = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(16) % 10
+
+    def fresh() -> FloatModel:
+        model = FloatModel(TINY, seed=0, total_steps=8)
+        iu.install(model, 0, GbSchedule.parse("5,4@0.5"), 16, rails=True)
+        return model
+
+    model = fresh()
+    pairs = iu.integer_units(model.net)
+    for p, unit in pairs:
+        m = p.detach() / unit
+        assert torch.equal(m, m.round()) and m.abs().max() <= 127
+    before = [p.detach().clone() for p, _ in pairs]
+    model.train_step(images, labels)
+    for (p, unit), w in zip(pairs, before):
+        largest = float((p.detach() - w).abs().max()) / unit
+        assert 2 ** 4 * 16 / 256 / 8 <= largest < 2 ** 5 * 16 / 256 / 8
+    for _ in range(3):
+        model.train_step(images, labels)
+    state = model.state_dict()
+    assert all(buf is not None for buf in state["momentum"])
+    resumed = fresh()
+    resumed.load_state_dict(state)
+    for m in (model, resumed):
+        for _ in range(3):
+            m.train_step(images, labels)
+    assert model.weights_sha256() == resumed.weights_sha256()
+    for p, unit in pairs:
+        assert p.detach().abs().max() <= 32767 * unit / 256
