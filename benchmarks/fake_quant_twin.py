@@ -16,7 +16,7 @@ rounding simulated on the way ("fake quantisation", gradients passed straight th
 If the twin with ``all`` still reaches its own accuracy, the forward's rounding is not what holds the integer model
 back, and the cause is in the integer backward or update; if it falls to the integer model's, it is.
 
-    python benchmarks/fake_quant_twin.py --quantize all --epochs 4 --out runs/bench/fake-quant/fq-all-s0
+    python benchmarks/fake_quant_twin.py --quantize all --epochs 4 --out runs/bench/twin-diagnostics/fq-all-s0
 
 Resumable (``--resume``, the same flags). The run directory is a float run's (``metrics.jsonl``, ``summary.json``,
 a checkpoint) with ``"fake_quant"`` recorded under the config's ``extra``; ``niti eval`` on it would evaluate the

@@ -17,7 +17,7 @@ autograd gradients) replaces PyTorch SGD by the integer model's numerics-2 updat
 If this twin plateaus where the integer model does (83 % validation at 40 epochs on the quarter VGG) while the
 plain twin reaches 85 %, the update rule is what holds the integer model back.
 
-    python benchmarks/int_update_twin.py --epochs 40 --out runs/bench/int-update-twin/upd-s0
+    python benchmarks/int_update_twin.py --epochs 40 --out runs/bench/twin-diagnostics/upd-s0
 
 Resumable (``--resume``); the run directory records ``"int_update"`` (and ``"fake_quant"``) under the config's
 ``extra``; ``niti eval`` on it would use the plain float forward.
