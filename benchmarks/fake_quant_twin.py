@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -86,6 +87,21 @@ def install(model: baseline.FloatModel, quantize: str) -> baseline.FloatModel:
     return model
 
 
+def carry_checkpoint(out: str, resume_from: str | None) -> None:
+    """Before a resume, copy a committed run (``<resume_from>/<run>/``: checkpoint and logs, as
+    ``benchmarks/snapshot.py`` leaves them) into ``out`` when ``out`` holds no checkpoint (runs/ is not kept between
+    sessions). Default ``resume_from``: results/twin-diagnostics."""
+    target = Path(out)
+    carried = Path(resume_from or ROOT / "results" / "twin-diagnostics") / target.name
+    if (target / "checkpoint.pt").exists() or not (carried / "checkpoint.pt").exists():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "metrics.jsonl", "steps.jsonl", "checkpoint.pt"):
+        if (carried / name).exists():
+            shutil.copy(carried / name, target / name)
+    print(f"resuming {target} from the committed {carried}", flush=True)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quantize", choices=QUANTIZE, required=True)
@@ -97,6 +113,8 @@ def main() -> int:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume-from", default=None, help="with --resume: where a run without a checkpoint in --out "
+                   "finds one (<DIR>/<run name>/; default results/twin-diagnostics)")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (a smoke test)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     a = p.parse_args()
@@ -106,6 +124,8 @@ def main() -> int:
     config = TrainConfig(model=a.model, arith="float", epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
                          threads=a.threads, data_dir=a.data_dir, out=a.out, progress=False,
                          max_steps=a.max_steps, train_limit=a.train_limit, extra={"fake_quant": a.quantize})
+    if a.resume:
+        carry_checkpoint(a.out, a.resume_from)
     summary = fit(config, resume=a.resume)
     print(json.dumps({k: summary[k] for k in ("final_test_accuracy", "best_val_accuracy") if k in summary}))
     return 0

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import niti.baseline as baseline  # noqa: E402
-from fake_quant_twin import QUANTIZE, install as install_fake_quant  # noqa: E402
+from fake_quant_twin import QUANTIZE, carry_checkpoint, install as install_fake_quant  # noqa: E402
 from niti.optim import GbSchedule  # noqa: E402
 from niti.train.config import TrainConfig  # noqa: E402
 from niti.train.loop import fit  # noqa: E402
@@ -132,6 +132,8 @@ def main() -> int:
     p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume-from", default=None, help="with --resume: where a run without a checkpoint in --out "
+                   "finds one (<DIR>/<run name>/; default results/twin-diagnostics)")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (a smoke test)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     a = p.parse_args()
@@ -149,6 +151,8 @@ def main() -> int:
     config = TrainConfig(model=a.model, arith="float", epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
                          threads=a.threads, data_dir=a.data_dir, out=a.out, progress=False, max_steps=a.max_steps,
                          train_limit=a.train_limit, extra=extra)
+    if a.resume:
+        carry_checkpoint(a.out, a.resume_from)
     summary = fit(config, resume=a.resume)
     print(json.dumps({k: summary[k] for k in ("final_test_accuracy", "best_val_accuracy") if k in summary}))
     return 0
