@@ -361,3 +361,18 @@ def test_int_update_twin_takes_the_integer_step_and_resumes(monkeypatch: pytest.
     assert model.weights_sha256() == resumed.weights_sha256()
     for p, unit in pairs:
         assert p.detach().abs().max() <= 32767 * unit / 256
+
+
+def test_twin_diagnostics_resume_from_a_committed_copy(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """``--resume`` copies a committed checkpoint and logs into a run directory that has none, and never over a
+    checkpoint that is already there."""
+    fq = _benchmark_module("fake_quant_twin", monkeypatch)
+    committed, out = tmp_path / "results" / "fq-all-s0", tmp_path / "runs" / "fq-all-s0"
+    committed.mkdir(parents=True)
+    for name in ("checkpoint.pt", "metrics.jsonl", "config.json"):
+        (committed / name).write_text(name)
+    fq.carry_checkpoint(str(out), str(committed.parent))
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    (out / "checkpoint.pt").write_text("newer")
+    fq.carry_checkpoint(str(out), str(committed.parent))
+    assert (out / "checkpoint.pt").read_text() == "newer"
