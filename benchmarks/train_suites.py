@@ -255,6 +255,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return [(f"lenet-int-h2-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
                                         str(a.batch_size or 128), "--weight-headroom", "2", "--gb-schedule",
                                         "3,2,1,0@0.25,0.5,0.75", "--seed", str(s)]) for s in seeds]
+    if name == "mnist-decay":  # issue 12: does the float twin's weight decay (D = 16, cifar-quarter) hold on MNIST
+        # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
+        return [(f"lenet-int-wd16-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
+                                          str(a.batch_size or 128), "--decay-shift", "16", "--seed", str(s)])
+                for s in seeds]
     if name == "mnist-offsets":  # issue 12: does the first/last-layer gb offset hold on LeNet / MNIST (validation)
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         return [(f"lenet-int-{tag}-s{s}", [*common, *extra, "--seed", str(s)])
@@ -309,7 +314,7 @@ def main() -> int:
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
                                       "resnet-update", "resnet-errors", "err-round-check",
                                       "cifar-quarter", "cifar-ablation", "cifar-quarter-lr",
-                                      "cifar-quarter-gb", "mnist-offsets", "mnist-anneal", "mnist-headroom",
+                                      "cifar-quarter-gb", "mnist-offsets", "mnist-anneal", "mnist-headroom", "mnist-decay",
                                       "cifar-quarter-step", "mnist-ablation-items", "cifar-dropout"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
