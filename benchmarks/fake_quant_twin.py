@@ -32,6 +32,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -102,11 +103,11 @@ def carry_checkpoint(out: str, resume_from: str | None) -> None:
     print(f"resuming {target} from the committed {carried}", flush=True)
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quantize", choices=QUANTIZE, required=True)
+def run_arguments(description: str, epochs: int) -> argparse.ArgumentParser:
+    """The options every twin diagnostic shares (model, length, seed, where the run goes, resuming)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="vgg-small-7-quarter")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=epochs)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -117,18 +118,30 @@ def main() -> int:
                    "finds one (<DIR>/<run name>/; default results/twin-diagnostics)")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (a smoke test)")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    a = p.parse_args()
+    return p
 
+
+def train_twin(a: argparse.Namespace, adapt: Callable[[baseline.FloatModel], baseline.FloatModel],
+               extra: dict) -> int:
+    """Train the float twin as ``a`` says, every model it builds (fresh or resumed) passed through ``adapt``;
+    ``extra`` is recorded in the run's config (and must match on resume)."""
     build_float = baseline.build_float
-    baseline.build_float = lambda *args, **kwargs: install(build_float(*args, **kwargs), a.quantize)
+    baseline.build_float = lambda *args, **kwargs: adapt(build_float(*args, **kwargs))
     config = TrainConfig(model=a.model, arith="float", epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
-                         threads=a.threads, data_dir=a.data_dir, out=a.out, progress=False,
-                         max_steps=a.max_steps, train_limit=a.train_limit, extra={"fake_quant": a.quantize})
+                         threads=a.threads, data_dir=a.data_dir, out=a.out, progress=False, max_steps=a.max_steps,
+                         train_limit=a.train_limit, extra=extra)
     if a.resume:
         carry_checkpoint(a.out, a.resume_from)
     summary = fit(config, resume=a.resume)
     print(json.dumps({k: summary[k] for k in ("final_test_accuracy", "best_val_accuracy") if k in summary}))
     return 0
+
+
+def main() -> int:
+    p = run_arguments(__doc__, epochs=4)
+    p.add_argument("--quantize", choices=QUANTIZE, required=True)
+    a = p.parse_args()
+    return train_twin(a, lambda model: install(model, a.quantize), {"fake_quant": a.quantize})
 
 
 if __name__ == "__main__":

@@ -25,8 +25,6 @@ Resumable (``--resume``); the run directory records ``"int_update"`` (and ``"fak
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 from fractions import Fraction
@@ -40,10 +38,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import niti.baseline as baseline  # noqa: E402
-from fake_quant_twin import QUANTIZE, carry_checkpoint, install as install_fake_quant  # noqa: E402
+from fake_quant_twin import QUANTIZE, install as install_fake_quant, run_arguments, train_twin  # noqa: E402
 from niti.optim import GbSchedule  # noqa: E402
 from niti.train.config import TrainConfig  # noqa: E402
-from niti.train.loop import fit  # noqa: E402
 
 MOMENTUM_SHIFT = 3
 BATCH_REF = 256
@@ -120,42 +117,19 @@ def install(model: baseline.FloatModel, seed: int, schedule: GbSchedule, batch: 
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="vgg-small-7-quarter")
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p = run_arguments(__doc__, epochs=40)
     p.add_argument("--gb-schedule", default=TrainConfig().gb_schedule)
     p.add_argument("--no-rails", dest="rails", action="store_false", help="let weights grow without bound")
     p.add_argument("--quantize", choices=QUANTIZE, default=None, help="also round the forward (fake_quant_twin)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
-    p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--resume-from", default=None, help="with --resume: where a run without a checkpoint in --out "
-                   "finds one (<DIR>/<run name>/; default results/twin-diagnostics)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop early (a smoke test)")
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     a = p.parse_args()
-
     schedule = GbSchedule.parse(a.gb_schedule)
-    build_float = baseline.build_float
 
-    def build(*args, **kwargs) -> baseline.FloatModel:  # noqa: ANN002, ANN003
-        model = build_float(*args, **kwargs)
+    def adapt(model: baseline.FloatModel) -> baseline.FloatModel:
         install(model, a.seed, schedule, a.batch_size, a.rails)
         return install_fake_quant(model, a.quantize) if a.quantize else model
 
-    baseline.build_float = build
     extra = {"int_update": {"gb_schedule": a.gb_schedule, "rails": a.rails}, "fake_quant": a.quantize}
-    config = TrainConfig(model=a.model, arith="float", epochs=a.epochs, batch_size=a.batch_size, seed=a.seed,
-                         threads=a.threads, data_dir=a.data_dir, out=a.out, progress=False, max_steps=a.max_steps,
-                         train_limit=a.train_limit, extra=extra)
-    if a.resume:
-        carry_checkpoint(a.out, a.resume_from)
-    summary = fit(config, resume=a.resume)
-    print(json.dumps({k: summary[k] for k in ("final_test_accuracy", "best_val_accuracy") if k in summary}))
-    return 0
+    return train_twin(a, adapt, extra)
 
 
 if __name__ == "__main__":
