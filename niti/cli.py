@@ -75,6 +75,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-headroom", type=int, default=defaults.weight_headroom, metavar="BITS",
                    help=f"bits of room above their initial range for convolution and linear weights (16-bit "
                         f"accumulators; default {defaults.weight_headroom})")
+    p.add_argument("--act-clip-bits", type=int, default=defaults.act_clip_bits, metavar="BITS",
+                   help=f"activation rescales (all but the logits') keep BITS more bits of resolution and saturate "
+                        f"the batch's few largest values (default {defaults.act_clip_bits})")
     p.add_argument("--dropout", default=defaults.dropout, choices=["sample", "batch"],
                    help="dropout masks: one per element, as the float twin's (sample; default) or one per feature "
                         "shared by the batch (batch: the NITI reference's)")
@@ -134,7 +137,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, step_scale=args.step_scale,
                        softmax=args.softmax, dropout=args.dropout,
-                       weight_headroom=args.weight_headroom,
+                       weight_headroom=args.weight_headroom, act_clip_bits=args.act_clip_bits,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
                        inference=args.inference, random_bits=args.random_bits, norm_recalibration=args.norm_recalibration,
                        momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress,

@@ -14,6 +14,7 @@ from torch import Tensor
 
 __all__ = [
     "INPUT_SCALE_BITS",
+    "MAX_ACT_CLIP_BITS",
     "IntTensor",
     "RoundingPolicy",
     "ROUNDING_MODES",
@@ -230,6 +231,8 @@ CALIBRATION_FRAC_BITS = 8
 CALIBRATION_DECAY_SHIFT = 4
 #: Bits of room above its calibrated width for the logits' static shift: clipped logits tie in the argmax.
 OUTPUT_HEADROOM = 1
+#: Most bits an activation rescale may trade for resolution by saturating the batch's largest values (§2).
+MAX_ACT_CLIP_BITS = 4
 
 
 def calibrate(running: int | None, width: int) -> int:

@@ -173,14 +173,20 @@ class Runtime:
             width = self.reduce_max(width)
         return max(0, width - target_bits)
 
-    def rounding(self, t: Tensor, target_bits: int, role: str, *,
-                 batched: bool = True) -> tuple[str, int, Tensor | None]:
+    def rounding(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True,
+                 clip_bits: int = 0) -> tuple[str, int, Tensor | None]:
         """``(mode, shift, noise)`` for rescaling ``t`` to ``target_bits``: the whole-batch shift and, for
-        stochastic rounding, its draws (made here, in the same order as ``numerics.rescale`` would)."""
+        stochastic rounding, its draws (made here, in the same order as ``numerics.rescale`` would).
+
+        ``clip_bits`` c: the shift is c smaller than the one that fits the largest magnitude, so the values
+        keep c more bits of resolution and the few above ``2**(width - c)`` saturate (docs/numerics.md §2).
+        """
         if target_bits < 1:
             raise ValueError(f"target_bits must be >= 1, got {target_bits}")
+        if clip_bits < 0:
+            raise ValueError(f"clip_bits must be >= 0, got {clip_bits}")
         mode = self.mode(role)
-        shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits, batched=batched)
+        shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits + clip_bits, batched=batched)
         if self.recorder is not None:
             self.record(f"{role}.acc", t)
             self.record(f"{role}.shift", shift)
@@ -189,24 +195,28 @@ class Runtime:
             noise = self.uniform(1 << shift, tuple(t.shape), batched=batched, device=t.device)
         return mode, shift, noise
 
-    def rescale(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True) -> tuple[Tensor, int]:
+    def rescale(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True,
+                clip_bits: int = 0) -> tuple[Tensor, int]:
         """``numerics.rescale`` with this runtime's mode for ``role`` and whole-batch bit width.
 
-        Bit-identical to ``numerics.rescale(t, target_bits, mode, bit_width=..., noise=...)``;
-        runs as one fused pass for the bit width and one for rounding and clipping.
+        Bit-identical to ``numerics.rescale(t, target_bits, mode, bit_width=..., noise=...)`` (with
+        ``bit_width`` lowered by ``clip_bits``, see ``rounding``); runs as one fused pass for the bit width and
+        one for rounding and clipping.
         """
         out_dtype = int_dtype_for_bits(target_bits)
         if self.mode(role) == "stochastic" and self.random_bits == "counter" and self.recorder is None \
                 and fused.c_loops_allowed() and cpu_round.applies_stochastic(t, 1, target_bits, out_dtype):
             # The CPU's C pass hashes each element's word in the rounding loop: the same draw, no noise tensor.
-            shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits, batched=batched)
+            if clip_bits < 0:
+                raise ValueError(f"clip_bits must be >= 0, got {clip_bits}")
+            shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits + clip_bits, batched=batched)
             if cpu_round.applies_stochastic(t, shift, target_bits, out_dtype):
                 keys = self.counter_keys("rounding", tuple(t.shape), batched=batched)
                 return cpu_round.round_clip_stochastic(t, shift, target_bits, keys.start, keys.k1, keys.k2), shift
             # Shift 0 (no draw) or a width of 32 bits (-2**31 present): the compiled chain, the same draw.
             noise = self.uniform(1 << shift, tuple(t.shape), batched=batched, device=t.device) if shift else None
             return fused.round_clip(t, shift, "stochastic", target_bits, out_dtype, noise), shift
-        mode, shift, noise = self.rounding(t, target_bits, role, batched=batched)
+        mode, shift, noise = self.rounding(t, target_bits, role, batched=batched, clip_bits=clip_bits)
         return fused.round_clip(t, shift, mode, target_bits, out_dtype, noise), shift
 
     def rescale_static(self, t: Tensor, target_bits: int, shift: int, role: str) -> Tensor:

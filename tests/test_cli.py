@@ -180,6 +180,21 @@ def test_weight_headroom_flag_reaches_the_model_and_its_checkpoint(tmp_path: Pat
         assert p.master_e == q.master_e + 3, name  # every LeNet parameter is a convolution or linear one
 
 
+def test_act_clip_bits_flag_reaches_the_model_and_its_checkpoint(tmp_path: Path, mnist_small_npz: Path) -> None:
+    from niti.models.integer import output_site
+    from niti.train.loop import load_model
+
+    out = tmp_path / "clip"
+    assert main(["train", "--model", "lenet", "--dataset", str(mnist_small_npz), "--batch-size", "32", "--val-size",
+                 "300", "--threads", "1", "--no-progress", "--out", str(out), "--max-steps", "4",
+                 "--act-clip-bits", "1"]) == 0
+    assert json.loads((out / "config.json").read_text())["act_clip_bits"] == 1
+    model, config, _ = load_model(out)
+    logits = output_site(model.net)
+    assert config.act_clip_bits == model.act_clip_bits == 1 and logits.clip_bits == 0
+    assert {m.clip_bits for m in model.net.modules() if m is not logits} == {1}
+
+
 def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     err = capsys.readouterr().err
     assert err.startswith("niti: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
@@ -195,7 +210,8 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     (["--batch-size", "0"], "batch_size"), (["--val-size", "-1"], "val_size"),
     (["--checkpoint-every", "-2"], "checkpoint_every"), (["--nproc", "0"], "nproc"),
     (["--weight-headroom", "9"], "weight_headroom"),
-    (["--weight-headroom", "2", "--accumulator-bits", "8"], "weight_headroom")])
+    (["--weight-headroom", "2", "--accumulator-bits", "8"], "weight_headroom"),
+    (["--act-clip-bits", "5"], "act_clip_bits"), (["--act-clip-bits", "-1"], "act_clip_bits")])
 def test_bad_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                         word: str) -> None:
     import torch

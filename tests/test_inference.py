@@ -288,3 +288,36 @@ def test_bad_or_foreign_files_give_clear_errors(tmp_path: Path, mnist_small_npz:
         trace_run(float_run, tmp_path / "f.npz")
     with pytest.raises(ValueError, match="only integer models"):
         export(niti.load(float_run), tmp_path / "fe")
+
+
+def test_activation_clip_bits_reach_every_rescale_but_the_logits() -> None:
+    """``act_clip_bits`` c (docs/numerics.md §2): every activation site but the logits' shifts c bits less, so its
+    calibrated width (what static inference and the export use) is c bits lower after the same first step."""
+    from niti.models.integer import output_site
+
+    for name in ("lenet", "vgg-small-7-quarter", "resnet-20"):
+        model = niti.build(name, act_clip_bits=2)
+        logits = output_site(model.net)
+        assert logits.clip_bits == 0 and {m.clip_bits for m in model.net.modules() if m is not logits} == {2}
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 28, 28, 1), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (16,), generator=g)
+    plain, clipped = niti.build("lenet", seed=1), niti.build("lenet", seed=1, act_clip_bits=1)
+    asked: list[int] = []
+    rescale = clipped.runtime.rescale
+
+    def spy(t: torch.Tensor, target_bits: int, role: str, **kw: object) -> tuple[torch.Tensor, int]:
+        asked.append(int(kw.get("clip_bits", 0)) if role == "activation" else -1)
+        return rescale(t, target_bits, role, **kw)
+
+    clipped.runtime.rescale = spy
+    plain.train_step(images, labels)
+    clipped.train_step(images, labels)
+    assert [c for c in asked if c >= 0] == [0, 1, 1, 1, 0]  # the input, three layers, the logits
+    a, b = plain.calibration_state(), clipped.calibration_state()
+    # The first convolution sees the same input and keeps one bit more; the layers after it see inputs with one
+    # bit more resolution (and an exponent one lower), so their shifts, a bit less than the wider sums', agree.
+    assert a["input"] == b["input"] and a["features.0"] - b["features.0"] == 1 << 8
+    for bad in (-1, 5, True):
+        with pytest.raises(ValueError, match="act_clip_bits"):
+            niti.build("lenet", act_clip_bits=bad)

@@ -92,6 +92,16 @@ def test_dropout_masks_are_per_sample_by_default_and_a_config_from_before_keeps_
         TrainConfig(dropout="channel")
 
 
+def test_a_config_from_before_activation_clipping_keeps_the_fitted_rescale() -> None:
+    from niti.train import TrainConfig
+
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "act_clip_bits"}  # written before the key
+    assert TrainConfig.from_dict(old).act_clip_bits == 0
+    for bad in (-1, 5, 1.0):
+        with pytest.raises(ValueError, match="act_clip_bits"):
+            TrainConfig(act_clip_bits=bad)
+
+
 def test_build_rejects_unknown_names_and_bad_means() -> None:
     with pytest.raises(ValueError, match="unknown model"):
         niti.build("resnet-1000")

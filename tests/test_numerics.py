@@ -186,3 +186,34 @@ def test_default_policy_rounds_errors_stochastically_and_reference_is_the_papers
     assert TrainConfig().policy == RoundingPolicy()
     old = TrainConfig.from_dict({**TrainConfig().to_dict(), "err_round": "nearest"})
     assert old.policy == RoundingPolicy.reference()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(ints, min_size=1, max_size=300), st.integers(0, 4), st.sampled_from(ROUNDING_MODES))
+def test_activation_clip_bits_shift_less_and_saturate(xs: list[int], clip: int, mode: str) -> None:
+    """``Runtime.rescale(..., clip_bits=c)`` (§2): the shift is ``max(0, width - 7 - c)``, every value is rounded
+    at that shift and the ones past ±127 saturate; the C stochastic pass (int32, > 256 elements) agrees."""
+    from niti.runtime import Runtime
+
+    t = torch.tensor(xs, dtype=torch.int32)
+    rt = Runtime(RoundingPolicy(activation=mode), seed=3)
+    out, shift = rt.rescale(t, 7, "activation", clip_bits=clip)
+    assert shift == max(0, max(abs(x) for x in xs).bit_length() - 7 - clip)
+    assert out.dtype == torch.int8
+    if mode == "stochastic":
+        assert all(abs(ref_round(x, shift, "truncate") - int(o)) <= 1 or abs(int(o)) == 127 for x, o in zip(xs, out))
+    else:
+        assert out.tolist() == [max(-127, min(127, ref_round(x, shift, mode))) for x in xs]
+    big = t.repeat(4)  # past the C pass's threshold; the same draws as the tensor code
+    again = Runtime(RoundingPolicy(activation=mode), seed=3)
+    wide, s2 = again.rescale(big, 7, "activation", clip_bits=clip)
+    mode_, s3, noise = Runtime(RoundingPolicy(activation=mode), seed=3).rounding(big, 7, "activation", clip_bits=clip)
+    want, _ = rescale(big, 7, mode_, bit_width=max(abs(x) for x in xs).bit_length() - clip, noise=noise)
+    assert s2 == s3 == shift and torch.equal(wide, want)
+
+
+def test_clip_bits_must_not_be_negative() -> None:
+    from niti.runtime import Runtime
+
+    with pytest.raises(ValueError, match="clip_bits"):
+        Runtime().rescale(torch.tensor([5], dtype=torch.int32), 7, "activation", clip_bits=-1)

@@ -23,7 +23,7 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
           scale: tuple[int, ...] | None = None, rule: UpdateRule | None = None, softmax: str = "precise",
           full_range_init: bool = True, input_shape: tuple[int, int, int] | None = None,
           inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
-          dropout: str = "sample") -> IntegerModel:
+          dropout: str = "sample", act_clip_bits: int = 0) -> IntegerModel:
     """An ``IntegerModel`` for a name in ``ARCHITECTURES`` (``"lenet"``, ``"vgg-small-7"``, ...) or a
     ``MODULE:FACTORY`` path (then ``input_shape`` (H, W, C) is required).
 
@@ -34,13 +34,14 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
     ``random_bits``: ``"counter"`` (hashed, device-independent) or ``"generator"`` (the first version's).
     ``weight_headroom``: bits of room the convolution and linear int16 masters get above their initial range.
     ``dropout``: ``"sample"`` (a mask per element, as torch's) or ``"batch"`` (one per feature for the whole batch,
-    the NITI reference's).
+    the NITI reference's).  ``act_clip_bits``: bits of resolution every activation rescale but the logits' gains
+    by saturating its batch's largest values (docs/numerics.md §2).
     """
     return IntegerModel(get_architecture(name, input_shape), seed=seed, policy=policy, schedule=schedule,
                         accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean, gb_offsets=gb_offsets,
                         scale=scale, rule=rule, softmax=softmax, full_range_init=full_range_init,
                         inference=inference, random_bits=random_bits, weight_headroom=weight_headroom,
-                        dropout=dropout)
+                        dropout=dropout, act_clip_bits=act_clip_bits)
 
 
 def from_torch(module: torch.nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from .. import nn
-from ..numerics import INPUT_SCALE_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate, static_shift
+from ..numerics import (INPUT_SCALE_BITS, MAX_ACT_CLIP_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate,
+                        static_shift)
 from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
 from .architectures import Architecture
@@ -96,7 +97,7 @@ class IntegerModel:
                  gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
                  rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True,
                  inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
-                 dropout: str = "sample") -> None:
+                 dropout: str = "sample", act_clip_bits: int = 0) -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
         if dropout not in nn.DROPOUT_MASKS:
@@ -123,9 +124,18 @@ class IntegerModel:
         for layer in self.net.modules():
             if isinstance(layer, nn.Dropout):
                 layer.mask = dropout
+        if isinstance(act_clip_bits, bool) or not isinstance(act_clip_bits, int) \
+                or not 0 <= act_clip_bits <= MAX_ACT_CLIP_BITS:
+            raise ValueError(f"act_clip_bits must be an integer in 0..{MAX_ACT_CLIP_BITS}, got {act_clip_bits!r}")
+        #: Bits of resolution every activation rescale but the logits' buys by saturating its batch's largest
+        #: values (docs/numerics.md §2).
+        self.act_clip_bits = act_clip_bits
+        for layer in self.net.modules():
+            layer.clip_bits = act_clip_bits
         site = output_site(self.net)
         if site is not None:  # clipped logits tie in the argmax: the logits' static shift keeps a bit of room
             site.static_headroom = OUTPUT_HEADROOM
+            site.clip_bits = 0  # and the loss needs the logits' true order
         if weight_headroom and accumulator_bits != 16:
             raise ValueError(f"weight headroom needs 16-bit weight accumulators, got {accumulator_bits}-bit")
         #: Bits of room above the initial range given to convolution and linear masters (docs/numerics.md §6).

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..nn.layers import DROPOUT_MASKS
 from ..nn.loss import SOFTMAXES
-from ..numerics import ROUNDING_MODES, RoundingPolicy
+from ..numerics import MAX_ACT_CLIP_BITS, ROUNDING_MODES, RoundingPolicy
 from ..optim import GbSchedule, UpdateRule
 from ..runtime import RANDOM_BITS
 
@@ -72,6 +72,9 @@ class TrainConfig:
     step_scale: str = "max"
     #: Bits of room above their initial range for convolution and linear int16 masters (docs/numerics.md §6).
     weight_headroom: int = 0
+    #: Bits of resolution each activation rescale but the logits' gains by saturating the batch's largest values
+    #: (docs/numerics.md §2); configs without the key had 0.
+    act_clip_bits: int = 0
     softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
     full_range_init: bool = True  # initial mantissas fill ±127 (False: ±bound_m, the first version)
     input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
@@ -109,6 +112,9 @@ class TrainConfig:
             raise ValueError(f"weight_headroom must be an integer in 0..8, got {self.weight_headroom!r}")
         if self.weight_headroom and self.accumulator_bits != 16:
             raise ValueError("weight_headroom needs 16-bit weight accumulators (accumulator_bits=16)")
+        if isinstance(self.act_clip_bits, bool) or not isinstance(self.act_clip_bits, int) \
+                or not 0 <= self.act_clip_bits <= MAX_ACT_CLIP_BITS:
+            raise ValueError(f"act_clip_bits must be an integer in 0..{MAX_ACT_CLIP_BITS}, got {self.act_clip_bits!r}")
         for name in ("act_round", "err_round", "grad_round", "loss_round"):
             if getattr(self, name) not in ROUNDING_MODES:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
@@ -190,6 +196,8 @@ class TrainConfig:
             d = {**_NUMERICS_1, **d}
         if "dropout" not in d:  # written before per-sample dropout masks: keep the batch's mask on resume
             d = {**d, "dropout": "batch"}
+        if "act_clip_bits" not in d:  # written before activation clipping: the rescale fitted the largest value
+            d = {**d, "act_clip_bits": 0}
         return cls(**d)
 
     def replace(self, **changes: object) -> "TrainConfig":
