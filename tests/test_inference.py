@@ -302,7 +302,7 @@ def test_activation_clip_bits_reach_every_rescale_but_the_logits() -> None:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (16, 28, 28, 1), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 10, (16,), generator=g)
-    plain, clipped = niti.build("lenet", seed=1), niti.build("lenet", seed=1, act_clip_bits=1)
+    plain, clipped = niti.build("lenet", seed=1, act_clip_bits=0), niti.build("lenet", seed=1, act_clip_bits=1)
     asked: list[int] = []
     rescale = clipped.runtime.rescale
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..numerics import RoundingPolicy
+from ..numerics import DEFAULT_ACT_CLIP_BITS, RoundingPolicy
 from ..optim import GbSchedule, UpdateRule
 from .architectures import ARCHITECTURES, Architecture, get_architecture, import_factory, is_factory_path
 from .convert import SUPPORTED, UnsupportedModule, convert
@@ -23,7 +23,7 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
           scale: tuple[int, ...] | None = None, rule: UpdateRule | None = None, softmax: str = "precise",
           full_range_init: bool = True, input_shape: tuple[int, int, int] | None = None,
           inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
-          dropout: str = "sample", act_clip_bits: int = 0) -> IntegerModel:
+          dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS) -> IntegerModel:
     """An ``IntegerModel`` for a name in ``ARCHITECTURES`` (``"lenet"``, ``"vgg-small-7"``, ...) or a
     ``MODULE:FACTORY`` path (then ``input_shape`` (H, W, C) is required).
 

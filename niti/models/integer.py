@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .. import nn
-from ..numerics import (INPUT_SCALE_BITS, MAX_ACT_CLIP_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate,
+from ..numerics import (DEFAULT_ACT_CLIP_BITS, INPUT_SCALE_BITS, MAX_ACT_CLIP_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate,
                         static_shift)
 from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
@@ -97,7 +97,7 @@ class IntegerModel:
                  gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
                  rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True,
                  inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
-                 dropout: str = "sample", act_clip_bits: int = 0) -> None:
+                 dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS) -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
         if dropout not in nn.DROPOUT_MASKS:

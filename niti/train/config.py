@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..nn.layers import DROPOUT_MASKS
 from ..nn.loss import SOFTMAXES
-from ..numerics import MAX_ACT_CLIP_BITS, ROUNDING_MODES, RoundingPolicy
+from ..numerics import DEFAULT_ACT_CLIP_BITS, MAX_ACT_CLIP_BITS, ROUNDING_MODES, RoundingPolicy
 from ..optim import GbSchedule, UpdateRule
 from ..runtime import RANDOM_BITS
 
@@ -32,7 +32,7 @@ def default_val_size(n_train: int) -> int:
 #: What a config written before the ``numerics`` key meant (the first version's defaults).
 _NUMERICS_1 = {"numerics": 1, "err_round": "nearest", "batch_ref": 0, "momentum_shift": 0, "decay_shift": 0, "softmax": "coarse",
                "full_range_init": False, "input_std": False, "accumulator_bits": 8,
-               "random_bits": "generator"}
+               "random_bits": "generator", "act_clip_bits": 0}
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class TrainConfig:
     weight_headroom: int = 0
     #: Bits of resolution each activation rescale but the logits' gains by saturating the batch's largest values
     #: (docs/numerics.md §2); configs without the key had 0.
-    act_clip_bits: int = 0
+    act_clip_bits: int = DEFAULT_ACT_CLIP_BITS
     softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
     full_range_init: bool = True  # initial mantissas fill ±127 (False: ±bound_m, the first version)
     input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
