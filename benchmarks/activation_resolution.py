@@ -3,8 +3,9 @@
 Each activation rescale fits its batch's largest value into ±127, so a long-tailed activation leaves most values a
 few LSBs. This runs one training-mode forward (whole-batch shifts, as in a training step; nothing is updated) of a
 run's checkpoint on the first training images and prints, per rescale site in forward order, the share of zeros,
-the largest magnitude, percentiles of the nonzero magnitudes, and the share of all values that clipping by 1, 2
-or 3 bits (``--act-clip-bits``) would saturate (to within rounding) at this batch's shift.
+the share at ±127 (saturated, or exactly the largest value), the largest magnitude, percentiles of the nonzero
+magnitudes, and the share of all values that a shift 1, 2 or 3 bits smaller than the run's own (``--act-clip-bits``
+c + 1, + 2, + 3) would push past ±127 (to within rounding).
 
     python benchmarks/activation_resolution.py runs/bench/cifar-quarter/q-int-s0 --images 256
 """
@@ -50,14 +51,15 @@ def site_outputs(run: str | Path, images: int) -> list[tuple[str, torch.Tensor]]
 
 
 def table(seen: list[tuple[str, torch.Tensor]]) -> str:
-    rows = ["| site | layer | values | zeros | max | nonzero p50 / p90 / p99 | saturated at c = 1 / 2 / 3 |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| site | layer | values | zeros | at ±127 | max | nonzero p50 / p90 / p99 | past ±127 at c + 1 / + 2 / + 3 |",
+            "|---|---|---|---|---|---|---|---|"]
     for i, (name, a) in enumerate(seen):
         nonzero = a[a > 0].numpy()
         p50, p90, p99 = np.percentile(nonzero, [50, 90, 99]) if nonzero.size else (0, 0, 0)
         top = int(a.max())  # a shift c bits smaller doubles each value c times: those past 127 saturate
         clipped = " / ".join(f"{100 * float((a << c > 127).float().mean()):.2f} %" for c in (1, 2, 3))
-        rows.append(f"| {i} | {name} | {a.numel():,} | {100 * float((a == 0).float().mean()):.1f} % | {top} | "
+        rows.append(f"| {i} | {name} | {a.numel():,} | {100 * float((a == 0).float().mean()):.1f} % | "
+                    f"{100 * float((a == 127).float().mean()):.2f} % | {top} | "
                     f"{p50:.0f} / {p90:.0f} / {p99:.0f} | {clipped} |")
     return "\n".join(rows)
 
