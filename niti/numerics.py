@@ -234,8 +234,9 @@ CALIBRATION_DECAY_SHIFT = 4
 OUTPUT_HEADROOM = 1
 #: Most bits an activation rescale may trade for resolution by saturating the batch's largest values (§2).
 MAX_ACT_CLIP_BITS = 4
-#: The default: chosen on the validation split of the 40-epoch CIFAR-10 comparison, neutral on MNIST (§10).
-DEFAULT_ACT_CLIP_BITS = 2
+#: The default (§10): none yet; c = 2 gains a point on the 40-epoch CIFAR-10 comparison but slows LeNet's
+#: first steps (results/mnist-clip/short-run.md).
+DEFAULT_ACT_CLIP_BITS = 0
 
 
 def calibrate(running: int | None, width: int) -> int:

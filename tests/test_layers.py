@@ -24,8 +24,8 @@ WIDE_BITS = 30
 class WideRuntime(Runtime):
     """A runtime whose rescale keeps ``WIDE_BITS`` bits: int32 accumulators pass through unrounded."""
 
-    def rescale(self, t: torch.Tensor, target_bits: int, role: str, *, batched: bool = True):
-        return super().rescale(t, WIDE_BITS, role, batched=batched)
+    def rescale(self, t: torch.Tensor, target_bits: int, role: str, *, batched: bool = True, clip_bits: int = 0):
+        return super().rescale(t, WIDE_BITS, role, batched=batched, clip_bits=clip_bits)
 
 
 def _gen(seed: int) -> torch.Generator:
