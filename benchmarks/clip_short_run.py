@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(steps):
                 idx = order[i * batch:(i + 1) * batch]
                 model.train_step(x[idx], y[idx])
-            print(f"| {clip} | {seed} | {100 * int((model.predict(x_test) == y_test).sum()) / 1000:.1f} % |", flush=True)
+            correct = int((model.predict(x_test) == y_test).sum())
+            print(f"| {clip} | {seed} | {100 * correct / len(y_test):.1f} % |", flush=True)
     return 0
 
 
