@@ -200,7 +200,8 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             # 128 (docs/numerics.md §5), so D = 16; both decay with the schedule. The twin has weight decay, the
             # integer default none (chosen on 1 MNIST epoch, where D = 19 changed nothing).
             (f"q-int-wd16-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
-                                  str(a.batch_size or 128), "--decay-shift", "16", "--seed", str(s)]) for s in seeds] + [
+                                  str(a.batch_size or 128), "--decay-shift", "16", "--seed", str(s)])
+            for s in seeds] + [
             # Activation clipping (docs/numerics.md §2): the trained default's int8 activations use a few LSBs
             # (median nonzero magnitude 3-7 of 127, the 99th percentile 19-37) because each rescale fits the batch's
             # largest value; a shift c bits smaller doubles (c = 1) or quadruples (c = 2) their resolution and
@@ -326,8 +327,8 @@ def main() -> int:
                                       "user-model", "static-inference", "resnet-norm", "resnet20-cifar",
                                       "resnet-update", "resnet-errors", "err-round-check",
                                       "cifar-quarter", "cifar-ablation", "cifar-quarter-lr",
-                                      "cifar-quarter-gb", "mnist-offsets", "mnist-anneal", "mnist-headroom", "mnist-decay", "mnist-clip",
-                                      "cifar-quarter-step", "mnist-ablation-items", "cifar-dropout"])
+                                      "cifar-quarter-gb", "mnist-offsets", "mnist-anneal", "mnist-headroom", "mnist-decay",
+                                      "mnist-clip", "cifar-quarter-step", "mnist-ablation-items", "cifar-dropout"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")

@@ -76,8 +76,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help=f"bits of room above their initial range for convolution and linear weights (16-bit "
                         f"accumulators; default {defaults.weight_headroom})")
     p.add_argument("--act-clip-bits", type=int, default=defaults.act_clip_bits, metavar="BITS",
-                   help=f"activation rescales (all but the logits') keep BITS more bits of resolution and saturate "
-                        f"the batch's few largest values (default {defaults.act_clip_bits})")
+                   help=f"activation rescales (all but the input's and the logits') keep BITS more bits of "
+                        f"resolution and saturate the batch's few largest values (default {defaults.act_clip_bits})")
     p.add_argument("--dropout", default=defaults.dropout, choices=["sample", "batch"],
                    help="dropout masks: one per element, as the float twin's (sample; default) or one per feature "
                         "shared by the batch (batch: the NITI reference's)")

@@ -16,6 +16,7 @@ __all__ = [
     "INPUT_SCALE_BITS",
     "DEFAULT_ACT_CLIP_BITS",
     "MAX_ACT_CLIP_BITS",
+    "check_act_clip_bits",
     "IntTensor",
     "RoundingPolicy",
     "ROUNDING_MODES",
@@ -237,6 +238,13 @@ MAX_ACT_CLIP_BITS = 4
 #: The default (§10): none yet; c = 2 gains a point on the 40-epoch CIFAR-10 comparison but slows LeNet's
 #: first steps (results/mnist-clip/short-run.md).
 DEFAULT_ACT_CLIP_BITS = 0
+
+
+def check_act_clip_bits(value: object) -> int:
+    """``value`` if it is an int in ``0..MAX_ACT_CLIP_BITS`` (§2), else a ``ValueError`` naming ``act_clip_bits``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ACT_CLIP_BITS:
+        raise ValueError(f"act_clip_bits must be an integer in 0..{MAX_ACT_CLIP_BITS}, got {value!r}")
+    return value
 
 
 def calibrate(running: int | None, width: int) -> int:

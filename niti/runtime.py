@@ -173,6 +173,12 @@ class Runtime:
             width = self.reduce_max(width)
         return max(0, width - target_bits)
 
+    def _rescale_shift(self, t: Tensor, target_bits: int, clip_bits: int, batched: bool) -> int:
+        """The whole-batch shift that fits ``t`` in ``target_bits``, less ``clip_bits`` (see ``rounding``)."""
+        if clip_bits < 0:
+            raise ValueError(f"clip_bits must be >= 0, got {clip_bits}")
+        return self.shift_for_width(fused.max_abs(t).bit_length(), target_bits + clip_bits, batched=batched)
+
     def rounding(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True,
                  clip_bits: int = 0) -> tuple[str, int, Tensor | None]:
         """``(mode, shift, noise)`` for rescaling ``t`` to ``target_bits``: the whole-batch shift and, for
@@ -183,10 +189,8 @@ class Runtime:
         """
         if target_bits < 1:
             raise ValueError(f"target_bits must be >= 1, got {target_bits}")
-        if clip_bits < 0:
-            raise ValueError(f"clip_bits must be >= 0, got {clip_bits}")
         mode = self.mode(role)
-        shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits + clip_bits, batched=batched)
+        shift = self._rescale_shift(t, target_bits, clip_bits, batched)
         if self.recorder is not None:
             self.record(f"{role}.acc", t)
             self.record(f"{role}.shift", shift)
@@ -207,9 +211,7 @@ class Runtime:
         if self.mode(role) == "stochastic" and self.random_bits == "counter" and self.recorder is None \
                 and fused.c_loops_allowed() and cpu_round.applies_stochastic(t, 1, target_bits, out_dtype):
             # The CPU's C pass hashes each element's word in the rounding loop: the same draw, no noise tensor.
-            if clip_bits < 0:
-                raise ValueError(f"clip_bits must be >= 0, got {clip_bits}")
-            shift = self.shift_for_width(fused.max_abs(t).bit_length(), target_bits + clip_bits, batched=batched)
+            shift = self._rescale_shift(t, target_bits, clip_bits, batched)
             if cpu_round.applies_stochastic(t, shift, target_bits, out_dtype):
                 keys = self.counter_keys("rounding", tuple(t.shape), batched=batched)
                 return cpu_round.round_clip_stochastic(t, shift, target_bits, keys.start, keys.k1, keys.k2), shift

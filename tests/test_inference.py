@@ -291,8 +291,9 @@ def test_bad_or_foreign_files_give_clear_errors(tmp_path: Path, mnist_small_npz:
 
 
 def test_activation_clip_bits_reach_every_rescale_but_the_logits() -> None:
-    """``act_clip_bits`` c (docs/numerics.md §2): every activation site but the logits' shifts c bits less, so its
-    calibrated width (what static inference and the export use) is c bits lower after the same first step."""
+    """``act_clip_bits`` c (docs/numerics.md §2): every activation site but the input's and the logits' asks for c
+    bits of clipping, and the first convolution's calibrated width (what static inference and the export use) is c
+    bits lower after the same first step."""
     from niti.models.integer import output_site
 
     for name in ("lenet", "vgg-small-7-quarter", "resnet-20"):

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from .. import nn
-from ..numerics import (DEFAULT_ACT_CLIP_BITS, INPUT_SCALE_BITS, MAX_ACT_CLIP_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate,
-                        static_shift)
+from ..numerics import (DEFAULT_ACT_CLIP_BITS, INPUT_SCALE_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate,
+                        check_act_clip_bits, static_shift)
 from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
 from .architectures import Architecture
@@ -124,9 +124,7 @@ class IntegerModel:
         for layer in self.net.modules():
             if isinstance(layer, nn.Dropout):
                 layer.mask = dropout
-        if isinstance(act_clip_bits, bool) or not isinstance(act_clip_bits, int) \
-                or not 0 <= act_clip_bits <= MAX_ACT_CLIP_BITS:
-            raise ValueError(f"act_clip_bits must be an integer in 0..{MAX_ACT_CLIP_BITS}, got {act_clip_bits!r}")
+        check_act_clip_bits(act_clip_bits)
         #: Bits of resolution every activation rescale but the logits' buys by saturating its batch's largest
         #: values (docs/numerics.md §2).
         self.act_clip_bits = act_clip_bits

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..nn.layers import DROPOUT_MASKS
 from ..nn.loss import SOFTMAXES
-from ..numerics import DEFAULT_ACT_CLIP_BITS, MAX_ACT_CLIP_BITS, ROUNDING_MODES, RoundingPolicy
+from ..numerics import DEFAULT_ACT_CLIP_BITS, ROUNDING_MODES, RoundingPolicy, check_act_clip_bits
 from ..optim import GbSchedule, UpdateRule
 from ..runtime import RANDOM_BITS
 
@@ -112,9 +112,7 @@ class TrainConfig:
             raise ValueError(f"weight_headroom must be an integer in 0..8, got {self.weight_headroom!r}")
         if self.weight_headroom and self.accumulator_bits != 16:
             raise ValueError("weight_headroom needs 16-bit weight accumulators (accumulator_bits=16)")
-        if isinstance(self.act_clip_bits, bool) or not isinstance(self.act_clip_bits, int) \
-                or not 0 <= self.act_clip_bits <= MAX_ACT_CLIP_BITS:
-            raise ValueError(f"act_clip_bits must be an integer in 0..{MAX_ACT_CLIP_BITS}, got {self.act_clip_bits!r}")
+        check_act_clip_bits(self.act_clip_bits)
         for name in ("act_round", "err_round", "grad_round", "loss_round"):
             if getattr(self, name) not in ROUNDING_MODES:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
