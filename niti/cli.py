@@ -78,6 +78,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--act-clip-bits", type=int, default=defaults.act_clip_bits, metavar="BITS",
                    help=f"activation rescales (all but the input's and the logits') keep BITS more bits of "
                         f"resolution and saturate the batch's few largest values (default {defaults.act_clip_bits})")
+    p.add_argument("--act-clip-share", type=int, default=defaults.act_clip_share, metavar="K",
+                   help=f"clip each activation rescale only as far as saturates at most 2**-K of its batch's values "
+                        f"(0: always the full --act-clip-bits; default {defaults.act_clip_share})")
     p.add_argument("--dropout", default=defaults.dropout, choices=["sample", "batch"],
                    help="dropout masks: one per element, as the float twin's (sample; default) or one per feature "
                         "shared by the batch (batch: the NITI reference's)")
@@ -138,6 +141,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, step_scale=args.step_scale,
                        softmax=args.softmax, dropout=args.dropout,
                        weight_headroom=args.weight_headroom, act_clip_bits=args.act_clip_bits,
+                       act_clip_share=args.act_clip_share,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
                        inference=args.inference, random_bits=args.random_bits, norm_recalibration=args.norm_recalibration,
                        momentum=args.momentum, weight_decay=args.weight_decay, progress=not args.no_progress,

@@ -7,6 +7,7 @@ operations only; nothing is ever cast to a floating-point type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -17,6 +18,9 @@ __all__ = [
     "DEFAULT_ACT_CLIP_BITS",
     "MAX_ACT_CLIP_BITS",
     "check_act_clip_bits",
+    "check_act_clip_share",
+    "clip_for_share",
+    "clip_thresholds",
     "IntTensor",
     "RoundingPolicy",
     "ROUNDING_MODES",
@@ -245,6 +249,37 @@ def check_act_clip_bits(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ACT_CLIP_BITS:
         raise ValueError(f"act_clip_bits must be an integer in 0..{MAX_ACT_CLIP_BITS}, got {value!r}")
     return value
+
+
+#: Largest k of ``act_clip_share`` (at most 2**-k of a batch's values may saturate, §2).
+MAX_ACT_CLIP_SHARE = 30
+#: The default (§10): 0, no bound (every activation rescale clips the full ``act_clip_bits``).
+DEFAULT_ACT_CLIP_SHARE = 0
+
+
+def check_act_clip_share(value: object) -> int:
+    """``value`` if it is an int in ``0..MAX_ACT_CLIP_SHARE`` (§2), else a ``ValueError`` naming ``act_clip_share``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ACT_CLIP_SHARE:
+        raise ValueError(f"act_clip_share must be an integer in 0..{MAX_ACT_CLIP_SHARE}, got {value!r}")
+    return value
+
+
+def clip_thresholds(width: int, target_bits: int, clip_bits: int) -> list[int]:
+    """For c = 1..``clip_bits``: the smallest magnitude that saturates when a tensor of bit width ``width`` is
+    rescaled to ``target_bits`` with a shift c bits less than the one that fits it (§2), i.e.
+    ``2**(target_bits + max(0, width - target_bits - c))``."""
+    return [1 << (target_bits + max(0, width - target_bits - c)) for c in range(1, clip_bits + 1)]
+
+
+def clip_for_share(counts: Sequence[int], total: int, clip_bits: int, share_bits: int) -> int:
+    """The clip c (0..``clip_bits``) an activation rescale takes under a bound of 2**-``share_bits`` on the
+    saturated share (§2): the largest c whose count ``counts[c - 1]`` (values at or above ``clip_thresholds``'
+    c-th entry) times 2**``share_bits`` is at most ``total`` (the values rescaled).  ``share_bits`` 0 bounds
+    nothing: c = ``clip_bits``.  The counts grow with c, so the clips allowed are 0..c."""
+    c = 0
+    while c < clip_bits and counts[c] << share_bits <= total:
+        c += 1
+    return c
 
 
 def calibrate(running: int | None, width: int) -> int:

@@ -20,7 +20,7 @@ from torch import Tensor
 from . import counter_bits
 from .kernels import cpu_round, fused
 from .kernels.workspace import Workspace
-from .numerics import RoundingPolicy, int_dtype_for_bits
+from .numerics import RoundingPolicy, clip_for_share, clip_thresholds, int_dtype_for_bits
 
 __all__ = ["RANDOM_BITS", "Recorder", "Runtime"]
 
@@ -173,24 +173,37 @@ class Runtime:
             width = self.reduce_max(width)
         return max(0, width - target_bits)
 
-    def _rescale_shift(self, t: Tensor, target_bits: int, clip_bits: int, batched: bool) -> int:
-        """The whole-batch shift that fits ``t`` in ``target_bits``, less ``clip_bits`` (see ``rounding``)."""
-        if clip_bits < 0:
-            raise ValueError(f"clip_bits must be >= 0, got {clip_bits}")
-        return self.shift_for_width(fused.max_abs(t).bit_length(), target_bits + clip_bits, batched=batched)
+    def _rescale_shift(self, t: Tensor, target_bits: int, role: str, clip_bits: int, clip_share: int,
+                       batched: bool) -> int:
+        """The whole-batch shift that fits ``t`` in ``target_bits``, less the clip (see ``rounding``)."""
+        if clip_bits < 0 or clip_share < 0:
+            raise ValueError(f"clip_bits and clip_share must be >= 0, got {clip_bits} and {clip_share}")
+        width = fused.max_abs(t).bit_length()
+        if clip_bits == 0 or clip_share == 0:
+            return self.shift_for_width(width, target_bits + clip_bits, batched=batched)
+        if batched:
+            width = self.reduce_max(width)
+        counts = [t.numel(), *fused.count_at_least(t, clip_thresholds(width, target_bits, clip_bits))]
+        if batched and self.world_size > 1:
+            counts = self.reduce_sum(torch.tensor(counts, dtype=torch.int64)).tolist()
+        clip = clip_for_share(counts[1:], counts[0], clip_bits, clip_share)
+        self.record(f"{role}.clip", clip)
+        return max(0, width - target_bits - clip)
 
     def rounding(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True,
-                 clip_bits: int = 0) -> tuple[str, int, Tensor | None]:
+                 clip_bits: int = 0, clip_share: int = 0) -> tuple[str, int, Tensor | None]:
         """``(mode, shift, noise)`` for rescaling ``t`` to ``target_bits``: the whole-batch shift and, for
         stochastic rounding, its draws (made here, in the same order as ``numerics.rescale`` would).
 
         ``clip_bits`` c: the shift is c smaller than the one that fits the largest magnitude, so the values
         keep c more bits of resolution and the few above ``2**(width - c)`` saturate (docs/numerics.md §2).
+        ``clip_share`` k > 0 bounds the saturated share: c is the largest clip up to ``clip_bits`` that saturates
+        at most 2**-k of the whole batch's values (counted over all ranks).
         """
         if target_bits < 1:
             raise ValueError(f"target_bits must be >= 1, got {target_bits}")
         mode = self.mode(role)
-        shift = self._rescale_shift(t, target_bits, clip_bits, batched)
+        shift = self._rescale_shift(t, target_bits, role, clip_bits, clip_share, batched)
         if self.recorder is not None:
             self.record(f"{role}.acc", t)
             self.record(f"{role}.shift", shift)
@@ -200,7 +213,7 @@ class Runtime:
         return mode, shift, noise
 
     def rescale(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True,
-                clip_bits: int = 0) -> tuple[Tensor, int]:
+                clip_bits: int = 0, clip_share: int = 0) -> tuple[Tensor, int]:
         """``numerics.rescale`` with this runtime's mode for ``role`` and whole-batch bit width.
 
         Bit-identical to ``numerics.rescale(t, target_bits, mode, bit_width=..., noise=...)`` (with
@@ -211,14 +224,15 @@ class Runtime:
         if self.mode(role) == "stochastic" and self.random_bits == "counter" and self.recorder is None \
                 and fused.c_loops_allowed() and cpu_round.applies_stochastic(t, 1, target_bits, out_dtype):
             # The CPU's C pass hashes each element's word in the rounding loop: the same draw, no noise tensor.
-            shift = self._rescale_shift(t, target_bits, clip_bits, batched)
+            shift = self._rescale_shift(t, target_bits, role, clip_bits, clip_share, batched)
             if cpu_round.applies_stochastic(t, shift, target_bits, out_dtype):
                 keys = self.counter_keys("rounding", tuple(t.shape), batched=batched)
                 return cpu_round.round_clip_stochastic(t, shift, target_bits, keys.start, keys.k1, keys.k2), shift
             # Shift 0 (no draw) or a width of 32 bits (-2**31 present): the compiled chain, the same draw.
             noise = self.uniform(1 << shift, tuple(t.shape), batched=batched, device=t.device) if shift else None
             return fused.round_clip(t, shift, "stochastic", target_bits, out_dtype, noise), shift
-        mode, shift, noise = self.rounding(t, target_bits, role, batched=batched, clip_bits=clip_bits)
+        mode, shift, noise = self.rounding(t, target_bits, role, batched=batched, clip_bits=clip_bits,
+                                           clip_share=clip_share)
         return fused.round_clip(t, shift, mode, target_bits, out_dtype, noise), shift
 
     def rescale_static(self, t: Tensor, target_bits: int, shift: int, role: str) -> Tensor:

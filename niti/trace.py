@@ -8,7 +8,8 @@ under names that say where and what (docs/inference.md, "Step traces"):
 - ``batch.images`` / ``batch.labels``, ``step``, ``generator.*`` (the seeded generators' states),
   ``<param>.before.{m,master,velocity,e,master_e}``: everything the step starts from;
 - ``input.out`` and ``<layer>.out`` (``.out.e``: the exponent): forward outputs;
-- ``<scope>.<role>.acc`` / ``.shift``: each wide tensor before it was narrowed and the shift chosen,
+- ``<scope>.<role>.acc`` / ``.shift``: each wide tensor before it was narrowed and the shift chosen (``.clip``:
+  the clip a share-bounded activation rescale chose),
   ``<scope>.noise``: the random draws of stochastic rounding; ``<layer>.mask``: a dropout mask;
 - ``loss.softmax_grad`` and ``loss.err``: the integer loss gradient;
 - ``<layer>.err`` (error reaching the layer's output), ``<layer>.err_in<k>`` (error to its k-th input),

@@ -187,12 +187,14 @@ def test_act_clip_bits_flag_reaches_the_model_and_its_checkpoint(tmp_path: Path,
     out = tmp_path / "clip"
     assert main(["train", "--model", "lenet", "--dataset", str(mnist_small_npz), "--batch-size", "32", "--val-size",
                  "300", "--threads", "1", "--no-progress", "--out", str(out), "--max-steps", "4",
-                 "--act-clip-bits", "1"]) == 0
-    assert json.loads((out / "config.json").read_text())["act_clip_bits"] == 1
+                 "--act-clip-bits", "1", "--act-clip-share", "6"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["act_clip_bits"] == 1 and saved["act_clip_share"] == 6
     model, config, _ = load_model(out)
     logits = output_site(model.net)
     assert config.act_clip_bits == model.act_clip_bits == 1 and logits.clip_bits == 0
-    assert {m.clip_bits for m in model.net.modules() if m is not logits} == {1}
+    assert config.act_clip_share == model.act_clip_share == 6
+    assert {(m.clip_bits, m.clip_share) for m in model.net.modules() if m is not logits} == {(1, 6)}
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
@@ -211,7 +213,8 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     (["--checkpoint-every", "-2"], "checkpoint_every"), (["--nproc", "0"], "nproc"),
     (["--weight-headroom", "9"], "weight_headroom"),
     (["--weight-headroom", "2", "--accumulator-bits", "8"], "weight_headroom"),
-    (["--act-clip-bits", "5"], "act_clip_bits"), (["--act-clip-bits", "-1"], "act_clip_bits")])
+    (["--act-clip-bits", "5"], "act_clip_bits"), (["--act-clip-bits", "-1"], "act_clip_bits"),
+    (["--act-clip-share", "-1"], "act_clip_share"), (["--act-clip-share", "31"], "act_clip_share")])
 def test_bad_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
                                         word: str) -> None:
     import torch

@@ -40,7 +40,11 @@ CONFIGS = {
     "vgg-stochastic": ("vgg-small-7", "cifar10", RoundingPolicy.all("stochastic"), 8, 4, 2),
     # Integer batch norm: per-channel sums over both ranks (mean, deviation, the backward's means), running stats.
     "resnet-20": ("resnet-20", "cifar10", RoundingPolicy(), 16, 8, 2),
+    # Activation clipping bounded by a share of the whole batch: each rank counts its slice, the sums choose.
+    "clip-share": ("lenet", "mnist", RoundingPolicy(), 16, 32, 4),
 }
+#: Build options beyond CONFIGS' columns.
+OPTIONS = {"clip-share": {"act_clip_bits": 2, "act_clip_share": 7}}  # 7: a rank's own count would choose differently
 PREDICT_BATCH = 64
 EVAL_IMAGES = 67  # batches of 32, 32 and 3: the last cannot be split over 2 ranks
 WORKER = "WORKER"
@@ -69,7 +73,7 @@ def _train(name: str, data_dir: Path, info: DistInfo | None, *, audit: bool = Fa
 
     arch, dataset, policy, acc_bits, batch, steps = CONFIGS[name]
     images, labels = _load(data_dir, dataset, batch * steps)
-    model = build(arch, seed=3, policy=policy, accumulator_bits=acc_bits, total_steps=steps)
+    model = build(arch, seed=3, policy=policy, accumulator_bits=acc_bits, total_steps=steps, **OPTIONS.get(name, {}))
     if info is not None:
         attach(model, info)
         if tamper is not None:
@@ -355,14 +359,16 @@ def test_fingerprint_covers_per_layer_gb_offsets() -> None:
 
 
 def test_fingerprint_covers_numerics_2_settings() -> None:
-    """Ranks that differ only in update rule, softmax or input scale must be told apart before any step."""
+    """Ranks that differ only in update rule, softmax, input scale, dropout masks or activation clipping must be told
+    apart before any step."""
     from niti.distributed import replica_fingerprint
     from niti.models import build
     from niti.optim import UpdateRule
 
     base = replica_fingerprint(build("lenet", seed=0))
     for kwargs, field in (({"rule": UpdateRule(momentum_shift=2)}, "rule"), ({"softmax": "coarse"}, "softmax"),
-                          ({"scale": (50,)}, "scale")):
+                          ({"scale": (50,)}, "scale"), ({"dropout": "batch"}, "dropout"),
+                          ({"act_clip_bits": 2}, "activation_clip"), ({"act_clip_share": 6}, "activation_clip")):
         other = replica_fingerprint(build("lenet", seed=0, **kwargs))
         assert {k for k in base if base[k] != other[k]} == {field}
 

@@ -92,6 +92,42 @@ def test_round_clip_matches_numerics_rescale(mode: str, dtype: torch.dtype, targ
     _assert_compiled(fused._clip)
 
 
+@pytest.mark.parametrize("mode", numerics.ROUNDING_MODES)
+def test_int32_minimum_keeps_its_sign(mode: str) -> None:
+    """-2**31's int32 magnitude wraps; the chains (compiled and eager) round it as ``numerics.round_shift`` does in
+    int64, at every shift (the first version returned +64 for it at width 32)."""
+    t = torch.tensor([-(2**31), -(2**31) + 1, 2**31 - 1, -(2**30), 5, -5, 0], dtype=torch.int32)
+    g = torch.Generator().manual_seed(2)
+    for shift in (1, 2, 17, 24, 25, 30):
+        noise = torch.randint(0, 1 << shift, t.shape, generator=g) if mode == "stochastic" else None
+        want = numerics.round_shift(t, shift, mode, noise=noise).clamp(-(2**31 - 1), 2**31 - 1)
+        args = [t, fused._scalar(shift, torch.int32), fused._scalar(2**31 - 1, torch.int32)]
+        args += [noise] if noise is not None else []
+        for chain in (fused._round_clip, fused._round_clip.eager):
+            got = chain(*args, mode=mode, work=torch.int32, out=torch.int64)
+            assert torch.equal(got, want.to(torch.int64)), (mode, shift, chain)
+        assert int(fused.round_clip(t, shift, mode, 7, torch.int8, noise)[0]) < 0
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16])
+def test_count_at_least_is_exact(dtype: torch.dtype) -> None:
+    """``count_at_least`` (the share-bounded clip's counts, docs/numerics.md §2) equals a Python count of
+    magnitudes, compiled and eager, with ±2**31 and the thresholds' own values present; empty and no thresholds."""
+    for seed in range(3):
+        t = _wide_values(dtype, 5000, seed)
+        if dtype == torch.int32:
+            t = torch.cat([t, torch.tensor([-(2**31), 2**31 - 1, 1 << 20, -(1 << 20)], dtype=dtype)])
+        values = t.tolist()
+        for thresholds in ([1], [1 << 20, 1 << 19, 1 << 18], [128, 128], [1 << 31], [1 << 14, 3]):
+            want = [sum(abs(v) >= th for v in values) for th in thresholds]
+            assert fused.count_at_least(t, thresholds) == want, (dtype, thresholds)
+            limits = torch.tensor(thresholds, dtype=torch.int64)
+            assert fused._count_at_least.eager(t, limits, n=len(thresholds)).tolist() == want
+    assert fused.count_at_least(torch.zeros(0, dtype=dtype), [4, 2]) == [0, 0]
+    assert fused.count_at_least(t, []) == []
+    _assert_compiled(fused._count_at_least)
+
+
 def test_round_clip_keeps_shape_and_checks_noise() -> None:
     t = torch.arange(-60, 60, dtype=torch.int32).view(3, 4, 10) * 1000
     out = fused.round_clip(t, 10, "nearest", 7, torch.int8)

@@ -246,9 +246,10 @@ def test_trace_of_a_user_model_checks(tmp_path: Path, mnist_small_npz: Path, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     fit(TrainConfig(model="tracenets:net", dataset=str(mnist_small_npz), batch_size=16, max_steps=3, val_size=300,
-                    progress=False, out=str(out), act_round="stochastic"))
-    trace_run(out, tmp_path / "t.npz")
-    assert check_trace(tmp_path / "t.npz") > 30
+                    progress=False, out=str(out), act_round="stochastic", act_clip_bits=2, act_clip_share=4))
+    names = [t["name"] for t in trace_run(out, tmp_path / "t.npz")["tensors"]]
+    assert [n for n in names if n.endswith(".clip")] == ["0.activation.clip", "2.activation.clip"]  # not the logits
+    assert check_trace(tmp_path / "t.npz") == len(names) > 30
 
 
 def test_trace_of_a_vgg_run_with_dropout_checks(tmp_path: Path, cifar10: dict) -> None:

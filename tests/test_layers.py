@@ -24,8 +24,9 @@ WIDE_BITS = 30
 class WideRuntime(Runtime):
     """A runtime whose rescale keeps ``WIDE_BITS`` bits: int32 accumulators pass through unrounded."""
 
-    def rescale(self, t: torch.Tensor, target_bits: int, role: str, *, batched: bool = True, clip_bits: int = 0):
-        return super().rescale(t, WIDE_BITS, role, batched=batched, clip_bits=clip_bits)
+    def rescale(self, t: torch.Tensor, target_bits: int, role: str, *, batched: bool = True, clip_bits: int = 0,
+                clip_share: int = 0):
+        return super().rescale(t, WIDE_BITS, role, batched=batched, clip_bits=clip_bits, clip_share=clip_share)
 
 
 def _gen(seed: int) -> torch.Generator:

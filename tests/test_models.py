@@ -95,11 +95,16 @@ def test_dropout_masks_are_per_sample_by_default_and_a_config_from_before_keeps_
 def test_a_config_from_before_activation_clipping_keeps_the_fitted_rescale() -> None:
     from niti.train import TrainConfig
 
-    old = {k: v for k, v in TrainConfig().to_dict().items() if k != "act_clip_bits"}  # written before the key
-    assert TrainConfig.from_dict(old).act_clip_bits == 0
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in ("act_clip_bits", "act_clip_share")}
+    assert TrainConfig.from_dict(old).act_clip_bits == TrainConfig.from_dict(old).act_clip_share == 0
+    share_less = {k: v for k, v in TrainConfig(act_clip_bits=2).to_dict().items() if k != "act_clip_share"}
+    assert TrainConfig.from_dict(share_less).act_clip_share == 0  # written before the share bound: the full clip
     for bad in (-1, 5, 1.0):
         with pytest.raises(ValueError, match="act_clip_bits"):
             TrainConfig(act_clip_bits=bad)
+    for bad in (-1, 31, True):
+        with pytest.raises(ValueError, match="act_clip_share"):
+            TrainConfig(act_clip_share=bad)
 
 
 def test_build_rejects_unknown_names_and_bad_means() -> None:

@@ -217,3 +217,64 @@ def test_clip_bits_must_not_be_negative() -> None:
 
     with pytest.raises(ValueError, match="clip_bits"):
         Runtime().rescale(torch.tensor([5], dtype=torch.int32), 7, "activation", clip_bits=-1)
+
+
+def ref_share_shift(xs: list[int], target: int, clip: int, k: int) -> int:
+    """§2's share-bounded clip with Python ints: the smallest shift at most ``clip`` below the fitting one (and
+    >= 0) at which at most 2**-k of the values are past the target's range before rounding."""
+    fit = max(0, max(abs(x) for x in xs).bit_length() - target)
+    for shift in range(max(0, fit - clip), fit + 1):
+        past = sum(abs(x) >> shift >= 1 << target for x in xs)
+        if past * 2**k <= len(xs):
+            return shift
+    raise AssertionError("the fitting shift saturates nothing")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(ints, st.sampled_from([-(2**31), 2**31 - 1, 127, 128, -128, 0])), min_size=1, max_size=300),
+       st.integers(0, 4), st.integers(1, 10), st.integers(1, 4))
+def test_clip_share_saturates_at_most_its_share(xs: list[int], clip: int, k: int, copies: int) -> None:
+    """``clip_share`` k (§2): the shift is the smallest within ``clip_bits`` of the fitting one that saturates at
+    most 2**-k of the values, as the pure-Python reference counts them; the output is ``rescale`` at that shift
+    (the C stochastic pass too, once past its size threshold)."""
+    from niti.runtime import Runtime
+
+    t = torch.tensor(xs * copies, dtype=torch.int32)
+    want_shift = ref_share_shift(xs * copies, 7, clip, k)
+    for mode in ("nearest", "stochastic"):
+        rt = Runtime(RoundingPolicy(activation=mode), seed=5)
+        out, shift = rt.rescale(t, 7, "activation", clip_bits=clip, clip_share=k)
+        assert shift == want_shift
+        _, _, noise = Runtime(RoundingPolicy(activation=mode), seed=5).rounding(t, 7, "activation", clip_bits=clip,
+                                                                                  clip_share=k)
+        want, _ = rescale(t, 7, mode, bit_width=shift + 7, noise=noise)
+        assert torch.equal(out, want)
+
+
+def test_clip_share_zero_is_the_full_clip_and_bounds_are_checked() -> None:
+    """k = 0 bounds nothing (the fixed clip); a share bound lets a short-tailed batch keep its fitting shift and a
+    long-tailed one clip; negative values and out-of-range settings are refused by name."""
+    from niti.numerics import check_act_clip_share, clip_for_share, clip_thresholds
+    from niti.runtime import Runtime
+
+    flat = torch.arange(-1000, 1001, dtype=torch.int32)  # uniform: c = 1 saturates |x| >= 512, about half
+    tail = torch.cat([torch.full((999,), 10, dtype=torch.int32), torch.tensor([1000], dtype=torch.int32)])
+    rt = Runtime()
+    assert rt.rescale(flat, 7, "activation", clip_bits=2, clip_share=0)[1] == 1
+    assert rt.rescale(flat, 7, "activation", clip_bits=2, clip_share=1)[1] == 2  # 978 of 2,001 saturate
+    assert rt.rescale(flat, 7, "activation", clip_bits=2, clip_share=2)[1] == 3
+    assert rt.rescale(tail, 7, "activation", clip_bits=2, clip_share=6)[1] == 1  # one in 1,000 saturates
+    assert rt.rescale(tail, 7, "activation", clip_bits=2, clip_share=10)[1] == 3
+    from niti import integer_only
+
+    with integer_only() as mode:  # the count is integer work too
+        assert rt.rescale(tail, 7, "activation", clip_bits=2, clip_share=6)[1] == 1
+    assert mode.ops > 0
+    assert clip_thresholds(10, 7, 3) == [512, 256, 128] and clip_thresholds(8, 7, 2) == [128, 128]
+    assert clip_for_share([0, 3, 9], 200, 3, 6) == 2 and clip_for_share([5, 5], 10, 2, 0) == 2
+    assert check_act_clip_share(6) == 6
+    for bad in (-1, 31, True, 2.0):
+        with pytest.raises(ValueError, match="act_clip_share"):
+            check_act_clip_share(bad)
+    with pytest.raises(ValueError, match="clip_share"):
+        rt.rescale(flat, 7, "activation", clip_bits=1, clip_share=-1)

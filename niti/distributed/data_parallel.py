@@ -145,6 +145,8 @@ def replica_fingerprint(model) -> dict[str, str]:  # noqa: ANN001 - an IntegerMo
         "scale": str(model.scale.tolist()),
         "rule": repr(model.rule),
         "softmax": model.softmax,
+        "dropout": model.dropout,
+        "activation_clip": f"{model.act_clip_bits},{model.act_clip_share}",
     }
 
 

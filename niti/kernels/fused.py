@@ -182,12 +182,37 @@ def max_abs(t: Tensor) -> int:
     return max(hi, -lo)
 
 
+def _count_at_least_chain(t: Tensor, thresholds: Tensor, *, n: int) -> Tensor:
+    a = t.to(torch.int64).abs()  # int64: |-2**31| fits
+    return torch.stack([(a >= thresholds[i]).sum() for i in range(n)])
+
+
+_count_at_least = Fused(_count_at_least_chain)
+
+
+def count_at_least(t: Tensor, thresholds: list[int]) -> list[int]:
+    """For each threshold, how many elements of integer ``t`` have a magnitude at least that large: one pass
+    (compiled), exact in any path."""
+    if not thresholds:
+        return []
+    if t.numel() == 0:
+        return [0] * len(thresholds)
+    limits = torch.tensor(thresholds, dtype=torch.int64, device=t.device)
+    return _count_at_least(t.reshape(-1), limits, n=len(thresholds)).tolist()
+
+
 # ------------------------------------------------------- rounding and clip
 
 
 def _round_magnitude(a: Tensor, shift: Tensor, mode: str, noise: Tensor | None) -> Tensor:
-    """``a >> shift`` rounded with ``mode`` for magnitudes ``a >= 0`` and ``shift >= 1`` (docs/numerics.md §3)."""
+    """``a >> shift`` rounded with ``mode`` for magnitudes ``a >= 0`` and ``shift >= 1`` (docs/numerics.md §3).
+
+    In int32 the magnitude of -2**31 wraps to -2**31, whose bits are those of 2**31 read unsigned: the quotient
+    is masked to the ``32 - shift`` bits a logical shift would leave (a no-op for every other value), so that
+    value keeps its sign as in ``numerics.round_shift``'s int64 arithmetic."""
     q = a >> shift
+    if a.dtype == torch.int32:
+        q = q & (((1 << (31 - shift)) - 1) * 2 + 1)  # 2**(32 - shift) - 1, formed without overflow
     if mode == "nearest":
         return q + ((a >> (shift - 1)) & 1)  # low >= 2**(shift-1), without forming 2**shift
     if mode == "truncate":

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..numerics import DEFAULT_ACT_CLIP_BITS, RoundingPolicy
+from ..numerics import DEFAULT_ACT_CLIP_BITS, DEFAULT_ACT_CLIP_SHARE, RoundingPolicy
 from ..optim import GbSchedule, UpdateRule
 from .architectures import ARCHITECTURES, Architecture, get_architecture, import_factory, is_factory_path
 from .convert import SUPPORTED, UnsupportedModule, convert
@@ -23,7 +23,8 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
           scale: tuple[int, ...] | None = None, rule: UpdateRule | None = None, softmax: str = "precise",
           full_range_init: bool = True, input_shape: tuple[int, int, int] | None = None,
           inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
-          dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS) -> IntegerModel:
+          dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS,
+          act_clip_share: int = DEFAULT_ACT_CLIP_SHARE) -> IntegerModel:
     """An ``IntegerModel`` for a name in ``ARCHITECTURES`` (``"lenet"``, ``"vgg-small-7"``, ...) or a
     ``MODULE:FACTORY`` path (then ``input_shape`` (H, W, C) is required).
 
@@ -35,13 +36,14 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
     ``weight_headroom``: bits of room the convolution and linear int16 masters get above their initial range.
     ``dropout``: ``"sample"`` (a mask per element, as torch's) or ``"batch"`` (one per feature for the whole batch,
     the NITI reference's).  ``act_clip_bits``: bits of resolution every activation rescale but the logits' gains
-    by saturating its batch's largest values (docs/numerics.md §2).
+    by saturating its batch's largest values; ``act_clip_share`` k > 0 clips each batch only as far as saturates at
+    most 2**-k of its values (docs/numerics.md §2).
     """
     return IntegerModel(get_architecture(name, input_shape), seed=seed, policy=policy, schedule=schedule,
                         accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean, gb_offsets=gb_offsets,
                         scale=scale, rule=rule, softmax=softmax, full_range_init=full_range_init,
                         inference=inference, random_bits=random_bits, weight_headroom=weight_headroom,
-                        dropout=dropout, act_clip_bits=act_clip_bits)
+                        dropout=dropout, act_clip_bits=act_clip_bits, act_clip_share=act_clip_share)
 
 
 def from_torch(module: torch.nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,

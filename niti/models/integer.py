@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from .. import nn
-from ..numerics import (DEFAULT_ACT_CLIP_BITS, INPUT_SCALE_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate,
-                        check_act_clip_bits, static_shift)
+from ..numerics import (DEFAULT_ACT_CLIP_BITS, DEFAULT_ACT_CLIP_SHARE, INPUT_SCALE_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate,
+                        check_act_clip_bits, check_act_clip_share, static_shift)
 from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
 from .architectures import Architecture
@@ -97,7 +97,8 @@ class IntegerModel:
                  gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
                  rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True,
                  inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
-                 dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS) -> None:
+                 dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS,
+                 act_clip_share: int = DEFAULT_ACT_CLIP_SHARE) -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
         if dropout not in nn.DROPOUT_MASKS:
@@ -125,11 +126,15 @@ class IntegerModel:
             if isinstance(layer, nn.Dropout):
                 layer.mask = dropout
         check_act_clip_bits(act_clip_bits)
+        check_act_clip_share(act_clip_share)
         #: Bits of resolution every activation rescale but the logits' buys by saturating its batch's largest
         #: values (docs/numerics.md §2).
         self.act_clip_bits = act_clip_bits
+        #: k > 0: each of those rescales clips only as far as saturates at most 2**-k of its batch's values.
+        self.act_clip_share = act_clip_share
         for layer in self.net.modules():
             layer.clip_bits = act_clip_bits
+            layer.clip_share = act_clip_share
         site = output_site(self.net)
         if site is not None:  # clipped logits tie in the argmax: the logits' static shift keeps a bit of room
             site.static_headroom = OUTPUT_HEADROOM

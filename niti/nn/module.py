@@ -129,20 +129,24 @@ class Module:
         #: Bits of resolution the activation rescale buys by saturating the largest values (docs/numerics.md §2;
         #: 0 at the logits' site).
         self.clip_bits = 0
+        #: k > 0: the clip is the largest up to ``clip_bits`` that saturates at most 2**-k of the batch (§2).
+        self.clip_share = 0
 
     def rescale_activation(self, t: Tensor, ctx: dict | None) -> tuple[Tensor, int]:
         """``rescale(t, 7, act_mode)``: whole-batch shift in training (which updates the calibration when
         ``ctx`` is given); the calibrated static shift in evaluation when ``static_inference`` is on.
-        The batch's shift is ``clip_bits`` below the one that fits its largest value."""
+        The batch's shift is ``clip_bits`` below the one that fits its largest value (fewer where ``clip_share``
+        bounds the saturated share)."""
         if self.training:
-            out, shift = self.runtime.rescale(t, 7, "activation", clip_bits=self.clip_bits)
+            out, shift = self.runtime.rescale(t, 7, "activation", clip_bits=self.clip_bits,
+                                              clip_share=self.clip_share)
             if ctx is not None:
                 self.calibration = calibrate(self.calibration, shift + 7)
             return out, shift
         if self.static_inference and self.calibration is not None:
             shift = static_shift(self.calibration, headroom=self.static_headroom)
             return self.runtime.rescale_static(t, 7, shift, "activation"), shift
-        return self.runtime.rescale(t, 7, "activation", clip_bits=self.clip_bits)
+        return self.runtime.rescale(t, 7, "activation", clip_bits=self.clip_bits, clip_share=self.clip_share)
 
     def forward(self, x: IntTensor, ctx: dict | None = None) -> IntTensor:  # pragma: no cover - interface
         raise NotImplementedError

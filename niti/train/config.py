@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from ..nn.layers import DROPOUT_MASKS
 from ..nn.loss import SOFTMAXES
-from ..numerics import DEFAULT_ACT_CLIP_BITS, ROUNDING_MODES, RoundingPolicy, check_act_clip_bits
+from ..numerics import (DEFAULT_ACT_CLIP_BITS, DEFAULT_ACT_CLIP_SHARE, ROUNDING_MODES, RoundingPolicy,
+                        check_act_clip_bits, check_act_clip_share)
 from ..optim import GbSchedule, UpdateRule
 from ..runtime import RANDOM_BITS
 
@@ -32,7 +33,7 @@ def default_val_size(n_train: int) -> int:
 #: What a config written before the ``numerics`` key meant (the first version's defaults).
 _NUMERICS_1 = {"numerics": 1, "err_round": "nearest", "batch_ref": 0, "momentum_shift": 0, "decay_shift": 0, "softmax": "coarse",
                "full_range_init": False, "input_std": False, "accumulator_bits": 8,
-               "random_bits": "generator", "act_clip_bits": 0}
+               "random_bits": "generator", "act_clip_bits": 0, "act_clip_share": 0}
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class TrainConfig:
     #: Bits of resolution each activation rescale but the logits' gains by saturating the batch's largest values
     #: (docs/numerics.md §2); configs without the key had 0.
     act_clip_bits: int = DEFAULT_ACT_CLIP_BITS
+    #: k > 0: each of those rescales clips only as far as saturates at most 2**-k of its batch's values
+    #: (docs/numerics.md §2); configs without the key had 0 (no bound).
+    act_clip_share: int = DEFAULT_ACT_CLIP_SHARE
     softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
     full_range_init: bool = True  # initial mantissas fill ±127 (False: ±bound_m, the first version)
     input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
@@ -113,6 +117,7 @@ class TrainConfig:
         if self.weight_headroom and self.accumulator_bits != 16:
             raise ValueError("weight_headroom needs 16-bit weight accumulators (accumulator_bits=16)")
         check_act_clip_bits(self.act_clip_bits)
+        check_act_clip_share(self.act_clip_share)
         for name in ("act_round", "err_round", "grad_round", "loss_round"):
             if getattr(self, name) not in ROUNDING_MODES:
                 raise ValueError(f"{name} must be one of {ROUNDING_MODES}, got {getattr(self, name)!r}")
@@ -196,6 +201,8 @@ class TrainConfig:
             d = {**d, "dropout": "batch"}
         if "act_clip_bits" not in d:  # written before activation clipping: the rescale fitted the largest value
             d = {**d, "act_clip_bits": 0}
+        if "act_clip_share" not in d:  # written before the share bound: the full act_clip_bits at every batch
+            d = {**d, "act_clip_share": 0}
         return cls(**d)
 
     def replace(self, **changes: object) -> "TrainConfig":
