@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from niti import integer_only, numerics
-from niti.kernels import conv, fused, pool
+from niti.kernels import conv, cpu_chains, fused, pool
 from niti.kernels.matmul import MAX_K_INT32
 from niti.kernels.workspace import Workspace
 from niti.models import build
@@ -112,7 +112,8 @@ def test_int32_minimum_keeps_its_sign(mode: str) -> None:
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16])
 def test_count_at_least_is_exact(dtype: torch.dtype) -> None:
     """``count_at_least`` (the share-bounded clip's counts, docs/numerics.md §2) equals a Python count of
-    magnitudes, compiled and eager, with ±2**31 and the thresholds' own values present; empty and no thresholds."""
+    magnitudes, in the C loop, compiled and eager, with ±2**31 and the thresholds' own values present; empty and no
+    thresholds."""
     for seed in range(3):
         t = _wide_values(dtype, 5000, seed)
         if dtype == torch.int32:
@@ -123,6 +124,9 @@ def test_count_at_least_is_exact(dtype: torch.dtype) -> None:
             assert fused.count_at_least(t, thresholds) == want, (dtype, thresholds)
             limits = torch.tensor(thresholds, dtype=torch.int64)
             assert fused._count_at_least.eager(t, limits, n=len(thresholds)).tolist() == want
+            assert fused._count_at_least(t, limits, n=len(thresholds)).tolist() == want  # compiled
+            if dtype == torch.int32 and cpu_chains.available(t):  # the C loop, over the one-thread threshold
+                assert cpu_chains.count_at_least(t.repeat(20), thresholds) == [20 * w for w in want]
     assert fused.count_at_least(torch.zeros(0, dtype=dtype), [4, 2]) == [0, 0]
     assert fused.count_at_least(t, []) == []
     _assert_compiled(fused._count_at_least)

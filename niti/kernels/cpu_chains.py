@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
-__all__ = ["MODES", "SOURCE", "available", "col2im", "relu_backward", "sgd_update"]
+__all__ = ["MODES", "SOURCE", "available", "col2im", "count_at_least", "relu_backward", "sgd_update"]
 
 SOURCE = csrc("chains.c")
 #: Rounding modes of the update's loop, by their code in the C source.
@@ -44,6 +44,7 @@ def _lib() -> ctypes.CDLL | None:
     return bind_library(SOURCE, {
         "niti_relu_backward_i8": (None, [PTR, PTR, LONG, PTR, INT]),
         "niti_col2im_i32": (None, [PTR, LONG, LONG, LONG, INT, INT, LONG, INT, INT, PTR, INT]),
+        "niti_count_at_least_i32": (None, [PTR, LONG, PTR, PTR, INT]),
         **{f"niti_sgd_update_{g}_{w}": sgd for g in _GRAD.values() for w in _WEIGHT.values()},
     })
 
@@ -61,6 +62,25 @@ def relu_backward(err: Tensor, y: Tensor) -> Tensor | None:
     out = torch.empty(err.shape, dtype=torch.int8)
     _lib().niti_relu_backward_i8(err.data_ptr(), y.data_ptr(), err.numel(), out.data_ptr(), torch.get_num_threads())
     return out
+
+
+#: Thresholds one call of the count loop takes.
+COUNT_THRESHOLDS = 4
+_UINT32_MAX = (1 << 32) - 1
+
+
+def count_at_least(t: Tensor, thresholds: list[int]) -> list[int] | None:
+    """How many of int32 ``t``'s values have a magnitude of at least each threshold (at most ``COUNT_THRESHOLDS``,
+    each >= 1); None unless ``t`` is int32 on the CPU."""
+    if t.dtype != torch.int32 or not 1 <= len(thresholds) <= COUNT_THRESHOLDS or min(thresholds) < 1 \
+            or not available(t):
+        return None
+    t = t.contiguous()
+    padded = [min(th, _UINT32_MAX) for th in thresholds] + [_UINT32_MAX] * (COUNT_THRESHOLDS - len(thresholds))
+    limits = torch.tensor(padded, dtype=torch.int64).to(torch.uint32)
+    out = torch.zeros(COUNT_THRESHOLDS, dtype=torch.int64)
+    _lib().niti_count_at_least_i32(t.data_ptr(), t.numel(), limits.data_ptr(), out.data_ptr(), torch.get_num_threads())
+    return out.tolist()[:len(thresholds)]
 
 
 def col2im(cols: Tensor, kernel: tuple[int, int], padding: tuple[int, int], out: Tensor | None = None) -> Tensor | None:

@@ -191,12 +191,14 @@ _count_at_least = Fused(_count_at_least_chain)
 
 
 def count_at_least(t: Tensor, thresholds: list[int]) -> list[int]:
-    """For each threshold, how many elements of integer ``t`` have a magnitude at least that large: one pass
-    (compiled), exact in any path."""
+    """For each threshold (>= 1), how many elements of integer ``t`` have a magnitude at least that large: one pass
+    (int32 on the CPU: a C loop, ``cpu_chains.count_at_least``; else compiled), exact in any path."""
     if not thresholds:
         return []
     if t.numel() == 0:
         return [0] * len(thresholds)
+    if c_loops_allowed() and (counts := cpu_chains.count_at_least(t, thresholds)) is not None:
+        return counts
     limits = torch.tensor(thresholds, dtype=torch.int64, device=t.device)
     return _count_at_least(t.reshape(-1), limits, n=len(thresholds)).tolist()
 

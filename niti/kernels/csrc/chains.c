@@ -1,5 +1,5 @@
 /* The fused chains of niti.kernels.fused as C loops for the CPU (niti.kernels.cpu_chains): the ReLU backward, the
- * stride-1 col2im and the momentum-SGD update (docs/numerics.md sections 4-5).  The chains' eager twins are the
+ * stride-1 col2im, the momentum-SGD update (docs/numerics.md sections 4-5) and the clip's magnitude counts (section 2).  The chains' eager twins are the
  * reference and the fallback, and the tests pin these loops against them bit for bit.  With these (and the other
  * csrc loops) a training step on an AVX2 CPU compiles nothing at run time, so a fresh process starts at once.
  *
@@ -19,6 +19,29 @@ void niti_relu_backward_i8(const int8_t *restrict err, const int8_t *restrict y,
     if (n < NITI_SMALL) nt = 1;
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (long i = 0; i < n; i++) out[i] = (int8_t)(err[i] & -(y[i] > 0)); /* a mask, not a branch: it vectorises */
+}
+
+/* out[j] = how many of x's n int32 values have |x| >= t[j], j < 4 (the share-bounded clip's counts, docs/numerics.md
+ * section 2).  Magnitudes as uint32, so |-2**31| = 2**31 is exact; a threshold past 2**31 counts nothing.  Counts are
+ * sums, the same for any thread count. */
+void niti_count_at_least_i32(const int32_t *restrict x, long n, const uint32_t *restrict t, int64_t *restrict out,
+                             int nt) {
+    const uint32_t t0 = t[0], t1 = t[1], t2 = t[2], t3 = t[3];
+    int64_t c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+    if (n < NITI_SMALL) nt = 1;
+#pragma omp parallel for schedule(static) num_threads(nt) reduction(+ : c0, c1, c2, c3)
+    for (long i = 0; i < n; i++) {
+        int32_t v = x[i];
+        uint32_t a = v < 0 ? (uint32_t)0 - (uint32_t)v : (uint32_t)v;
+        c0 += a >= t0;
+        c1 += a >= t1;
+        c2 += a >= t2;
+        c3 += a >= t3;
+    }
+    out[0] = c0;
+    out[1] = c1;
+    out[2] = c2;
+    out[3] = c3;
 }
 
 /* Stride-1 col2im: cols (n, ho, wo, kh, kw, c) int32, out (n, h, w, c) with h = ho + kh - 1 - 2 ph and
