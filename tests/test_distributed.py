@@ -383,7 +383,7 @@ def test_replicas_are_compared_as_integer_digests_not_pickles(monkeypatch) -> No
 
     a, b = build("lenet", seed=0), build("lenet", seed=1)
     da, db = fingerprint_digests(a), fingerprint_digests(b)
-    assert da.dtype == torch.uint8 and da.shape == (13, 32)
+    assert da.dtype == torch.uint8 and da.shape == (15, 32)  # one SHA-256 per fingerprint field
     assert torch.equal(da, fingerprint_digests(build("lenet", seed=0)))
     assert not torch.equal(da[1], db[1]) and torch.equal(da[0], db[0])  # weights differ, architecture agrees
 
