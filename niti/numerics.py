@@ -240,15 +240,20 @@ OUTPUT_HEADROOM = 1
 #: Most bits an activation rescale may trade for resolution by saturating the batch's largest values (§2).
 MAX_ACT_CLIP_BITS = 4
 #: The default (§10): none yet; c = 2 gains a point on the 40-epoch CIFAR-10 comparison but slows LeNet's
-#: first steps (results/mnist-clip/short-run.md).
+#: first steps (results/mnist-clip/short-run.md), which a share bound (below) avoids.
 DEFAULT_ACT_CLIP_BITS = 0
+
+
+def _check_int_setting(name: str, value: object, top: int) -> int:
+    """``value`` if it is an int (not a bool) in ``0..top``, else a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+        raise ValueError(f"{name} must be an integer in 0..{top}, got {value!r}")
+    return value
 
 
 def check_act_clip_bits(value: object) -> int:
     """``value`` if it is an int in ``0..MAX_ACT_CLIP_BITS`` (§2), else a ``ValueError`` naming ``act_clip_bits``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ACT_CLIP_BITS:
-        raise ValueError(f"act_clip_bits must be an integer in 0..{MAX_ACT_CLIP_BITS}, got {value!r}")
-    return value
+    return _check_int_setting("act_clip_bits", value, MAX_ACT_CLIP_BITS)
 
 
 #: Largest k of ``act_clip_share`` (at most 2**-k of a batch's values may saturate, §2).
@@ -259,9 +264,7 @@ DEFAULT_ACT_CLIP_SHARE = 0
 
 def check_act_clip_share(value: object) -> int:
     """``value`` if it is an int in ``0..MAX_ACT_CLIP_SHARE`` (§2), else a ``ValueError`` naming ``act_clip_share``."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ACT_CLIP_SHARE:
-        raise ValueError(f"act_clip_share must be an integer in 0..{MAX_ACT_CLIP_SHARE}, got {value!r}")
-    return value
+    return _check_int_setting("act_clip_share", value, MAX_ACT_CLIP_SHARE)
 
 
 def clip_thresholds(width: int, target_bits: int, clip_bits: int) -> list[int]:
