@@ -181,8 +181,9 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                    for s in seeds]
                 # Issue 12: share-bounded activation clipping (docs/numerics.md §2) on a network with batch norm and
                 # residual adds, whose rescales it clips too; stochastic errors, as the default.
-                + [(f"r20e-clip2k6-s{s}", [*common, "--act-clip-bits", "2", "--act-clip-share", "6", "--seed", str(s)])
-                   for s in seeds])
+                + [(f"r20e-clip2k{k}-s{s}", [*common, "--act-clip-bits", "2", "--act-clip-share", str(k),
+                                             "--seed", str(s)])
+                   for k in (5, 6) for s in seeds])
     if name == "cifar-quarter":  # issue 12: the converged CIFAR-10 comparison that fits this CPU (resumable)
         runs = [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
                                      "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
