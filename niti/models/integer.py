@@ -10,8 +10,8 @@ import torch
 from torch import Tensor
 
 from .. import nn
-from ..numerics import (DEFAULT_ACT_CLIP_BITS, DEFAULT_ACT_CLIP_SHARE, INPUT_SCALE_BITS, OUTPUT_HEADROOM, IntTensor, RoundingPolicy, calibrate,
-                        check_act_clip_bits, check_act_clip_share, static_shift)
+from ..numerics import (DEFAULT_ACT_CLIP_BITS, DEFAULT_ACT_CLIP_SHARE, INPUT_SCALE_BITS, OUTPUT_HEADROOM, IntTensor,
+                        RoundingPolicy, calibrate, check_act_clip_bits, check_act_clip_share, static_shift)
 from ..optim import GbSchedule, UpdateRule, apply_update, check_update
 from ..runtime import Runtime
 from .architectures import Architecture

@@ -1,7 +1,8 @@
 /* The fused chains of niti.kernels.fused as C loops for the CPU (niti.kernels.cpu_chains): the ReLU backward, the
- * stride-1 col2im, the momentum-SGD update (docs/numerics.md sections 4-5) and the clip's magnitude counts (section 2).  The chains' eager twins are the
- * reference and the fallback, and the tests pin these loops against them bit for bit.  With these (and the other
- * csrc loops) a training step on an AVX2 CPU compiles nothing at run time, so a fresh process starts at once.
+ * stride-1 col2im, the momentum-SGD update (docs/numerics.md sections 4-5) and the clip's magnitude counts (section
+ * 2).  The chains' eager twins are the reference and the fallback, and the tests pin these loops against them bit for
+ * bit.  With these (and the other csrc loops) a training step on an AVX2 CPU compiles nothing at run time, so a fresh
+ * process starts at once.
  *
  * Integer instructions only.  Every element is independent (col2im: every image), so the thread count cannot change
  * a bit.  Pointers are `restrict`: the caller passes distinct tensors.
