@@ -183,7 +183,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 # residual adds, whose rescales it clips too; stochastic errors, as the default.
                 + [(f"r20e-clip2k{k}-s{s}", [*common, "--act-clip-bits", "2", "--act-clip-share", str(k),
                                              "--seed", str(s)])
-                   for k in (5, 6) for s in seeds])
+                   for k in (5, 6, 8) for s in seeds])
     if name == "cifar-quarter":  # issue 12: the converged CIFAR-10 comparison that fits this CPU (resumable)
         runs = [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
                                      "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
@@ -220,7 +220,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             (f"q-int-clip2k{k}-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
                                        str(a.batch_size or 128), "--act-clip-bits", "2", "--act-clip-share", str(k),
                                        "--seed", str(s)])
-            for k in (6, 5, 4) for s in seeds]
+            for k in (6, 5, 4, 8) for s in seeds]
     if name == "mnist-clip":  # issue 12: does activation clipping (cifar-quarter's q-int-clip*) hold on MNIST
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
         return [(f"lenet-int-clip{c}-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
@@ -229,7 +229,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             (f"lenet-int-clip2k{k}-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
                                            str(a.batch_size or 128), "--act-clip-bits", "2", "--act-clip-share",
                                            str(k), "--seed", str(s)])
-            for k in (6, 4) for s in seeds]
+            for k in (6, 5, 4, 8) for s in seeds]
     if name == "cifar-quarter-lr":  # issue 12: the float twin's lr for the quarter VGG, chosen on validation
         # lr 0.01 (the then untuned fallback) is err-round-check's q-float-s0 (run before lr 0.05 became the default).
         q = ["--model", "vgg-small-7-quarter", "--arith", "float", "--epochs", str(a.epochs), "--batch-size",
