@@ -220,7 +220,20 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             (f"q-int-clip2k{k}-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
                                        str(a.batch_size or 128), "--act-clip-bits", "2", "--act-clip-share", str(k),
                                        "--seed", str(s)])
-            for k in (6, 5, 4, 8) for s in seeds]
+            for k in (6, 5, 4, 8) for s in seeds] + [
+            # Initial weights within the Xavier bound, as the float twin draws them (--no-full-range-init): the
+            # default's full int8 range is 1.05-1.8x the bound per layer, so its initial logits are ~8x the twin's
+            # (the product over the 7 layers of a network without normalisation).
+            (f"q-int-xinit-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
+                                   str(a.batch_size or 128), "--no-full-range-init", "--seed", str(s)])
+            for s in seeds] + [
+            # Float SGD's own step (--step-scale exponent: proportional to the summed gradient, not rescaled per
+            # tensor and step) at the twin's lr 0.05 (gb 5) and 100x annealing, on the twin's initial scale: does
+            # the per-tensor rescale cause the late underfitting that twin-diagnostics/upd-s0 points at?
+            (f"q-int-sgd-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
+                                 str(a.batch_size or 128), "--step-scale", "exponent", "--no-full-range-init",
+                                 "--gb-schedule", "5,5/3,-5/3@1/2,3/4", "--seed", str(s)])
+            for s in seeds]
     if name == "mnist-clip":  # issue 12: does activation clipping (cifar-quarter's q-int-clip*) hold on MNIST
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
         return [(f"lenet-int-clip{c}-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
