@@ -61,6 +61,12 @@ def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
     return runs
 
 
+#: Issue 12: the float twin's own recipe in integers: float SGD's step (proportional to the summed gradient, not
+#: rescaled per tensor and step), gb 5 = the twin's lr 0.05, its 100x annealing (x0.1 at 50 %, x0.01 at 75 %), and
+#: initial weights within the Xavier bound, as the twin draws them.
+SGD_STEP_FLAGS = ["--step-scale", "exponent", "--no-full-range-init", "--gb-schedule", "5,5/3,-5/3@1/2,3/4"]
+
+
 def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
     seeds = [int(s) for s in a.seeds.split(",")]
     if name == "mnist-1epoch":
@@ -183,7 +189,9 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 # residual adds, whose rescales it clips too; stochastic errors, as the default.
                 + [(f"r20e-clip2k{k}-s{s}", [*common, "--act-clip-bits", "2", "--act-clip-share", str(k),
                                              "--seed", str(s)])
-                   for k in (5, 6, 8) for s in seeds])
+                   for k in (5, 6, 8) for s in seeds]
+                # Issue 12: float SGD's own step on the twin's recipe (cifar-quarter's q-int-sgd).
+                + [(f"r20e-sgd-s{s}", [*common, *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds])
     if name == "cifar-quarter":  # issue 12: the converged CIFAR-10 comparison that fits this CPU (resumable)
         runs = [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
                                      "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
@@ -231,8 +239,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             # tensor and step) at the twin's lr 0.05 (gb 5) and 100x annealing, on the twin's initial scale: does
             # the per-tensor rescale cause the late underfitting that twin-diagnostics/upd-s0 points at?
             (f"q-int-sgd-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
-                                 str(a.batch_size or 128), "--step-scale", "exponent", "--no-full-range-init",
-                                 "--gb-schedule", "5,5/3,-5/3@1/2,3/4", "--seed", str(s)])
+                                 str(a.batch_size or 128), *SGD_STEP_FLAGS, "--seed", str(s)])
             for s in seeds]
     if name == "mnist-clip":  # issue 12: does activation clipping (cifar-quarter's q-int-clip*) hold on MNIST
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
@@ -292,6 +299,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return [(f"lenet-int-{tag}-s{s}", [*common, *extra, "--seed", str(s)])
                 for tag, extra in (("anneal100", ["--gb-schedule", "5,5/3,-5/3@1/2,3/4"]), ("default", []))
                 for s in seeds]
+    if name == "mnist-sgd":  # issue 12: does float SGD's own step (cifar-quarter's q-int-sgd) hold on LeNet / MNIST
+        # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
+        return [(f"lenet-int-sgd-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
+                                         str(a.batch_size or 128), *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds]
     if name == "mnist-headroom":  # issue 12: does two bits of weight headroom hold on LeNet / MNIST (validation)
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
         return [(f"lenet-int-h2-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
@@ -323,8 +334,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         # Seed 0: sample is results/cifar-dropout/probe-sample-s0 (the same draws), batch err-round-check's
         # q-int-errsto-s0 (the same command).
         q = ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
-        return [(f"q-int-dropout-{mask}-s{s}", [*q, "--dropout", mask, "--seed", str(s)])
-                for mask in ("sample", "batch") for s in seeds]
+        return ([(f"q-int-dropout-{mask}-s{s}", [*q, "--dropout", mask, "--seed", str(s)])
+                 for mask in ("sample", "batch") for s in seeds]
+                # Issue 12: the float twin's recipe in integers (cifar-quarter's q-int-sgd) at this length, against
+                # the per-element default (the sample arm).
+                + [(f"q-int-dropout-sample-sgd-s{s}", [*q, *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds])
     if name == "mnist-ablation-items":  # issue 12: items 1-4 each off on MNIST with today's defaults (validation)
         # The base (defaults) is err-round-check's lenet-int-errsto-s*: the same commands.
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
@@ -357,7 +371,7 @@ def main() -> int:
                                       "resnet-update", "resnet-errors", "err-round-check",
                                       "cifar-quarter", "cifar-ablation", "cifar-quarter-lr",
                                       "cifar-quarter-gb", "mnist-offsets", "mnist-anneal", "mnist-headroom", "mnist-decay",
-                                      "mnist-clip", "cifar-quarter-step", "mnist-ablation-items", "cifar-dropout"])
+                                      "mnist-clip", "cifar-quarter-step", "mnist-ablation-items", "cifar-dropout", "mnist-sgd"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
