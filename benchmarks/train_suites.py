@@ -155,7 +155,13 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         return [(f"resnet-{arith}-s{s}", ["--model", "benchmarks.user_models:small_resnet", "--dataset", "mnist",
                                           "--arith", arith, "--epochs", str(a.epochs),
                                           "--batch-size", str(a.batch_size or 64), "--seed", str(s)])
-                for arith in ("int", "float") for s in seeds]
+                for arith in ("int", "float") for s in seeds] + [
+            # 2026-12-02: the integer arm again with that day's defaults (float SGD's step); the resnet-int-s*
+            # rows ran the per-tensor step (add --step-scale max --full-range-init --gb-schedule
+            # 5,4,3,2@0.25,0.5,0.75 to their commands to reproduce them).
+            (f"resnet-int-sgd-s{s}", ["--model", "benchmarks.user_models:small_resnet", "--dataset", "mnist",
+                                      "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 64),
+                                      "--seed", str(s)]) for s in seeds]
     if name == "resnet-norm":  # issue 14: normalisation choices (and the float twin's lr) on a short ResNet-20 run
         common = ["--dataset", "cifar10", "--batch-size", str(a.batch_size or 128), "--epochs", str(a.epochs)]
         return ([(f"r20-l1bn-int-s{s}", ["--model", "resnet-20", *common, "--seed", str(s)]) for s in seeds]

@@ -54,7 +54,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gb-schedule", default=defaults.gb_schedule,
                    help=f"gradient bit widths (the step size) and the fractions of training where they change "
                         f"(default {defaults.gb_schedule}; fractional values such as 4.5 decay by less than x2; "
-                        f"values below 1, down to -7, need 16-bit accumulators)")
+                        f"with --step-scale max, values below 1 (down to -7) need 16-bit accumulators)")
     p.add_argument("--gb-offsets", default="", metavar="O1,O2,... | NAME=O,...",
                    help="gb offsets added to the scheduled gb: one per parameter tensor, input to output (e.g. "
                         "0,0,0,0,0,0,2: larger steps for VGG-small-7's classifier), or by parameter or layer name "
@@ -69,9 +69,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decay-shift", type=int, default=defaults.decay_shift,
                    help=f"integer weight decay 2**(gb - D) per step (default {defaults.decay_shift}: none)")
     p.add_argument("--step-scale", choices=["max", "exponent"], default=defaults.step_scale,
-                   help="how a gradient becomes a step: rescaled to gb bits per tensor (max, the paper's; default) "
-                        "or float SGD's, 2**(gb - 20) times the real summed gradient (exponent: gb 5 at batch 128 "
-                        "is float's lr 0.05 with momentum)")
+                   help="how a gradient becomes a step: float SGD's, 2**(gb - 20) times the real summed gradient "
+                        "(exponent, the default: gb 5 is float's lr 0.05 with momentum), or rescaled to gb bits per "
+                        "tensor (max, the paper's; pair it with --gb-schedule 5,4,3,2@0.25,0.5,0.75 "
+                        "--full-range-init, numerics 2's first defaults)")
     p.add_argument("--weight-headroom", type=int, default=defaults.weight_headroom, metavar="BITS",
                    help=f"bits of room above their initial range for convolution and linear weights (16-bit "
                         f"accumulators; default {defaults.weight_headroom})")
@@ -87,7 +88,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--softmax", default=defaults.softmax, choices=["precise", "coarse"],
                    help="integer softmax of the loss gradient (coarse: the first version's, for ablations)")
     p.add_argument("--full-range-init", action=argparse.BooleanOptionalAction, default=defaults.full_range_init,
-                   help="initial int8 mantissas fill ±127 (default on)")
+                   help="initial int8 mantissas fill ±127 (default off: within the Xavier bound, the float "
+                        "twin's scale)")
     p.add_argument("--input-std", action=argparse.BooleanOptionalAction, default=defaults.input_std,
                    help="divide the integer input by the per-channel std (default on)")
     p.add_argument("--random-bits", choices=["counter", "generator"], default=defaults.random_bits,

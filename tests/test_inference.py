@@ -132,7 +132,8 @@ def test_an_untrained_model_falls_back_to_batch_shifts() -> None:
 
 
 def test_a_failed_step_leaves_the_calibration_as_it_was(trained: dict, mnist: dict) -> None:
-    model = niti.build("lenet", seed=1, total_steps=10, accumulator_bits=8)
+    model = niti.build("lenet", seed=1, total_steps=10, accumulator_bits=8, rule=niti.optim.UpdateRule(step_scale="max"),
+                       schedule=niti.GbSchedule.per_tensor())
     x, y = _mnist(mnist, 0, 16)
     model.train_step(x, y)
     before = model.calibration_state()

@@ -86,7 +86,10 @@ def test_parse_values() -> None:
     assert GbSchedule.parse("4") == GbSchedule.constant(4) == GbSchedule((4,), ())
     from niti.train import TrainConfig
 
-    assert str(GbSchedule()) == "5,4,3,2@0.25,0.5,0.75" == TrainConfig().gb_schedule
+    assert str(GbSchedule()) == "5,5/3,-5/3@0.5,0.75" == TrainConfig().gb_schedule
+    assert GbSchedule.parse("5,5/3,-5/3@1/2,3/4") == GbSchedule()
+    assert str(GbSchedule.per_tensor()) == "5,4,3,2@0.25,0.5,0.75"
+    assert GbSchedule.parse("5,4,3,2@0.25,0.5,0.75") == GbSchedule.per_tensor()
 
 
 @settings(max_examples=100, deadline=None)
@@ -114,14 +117,40 @@ def test_schedule_validation(values, boundaries, match: str) -> None:
 
 
 def test_gb_below_1_needs_16bit_accumulators() -> None:
+    """With the per-tensor rescale a step below one int8 LSB needs an int16 master."""
+    from niti.optim import UpdateRule
+
     s = GbSchedule.parse("3,0,-3@0.5,0.75")
     s.check_accumulator_bits(16)
     with pytest.raises(ValueError, match="16-bit weight accumulators"):
         s.check_accumulator_bits(8)
     GbSchedule.parse("5,4,3@0.5,0.75").check_accumulator_bits(8)
+    per_tensor = UpdateRule(step_scale="max")
     with pytest.raises(ValueError, match="16-bit weight accumulators"):
-        niti.build("lenet", schedule=s, accumulator_bits=8)  # rejected before any weight exists
-    assert niti.build("lenet", schedule=s, accumulator_bits=16).schedule == s
+        niti.build("lenet", schedule=s, accumulator_bits=8, rule=per_tensor)  # rejected before any weight exists
+    assert niti.build("lenet", schedule=s, accumulator_bits=16, rule=per_tensor).schedule == s
+
+
+def test_float_sgd_step_takes_any_gb_with_int8_weights() -> None:
+    """With float SGD's step gb is a log2 learning rate: int8 masters take gb below 1 (the default schedule's
+    -5/3), where a step rounds mostly to 0, and never move further than at gb 5."""
+    from niti.optim import UpdateRule
+
+    s = GbSchedule.parse("3,0,-3@0.5,0.75")
+    s.check_accumulator_bits(8, step_scale="exponent")
+    assert niti.build("lenet", schedule=s, accumulator_bits=8).schedule == s
+    model = niti.build("lenet", accumulator_bits=8, total_steps=4)  # the default schedule reaches -5/3
+    assert model.rule == UpdateRule() and model.rule.step_scale == "exponent" and min(model.schedule.values) < 1
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (16, 28, 28, 1), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (16,), generator=g)
+    moved = {}
+    for gb in (Fraction(5), Fraction(-5, 3)):
+        m = niti.build("lenet", accumulator_bits=8, schedule=GbSchedule.constant(gb), total_steps=1)
+        before = [p.m.clone() for p in m.parameters()]
+        m.train_step(images, labels)
+        moved[gb] = sum(int((p.m.int() - b.int()).abs().sum()) for p, b in zip(m.parameters(), before))
+    assert moved[Fraction(-5, 3)] < moved[Fraction(5)] and moved[Fraction(5)] > 0
 
 
 def test_per_layer_gb_offsets_are_added_to_the_scheduled_gb() -> None:
@@ -156,11 +185,14 @@ def test_per_layer_gb_offsets_are_added_to_the_scheduled_gb() -> None:
 @pytest.mark.parametrize("offsets,bits,match", [
     ((0, 0, 1), 16, "one value per parameter tensor"),
     ((0, 0, 0, 3), 16, "outside -7..7"),  # 5 + 3 = 8
-    ((-5, 0, 0, 0), 8, "16-bit weight accumulators"),  # 3 - 5 < 1 with int8 weights
+    ((-5, 0, 0, 0), 8, "16-bit weight accumulators"),  # 2 - 5 < 1 with int8 weights and the per-tensor rescale
 ])
 def test_bad_gb_offsets_are_rejected(offsets, bits: int, match: str) -> None:
+    from niti.optim import UpdateRule
+
     with pytest.raises(ValueError, match=match):
-        niti.build("lenet", gb_offsets=offsets, accumulator_bits=bits)
+        niti.build("lenet", gb_offsets=offsets, accumulator_bits=bits, rule=UpdateRule(step_scale="max"),
+                   schedule=GbSchedule.per_tensor())
 
 
 def test_parse_offsets() -> None:
@@ -423,7 +455,7 @@ def test_update_rule_matches_python_reference(gb, mode, wide, batch_ref, k, d, b
 
     if not wide and gb < 1:
         gb = Fraction(3)
-    rule = UpdateRule(batch_ref, k, d)
+    rule = UpdateRule(batch_ref, k, d, step_scale="max")
     ms = data.draw(st.lists(st.integers(-127, 127), min_size=len(grads), max_size=len(grads)))
     p = IntParameter(torch.tensor(ms, dtype=torch.int8), -7, accumulator_bits=16 if wide else 8)
     w = [v * 256 for v in ms] if wide else list(ms)
@@ -448,7 +480,7 @@ def test_batch_scaled_step_is_proportional_to_batch() -> None:
     for batch in (256, 128, 64):
         p = IntParameter(torch.zeros(4, dtype=torch.int8), 0, accumulator_bits=16)
         p.grad = grad.clone()
-        apply_update(p, 5, _nearest_runtime(), UpdateRule(256, 0, 0), batch)
+        apply_update(p, 5, _nearest_runtime(), UpdateRule(256, 0, 0, step_scale="max"), batch)
         steps[batch] = (-p.master).tolist()
     assert steps[256] == [4096, -2048, 3072, 0]  # 21 bits rescaled to gb 5 + 8 = 13: the paper's step
     assert steps[128] == [2048, -1024, 1536, 0] and steps[64] == [1024, -512, 768, 0]
@@ -488,23 +520,42 @@ def test_update_rule_validation() -> None:
     p = IntParameter(torch.zeros(2, dtype=torch.int8), 0)
     p.grad = torch.tensor([5, 6], dtype=torch.int32)
     with pytest.raises(ValueError, match="batch size"):
+        apply_update(p, 5, _nearest_runtime(), UpdateRule(step_scale="max"))
+    with pytest.raises(ValueError, match="batch size"):  # the default scales float SGD's step by 128 / batch
         apply_update(p, 5, _nearest_runtime(), UpdateRule())
+    with pytest.raises(ValueError, match="grad_e"):  # float SGD's step (the default) places G by its exponent
+        apply_update(p, 5, _nearest_runtime(), UpdateRule(), 128)
 
 
 # --------------------------------------------------------------------------- float SGD's step (step_scale="exponent")
+class _Unrepresentable(Exception):
+    """The reference's shift is outside what the update can do: apply_update must refuse it."""
+
+
 def ref_exponent_update(w: list[int], grads: list[int], grad_e: int, master_e: int, vel: list[int] | None,
-                        gb: Fraction, mode: str, wide: bool, k: int, d: int) -> tuple[list[int], list[int] | None, int]:
-    """numerics.md §5 with ``step_scale="exponent"``, unbounded Python ints: (weights, velocity, clipped count)."""
+                        gb: Fraction, mode: str, wide: bool, k: int, d: int,
+                        batch: int | None = None) -> tuple[list[int], list[int] | None, int]:
+    """numerics.md §5 with ``step_scale="exponent"``, unbounded Python ints: (weights, velocity, clipped count).
+    ``batch``: the step is scaled by 128 / batch (a shift by ceil(log2 batch) - 7 and a Q8 multiplier)."""
     fv, limit, bits = 8, (32767 if wide else 127), (15 if wide else 7)
     gi = gb.numerator // gb.denominator
     s = master_e + 20 - gi - grad_e  # the summed gradient times 2**(gb - 20), in master units: a right shift s
+    p = _py_pow2_q8(gb - gi)
+    if batch is not None:
+        j = 0
+        while 2**j < batch:
+            j += 1
+        s += j - 7
+        p = (2 * p * 2**j + batch) // (2 * batch)  # round(p · 2**j / batch)
+    if not -bits <= s <= fv + 62:
+        raise _Unrepresentable(s)
     g_max = (2 ** (bits + s) - 1) if s > 0 else (2 ** bits - 1) >> -s
     clipped = sum(abs(g) > g_max for g in grads)
     x = [max(-(2 ** (bits + fv) - 1), min(2 ** (bits + fv) - 1, _py_round(max(-g_max, min(g_max, g)), s - fv, mode)))
          for g in grads]
     if d:
         x = [xi + _py_round(wi, d - gi - fv, "nearest") for xi, wi in zip(x, w)]
-    x = [_py_round(xi * _py_pow2_q8(gb - gi), 8, "nearest") for xi in x]
+    x = [_py_round(xi * p, 8, "nearest") for xi in x]
     if k:
         vel = [v + _py_round(xi - v, k, "nearest") for v, xi in zip(vel or [0] * len(x), x)]
         x = vel
@@ -515,15 +566,16 @@ def ref_exponent_update(w: list[int], grads: list[int], grad_e: int, master_e: i
 @settings(max_examples=60, deadline=None)
 @given(st.sampled_from([Fraction(v) for v in (1, 3, 5, 7)] + [Fraction(5, 3), Fraction(-5, 3), Fraction(-7)]),
        st.sampled_from(["nearest", "pseudo_stochastic", "truncate"]), st.booleans(), st.integers(0, 5),
-       st.sampled_from([0, 12, 17]), st.integers(-40, 10), st.sampled_from([1, 64, 256]),
-       st.lists(st.integers(-2**30, 2**30), min_size=1, max_size=24), st.data())
-def test_exponent_step_matches_python_reference(gb, mode, wide, k, d, grad_e, batch, grads, data) -> None:
-    """Float SGD's step from the gradient's exponent, with momentum, decay and the counted clip: bit for bit."""
+       st.sampled_from([0, 12, 17]), st.integers(-40, 10), st.sampled_from([1, 64, 100, 128, 256, 1000]),
+       st.booleans(), st.lists(st.integers(-2**30, 2**30), min_size=1, max_size=24), st.data())
+def test_exponent_step_matches_python_reference(gb, mode, wide, k, d, grad_e, batch, per_mean, grads, data) -> None:
+    """Float SGD's step from the gradient's exponent, with momentum, decay, the counted clip and (batch_ref set)
+    the scale 128 / batch: bit for bit."""
     from niti.optim import UpdateRule
 
     if not wide and gb < 1:
         gb = Fraction(3)
-    rule = UpdateRule(256, k, d, "exponent")
+    rule = UpdateRule(256 if per_mean else 0, k, d, "exponent")
     ms = data.draw(st.lists(st.integers(-127, 127), min_size=len(grads), max_size=len(grads)))
     p = IntParameter(torch.tensor(ms, dtype=torch.int8), -7, accumulator_bits=16 if wide else 8)
     w, master_e = ([v * 256 for v in ms], -15) if wide else (list(ms), -7)
@@ -531,8 +583,14 @@ def test_exponent_step_matches_python_reference(gb, mode, wide, k, d, grad_e, ba
     for step in range(3):
         g = [v * (step + 1) // 2 - step for v in grads]
         p.grad, p.grad_e = torch.tensor(g, dtype=torch.int64), grad_e + step
-        apply_update(p, gb, Runtime(RoundingPolicy(gradient=mode)), rule, batch)  # batch: unused by this rule
-        w, vel, c = ref_exponent_update(w, g, grad_e + step, master_e, vel, gb, mode, wide, k, d)
+        try:
+            w, vel, c = ref_exponent_update(w, g, grad_e + step, master_e, vel, gb, mode, wide, k, d,
+                                            batch if per_mean else None)
+        except _Unrepresentable:
+            with pytest.raises(ValueError, match="outside what"):
+                apply_update(p, gb, Runtime(RoundingPolicy(gradient=mode)), rule, batch)
+            return
+        apply_update(p, gb, Runtime(RoundingPolicy(gradient=mode)), rule, batch)
         clipped += c
         assert (p.master if wide else p.m).tolist() == w
         assert p.step_clips == clipped
@@ -562,12 +620,12 @@ def test_exponent_step_needs_the_gradient_exponent_and_changes_nothing() -> None
     before = p.master.clone()
     p.grad = torch.tensor([100, 200], dtype=torch.int32)
     with pytest.raises(ValueError, match="grad_e"):
-        apply_update(p, 5, _nearest_runtime(), UpdateRule(step_scale="exponent"))
+        apply_update(p, 5, _nearest_runtime(), UpdateRule(step_scale="exponent"), 128)
     assert torch.equal(p.master, before) and p.velocity is None
     for grad_e in (-80, 20):  # a shift past 62 bits; one gradient unit already past the step cap
         p.grad_e = grad_e
         with pytest.raises(ValueError, match="outside what"):
-            apply_update(p, 5, _nearest_runtime(), UpdateRule(step_scale="exponent"))
+            apply_update(p, 5, _nearest_runtime(), UpdateRule(step_scale="exponent"), 128)
         assert torch.equal(p.master, before) and p.velocity is None and p.step_clips == 0
     with pytest.raises(ValueError, match="step_scale"):
         UpdateRule(step_scale="lr")
@@ -588,3 +646,21 @@ def test_exponent_step_trains_every_model_under_the_audit() -> None:
             model.train_step(images, labels)
         assert model.weights_sha256() != before
         assert all(p.grad is None for p in model.parameters())
+
+
+def test_exponent_step_is_float_sgd_on_the_mean_loss_at_any_batch() -> None:
+    """With batch_ref set (the default) the step is 128 / batch times the summed gradient's: the same real gradient
+    summed over twice the images moves the weights as far (float SGD's lr on the mean loss), and batch 128 is
+    the summed rule's step bit for bit."""
+    from niti.optim import UpdateRule
+
+    def step(batch: int, rule: UpdateRule) -> list[int]:
+        p = IntParameter(torch.zeros(3, dtype=torch.int8), -7, accumulator_bits=16)
+        p.grad, p.grad_e = torch.tensor([3 << 20, -(1 << 20), 5 << 16], dtype=torch.int32) * batch, -30
+        apply_update(p, 5, _nearest_runtime(), rule, batch)
+        return p.master.tolist()
+
+    mean, summed = UpdateRule(256, 0, 0, "exponent"), UpdateRule(0, 0, 0, "exponent")
+    assert step(128, mean) == step(128, summed) == [v // 128 for v in step(1, summed)]
+    assert step(64, mean) == step(128, mean) == step(256, mean) == step(1, mean)
+    assert step(100, mean) == step(128, mean)  # 128 / 100 = 1.28: a Q8 multiplier, exact here

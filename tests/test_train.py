@@ -101,9 +101,10 @@ def test_bad_config_is_rejected() -> None:
         TrainConfig(grad_round="banker")
     with pytest.raises(ValueError, match="gradient bit widths"):
         TrainConfig(gb_schedule="9")
-    with pytest.raises(ValueError, match="--accumulator-bits 16"):  # gb <= 0 with int8 weights
-        TrainConfig(gb_schedule="3,0,-3@0.5,0.75", accumulator_bits=8)
-    TrainConfig(gb_schedule="3,0,-3@0.5,0.75", accumulator_bits=16)
+    with pytest.raises(ValueError, match="--accumulator-bits 16"):  # gb <= 0 with int8 weights, per-tensor step
+        TrainConfig(gb_schedule="3,0,-3@0.5,0.75", accumulator_bits=8, step_scale="max")
+    TrainConfig(gb_schedule="3,0,-3@0.5,0.75", accumulator_bits=8)  # float SGD's step: gb is a log2 rate
+    TrainConfig(gb_schedule="3,0,-3@0.5,0.75", accumulator_bits=16, step_scale="max")
     TrainConfig(arith="float", gb_schedule="3,0,-3@0.5,0.75")  # the float twin has no gb
     with pytest.raises(ValueError, match="outside -7..7"):
         TrainConfig(gb_offsets="0,0,0,3")  # 5 + 3

@@ -21,7 +21,7 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
           accumulator_bits: int = 16, total_steps: int | None = None,
           mean: tuple[int, ...] | None = None, gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None,
           scale: tuple[int, ...] | None = None, rule: UpdateRule | None = None, softmax: str = "precise",
-          full_range_init: bool = True, input_shape: tuple[int, int, int] | None = None,
+          full_range_init: bool = False, input_shape: tuple[int, int, int] | None = None,
           inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
           dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS,
           act_clip_share: int = DEFAULT_ACT_CLIP_SHARE) -> IntegerModel:

@@ -349,7 +349,7 @@ def _batch_preserved(args: tuple) -> bool:
 
 
 def convert(module: tnn.Module, input_shape: tuple[int, int, int], *, generator: torch.Generator,
-            accumulator_bits: int = 16, full_range_init: bool = True) -> tuple[nn.Graph, int]:
+            accumulator_bits: int = 16, full_range_init: bool = False) -> tuple[nn.Graph, int]:
     """The integer graph of ``module`` for NHWC inputs of ``input_shape`` and its number of classes.
 
     Weights are drawn from ``generator`` in the order the forward first uses them.

@@ -95,7 +95,7 @@ class IntegerModel:
                  schedule: GbSchedule | None = None, accumulator_bits: int = 16,
                  total_steps: int | None = None, mean: tuple[int, ...] | None = None,
                  gb_offsets: tuple[int, ...] | Mapping[str, int] | None = None, scale: tuple[int, ...] | None = None,
-                 rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = True,
+                 rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = False,
                  inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
                  dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS,
                  act_clip_share: int = DEFAULT_ACT_CLIP_SHARE) -> None:
@@ -148,7 +148,7 @@ class IntegerModel:
                 p.make_headroom(weight_headroom)
         # Added to the scheduled gb per parameter tensor (input to output): e.g. a larger step for the classifier.
         self.gb_offsets = resolve_gb_offsets(gb_offsets, self.parameter_names())
-        self.schedule.check_accumulator_bits(accumulator_bits, self.gb_offsets)
+        self.schedule.check_accumulator_bits(accumulator_bits, self.gb_offsets, self.rule.step_scale)
         self.runtime = Runtime(policy or RoundingPolicy(), seed, random_bits=random_bits)
         self.net.set_runtime(self.runtime)
         self.inference = inference

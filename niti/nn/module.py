@@ -48,10 +48,25 @@ class IntParameter:
         self.grad: Tensor | None = None
         #: The exponent of ``grad`` (real gradient = grad · 2**grad_e), set with it by the layer's backward.
         self.grad_e: int | None = None
-        #: Weights whose step was clipped (``step_scale="exponent"``, niti.optim): counted, never silent.
-        self.step_clips = 0
+        #: Weights whose step was clipped (``step_scale="exponent"``, niti.optim): counted, never silent. An
+        #: integer tensor summed on the gradient's device, so counting reads nothing back inside the step;
+        #: ``step_clips`` reads it (metrics, between steps).
+        self._step_clips: Tensor | int = 0
         #: int32 momentum velocity (docs/numerics.md §5), created by the first update that uses momentum.
         self.velocity: Tensor | None = None
+
+    @property
+    def step_clips(self) -> int:
+        """How many weight steps were clipped so far (``step_scale="exponent"``); a host read."""
+        return int(self._step_clips)
+
+    @step_clips.setter
+    def step_clips(self, value: int) -> None:
+        self._step_clips = value
+
+    def count_step_clips(self, clipped: Tensor) -> None:
+        """Add ``clipped`` (an integer count, on any device) to ``step_clips`` without reading it back."""
+        self._step_clips = clipped.to(torch.int64) + self._step_clips
 
     def refresh_datapath(self) -> None:
         """Re-derive the int8 datapath weight from the int16 master (nearest rounding)."""

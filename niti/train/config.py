@@ -33,7 +33,7 @@ def default_val_size(n_train: int) -> int:
 #: What a config written before the ``numerics`` key meant (the first version's defaults).
 _NUMERICS_1 = {"numerics": 1, "err_round": "nearest", "batch_ref": 0, "momentum_shift": 0, "decay_shift": 0, "softmax": "coarse",
                "full_range_init": False, "input_std": False, "accumulator_bits": 8,
-               "random_bits": "generator", "act_clip_bits": 0, "act_clip_share": 0}
+               "random_bits": "generator", "act_clip_bits": 0, "act_clip_share": 0, "step_scale": "max"}
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,18 @@ class TrainConfig:
     err_round: str = "stochastic"  # chosen on validation (docs/numerics.md §10); nearest is the reference's
     grad_round: str = "pseudo_stochastic"
     loss_round: str = "stochastic"
-    gb_schedule: str = "5,4,3,2@0.25,0.5,0.75"  # chosen on validation (results/numerics2-mnist)
+    #: The float twin's lr schedule in gb (lr 0.05, x0.1 at 50 %, x0.01 at 75 %) for float SGD's step; chosen on
+    #: validation with it (results/cifar-quarter, results/mnist-sgd). The per-tensor step's: 5,4,3,2@0.25,0.5,0.75.
+    gb_schedule: str = "5,5/3,-5/3@0.5,0.75"
     accumulator_bits: int = 16
     gb_offsets: str = ""  # one gb offset per weight layer, e.g. "0,0,0,0,0,0,2"; "" for none
     batch_ref: int = 256  # the step scales with batch / batch_ref; 0: batch-independent (the paper's)
     momentum_shift: int = 3  # integer momentum, velocity decay 1 - 2**-k; 0: none
     decay_shift: int = 0  # weight decay 2**(gb - D) per step; 0: none
-    #: "max": each gradient rescaled to gb bits per tensor (the paper's); "exponent": float SGD's step,
-    #: 2**(gb - 20) times the real summed gradient (docs/numerics.md §5).
-    step_scale: str = "max"
+    #: "exponent": float SGD's step, 2**(gb - 20) times the real summed gradient (the default since 2026-12-02);
+    #: "max": each gradient rescaled to gb bits per tensor (the paper's; docs/numerics.md §5). Configs without the
+    #: key had "max".
+    step_scale: str = "exponent"
     #: Bits of room above their initial range for convolution and linear int16 masters (docs/numerics.md §6).
     weight_headroom: int = 0
     #: Bits of resolution each activation rescale but the logits' gains by saturating the batch's largest values
@@ -80,7 +83,9 @@ class TrainConfig:
     #: (docs/numerics.md §2); configs without the key had 0 (no bound).
     act_clip_share: int = DEFAULT_ACT_CLIP_SHARE
     softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
-    full_range_init: bool = True  # initial mantissas fill ±127 (False: ±bound_m, the first version)
+    #: True: initial mantissas fill ±127 (numerics 2 until 2026-12-02); False: within the Xavier bound ±bound_m,
+    #: the float twin's scale, the default with float SGD's step (docs/numerics.md §3).
+    full_range_init: bool = False
     input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
     #: Dropout masks: "sample" (one per element, as the float twin's) or "batch" (one per feature shared by the
     #: batch, the reference's); configs without the key had "batch" (docs/numerics.md §4).
@@ -135,7 +140,7 @@ class TrainConfig:
         schedule = GbSchedule.parse(self.gb_schedule)  # validates
         offsets = GbSchedule.parse_offsets(self.gb_offsets)
         if self.arith == "int":
-            schedule.check_accumulator_bits(self.accumulator_bits, offsets)
+            schedule.check_accumulator_bits(self.accumulator_bits, offsets, self.step_scale)
 
     def _check_counts(self) -> None:
         """Every count is an int in its range; ``None`` where the field allows it."""
@@ -203,6 +208,8 @@ class TrainConfig:
             d = {**d, "act_clip_bits": 0}
         if "act_clip_share" not in d:  # written before the share bound: the full act_clip_bits at every batch
             d = {**d, "act_clip_share": 0}
+        if "step_scale" not in d:  # written before float SGD's step: the per-tensor rescale
+            d = {**d, "step_scale": "max"}
         return cls(**d)
 
     def replace(self, **changes: object) -> "TrainConfig":
