@@ -62,8 +62,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accumulator-bits", type=int, default=defaults.accumulator_bits, choices=[8, 16],
                    help=f"weight accumulator width (default {defaults.accumulator_bits})")
     p.add_argument("--batch-ref", type=int, default=defaults.batch_ref,
-                   help=f"integer step scales with batch/BATCH_REF, so a gb means the same progress per epoch at any "
-                        f"batch size (default {defaults.batch_ref}; 0: the paper's batch-independent step)")
+                   help=f"0 or not: with --step-scale exponent (default) the step is scaled to the mean loss "
+                        f"(128/batch), so a gb is the same learning rate at any batch (0: the summed gradient's step); "
+                        f"with --step-scale max it scales with batch/BATCH_REF, so a gb means the same progress per "
+                        f"epoch at any batch size (default {defaults.batch_ref}; 0: the paper's batch-independent step)")
     p.add_argument("--momentum-shift", type=int, default=defaults.momentum_shift,
                    help=f"integer momentum: velocity decay 1 - 2**-K (default {defaults.momentum_shift}; 0: none)")
     p.add_argument("--decay-shift", type=int, default=defaults.decay_shift,
