@@ -91,7 +91,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 runs.append((f"vgg7-{arith}-s{s}", ["--model", "vgg-small-7", "--arith", arith, "--epochs",
                                                     str(a.epochs), "--batch-size", str(a.batch_size or 128),
                                                     "--seed", str(s)]))
-        return runs
+        # Issue 12, 2026-12-02: the integer arm with that day's defaults (float SGD's step); vgg7-int-s* ran the
+        # defaults of its own day (results/cifar-vgg7-3ep records them).
+        return runs + [(f"vgg7-int-sgd-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                               str(a.batch_size or 128), "--seed", str(s)]) for s in seeds]
     if name == "cifar-select":  # choose the int gb schedule / accumulator and the float lr on validation
         common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
                   "--seed", str(seeds[0])]
