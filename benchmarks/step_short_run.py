@@ -1,8 +1,9 @@
 """Float SGD's step (the default since 2026-12-02) in a short run: LeNet after 47 steps on 3,008 MNIST images.
 
 Issue 12. The setting of tests/test_models.py::test_lenet_learns_mnist (batch 64, the default schedules compressed
-into 47 steps) for three arms: today's defaults, the per-tensor rescale's defaults until then
-(``step_scale="max"``, gb 5,4,3,2, full-range init) and the float twin (lr 0.05, ×0.1 / ×0.01). Prints each
+into 47 steps) for four arms: today's defaults, the per-tensor rescale's defaults until then
+(``step_scale="max"``, gb 5,4,3,2, full-range init), float SGD's step without the scaling to the mean loss
+(``batch_ref=0``) and the float twin (lr 0.05, ×0.1 / ×0.01). Prints each
 seed's accuracy on the validation split (the last 5,000 training images, which the 3,008 never reach).
 
     python benchmarks/step_short_run.py --data-dir ../shared/data
@@ -29,6 +30,8 @@ ARMS = {
     "per-tensor step (defaults until 2026-12-02)": lambda seed, steps: niti.build(
         "lenet", seed=seed, total_steps=steps, rule=UpdateRule(step_scale="max"), schedule=GbSchedule.per_tensor(),
         full_range_init=True),
+    "float SGD's step on the summed gradient (--batch-ref 0: half the twin's rate at batch 64)": lambda seed, steps:
+        niti.build("lenet", seed=seed, total_steps=steps, rule=UpdateRule(batch_ref=0)),
     "float twin": lambda seed, steps: build_float("lenet", seed=seed, total_steps=steps),
 }
 

@@ -303,7 +303,7 @@ def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int 
     batch_shift = 0
     if exponent and rule.batch_ref:
         # EXPONENT_BATCH_REF / batch = 2**(7 - j) · (2**j / batch) with j = ceil(log2 batch): a shift and an
-        # integer multiplier in [1, 2) (Q8, rounded to nearest), folded into p.
+        # integer factor 2**j / batch in [1, 2), folded into p (Q8, rounded to nearest).
         assert batch is not None
         j = (batch - 1).bit_length()
         batch_shift = j - (EXPONENT_BATCH_REF.bit_length() - 1)

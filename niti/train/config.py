@@ -84,7 +84,7 @@ class TrainConfig:
     act_clip_share: int = DEFAULT_ACT_CLIP_SHARE
     softmax: str = "precise"  # or "coarse": the first version's loss (ablations)
     #: True: initial mantissas fill ±127 (numerics 2 until 2026-12-02); False: within the Xavier bound ±bound_m,
-    #: the float twin's scale, the default with float SGD's step (docs/numerics.md §3).
+    #: the float twin's scale, the default with float SGD's step (docs/numerics.md §8).
     full_range_init: bool = False
     input_std: bool = True  # inputs divided by the per-channel std (False: raw pixel units)
     #: Dropout masks: "sample" (one per element, as the float twin's) or "batch" (one per feature shared by the
