@@ -249,6 +249,20 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             # the per-tensor rescale cause the late underfitting that twin-diagnostics/upd-s0 points at?
             (f"q-int-sgd-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
                                  str(a.batch_size or 128), *SGD_STEP_FLAGS, "--seed", str(s)])
+            for s in seeds] + [
+            # Float SGD's step is float's recipe without its weight decay: the twin decays lr * wd / (1 - momentum)
+            # = 2**-12 of each weight a step, which is D = 17 at gb 5 (docs/numerics.md §5); it scales with the
+            # schedule as the twin's does.
+            (f"q-int-sgd-wd17-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
+                                      str(a.batch_size or 128), *SGD_STEP_FLAGS, "--decay-shift", "17",
+                                      "--seed", str(s)])
+            for s in seeds] + [
+            # With float SGD's step, weight headroom changes no real step (the shift follows the master exponent,
+            # docs/numerics.md §5, §6): it only lets a weight grow 2**h times past its initial range before the
+            # int16 master saturates, as the twin's weights grow 2-7x (weight-range.md).
+            (f"q-int-sgd-h2-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
+                                    str(a.batch_size or 128), *SGD_STEP_FLAGS, "--weight-headroom", "2",
+                                    "--seed", str(s)])
             for s in seeds]
     if name == "mnist-clip":  # issue 12: does activation clipping (cifar-quarter's q-int-clip*) hold on MNIST
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
