@@ -200,7 +200,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                                              "--seed", str(s)])
                    for k in (5, 6, 8) for s in seeds]
                 # Issue 12: float SGD's own step on the twin's recipe (cifar-quarter's q-int-sgd).
-                + [(f"r20e-sgd-s{s}", [*common, *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds])
+                + [(f"r20e-sgd-s{s}", [*common, *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds]
+                # ... and with the twin's weight decay (cifar-quarter's q-int-sgd-wd17).
+                + [(f"r20e-sgd-wd17-s{s}", [*common, *SGD_STEP_FLAGS, "--decay-shift", "17", "--seed", str(s)])
+                   for s in seeds])
     if name == "cifar-quarter":  # issue 12: the converged CIFAR-10 comparison that fits this CPU (resumable)
         runs = [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
                                      "--batch-size", str(a.batch_size or 128), "--seed", str(s)])
@@ -324,8 +327,12 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 for s in seeds]
     if name == "mnist-sgd":  # issue 12: does float SGD's own step (cifar-quarter's q-int-sgd) hold on LeNet / MNIST
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
-        return [(f"lenet-int-sgd-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
-                                         str(a.batch_size or 128), *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds]
+        return ([(f"lenet-int-sgd-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
+                                          str(a.batch_size or 128), *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds]
+                # ... and with the twin's weight decay (cifar-quarter's q-int-sgd-wd17, docs/numerics.md §5)?
+                + [(f"lenet-int-sgd-wd17-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
+                                                 str(a.batch_size or 128), *SGD_STEP_FLAGS, "--decay-shift", "17",
+                                                 "--seed", str(s)]) for s in seeds])
     if name == "mnist-headroom":  # issue 12: does two bits of weight headroom hold on LeNet / MNIST (validation)
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
         return [(f"lenet-int-h2-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
