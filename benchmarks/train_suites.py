@@ -64,7 +64,12 @@ def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
 #: Issue 12: the float twin's own recipe in integers: float SGD's step (proportional to the summed gradient, not
 #: rescaled per tensor and step), gb 5 = the twin's lr 0.05, its 100x annealing (x0.1 at 50 %, x0.01 at 75 %), and
 #: initial weights within the Xavier bound, as the twin draws them.
-SGD_STEP_FLAGS = ["--step-scale", "exponent", "--no-full-range-init", "--gb-schedule", "5,5/3,-5/3@1/2,3/4"]
+FLOAT_SGD_FLAGS = ["--step-scale", "exponent", "--no-full-range-init", "--gb-schedule", "5,5/3,-5/3@1/2,3/4"]
+#: ... without weight decay, as the arms that use it ran before the twin's decay became a default (2026-12-02;
+#: their recorded commands, written before, omit the --decay-shift 0 that was then the default).
+SGD_STEP_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "0"]
+#: ... with the twin's weight decay (docs/numerics.md §5): today's defaults.
+SGD_DECAY_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "17"]
 
 
 def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -91,10 +96,12 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 runs.append((f"vgg7-{arith}-s{s}", ["--model", "vgg-small-7", "--arith", arith, "--epochs",
                                                     str(a.epochs), "--batch-size", str(a.batch_size or 128),
                                                     "--seed", str(s)]))
-        # Issue 12, 2026-12-02: the integer arm with that day's defaults (float SGD's step); vgg7-int-s* ran the
-        # defaults of its own day (results/cifar-vgg7-3ep records them).
+        # Issue 12, 2026-12-02: the integer arm with that day's defaults (float SGD's step, before the twin's weight
+        # decay joined them: --decay-shift 0, which its recorded command omits); vgg7-int-s* ran the defaults of its
+        # own day (results/cifar-vgg7-3ep records them).
         return runs + [(f"vgg7-int-sgd-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
-                                               str(a.batch_size or 128), "--seed", str(s)]) for s in seeds]
+                                               str(a.batch_size or 128), "--decay-shift", "0", "--seed", str(s)])
+                       for s in seeds]
     if name == "cifar-select":  # choose the int gb schedule / accumulator and the float lr on validation
         common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
                   "--seed", str(seeds[0])]
@@ -202,7 +209,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 # Issue 12: float SGD's own step on the twin's recipe (cifar-quarter's q-int-sgd).
                 + [(f"r20e-sgd-s{s}", [*common, *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds]
                 # ... and with the twin's weight decay (cifar-quarter's q-int-sgd-wd17).
-                + [(f"r20e-sgd-wd17-s{s}", [*common, *SGD_STEP_FLAGS, "--decay-shift", "17", "--seed", str(s)])
+                + [(f"r20e-sgd-wd17-s{s}", [*common, *SGD_DECAY_FLAGS, "--seed", str(s)])
                    for s in seeds])
     if name == "cifar-quarter":  # issue 12: the converged CIFAR-10 comparison that fits this CPU (resumable)
         runs = [(f"q-{arith}-s{s}", ["--model", "vgg-small-7-quarter", "--arith", arith, "--epochs", str(a.epochs),
@@ -257,7 +264,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             # = 2**-12 of each weight a step, which is D = 17 at gb 5 (docs/numerics.md §5); it scales with the
             # schedule as the twin's does.
             (f"q-int-sgd-wd17-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
-                                      str(a.batch_size or 128), *SGD_STEP_FLAGS, "--decay-shift", "17",
+                                      str(a.batch_size or 128), *SGD_DECAY_FLAGS,
                                       "--seed", str(s)])
             for s in seeds] + [
             # With float SGD's step, weight headroom changes no real step (the shift follows the master exponent,
@@ -331,7 +338,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                                           str(a.batch_size or 128), *SGD_STEP_FLAGS, "--seed", str(s)]) for s in seeds]
                 # ... and with the twin's weight decay (cifar-quarter's q-int-sgd-wd17, docs/numerics.md §5)?
                 + [(f"lenet-int-sgd-wd17-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
-                                                 str(a.batch_size or 128), *SGD_STEP_FLAGS, "--decay-shift", "17",
+                                                 str(a.batch_size or 128), *SGD_DECAY_FLAGS,
                                                  "--seed", str(s)]) for s in seeds])
     if name == "mnist-headroom":  # issue 12: does two bits of weight headroom hold on LeNet / MNIST (validation)
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.

@@ -69,7 +69,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--momentum-shift", type=int, default=defaults.momentum_shift,
                    help=f"integer momentum: velocity decay 1 - 2**-K (default {defaults.momentum_shift}; 0: none)")
     p.add_argument("--decay-shift", type=int, default=defaults.decay_shift,
-                   help=f"integer weight decay 2**(gb - D) per step (default {defaults.decay_shift}: none)")
+                   help=f"integer weight decay 2**(gb - D) of each weight per step (default {defaults.decay_shift}: the "
+                        f"float twin's lr * wd / (1 - momentum) at gb 5; 0: none)")
     p.add_argument("--step-scale", choices=["max", "exponent"], default=defaults.step_scale,
                    help="how a gradient becomes a step: float SGD's, 2**(gb - 20) times the real summed gradient "
                         "(exponent, the default: gb 5 is float's lr 0.05 with momentum), or rescaled to gb bits per "

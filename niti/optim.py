@@ -112,7 +112,8 @@ class UpdateRule:
     ``batch_ref``: the step is multiplied by ``batch / batch_ref`` (a power of
     two; 0: batch-independent, the paper's rule).  ``momentum_shift`` k: the
     velocity decays by ``2**-k`` per step (0: no momentum).  ``decay_shift`` D:
-    weight decay ``2**(gb - D)`` per step at ``batch_ref`` (0: none).
+    weight decay ``2**(gb - D)`` per step at ``batch_ref`` (0: none; the default
+    17 is the float twin's ``lr · wd / (1 - μ) ≈ 2**-12`` at gb 5).
     ``step_scale``: "exponent" (the default: ``2**(gb - EXPONENT_STEP_BIAS)``
     times the real summed gradient, float SGD's rule; with ``batch_ref`` set,
     times ``EXPONENT_BATCH_REF / batch`` too, so gb is a rate on the mean loss)
@@ -121,7 +122,9 @@ class UpdateRule:
 
     batch_ref: int = 256
     momentum_shift: int = 3
-    decay_shift: int = 0
+    #: 17 since 2026-12-02: the float twin's weight decay, 2**-12 of each weight a step at gb 5 (docs/numerics.md
+    #: §5, §10; results/cifar-quarter); UpdateRule(decay_shift=0) is the rule without decay.
+    decay_shift: int = 17
     #: "exponent" since 2026-12-02 (results/cifar-quarter: the per-tensor rescale was what held the 40-epoch
     #: CIFAR-10 model 2 points below float); UpdateRule(step_scale="max") is numerics 2's first rule.
     step_scale: str = "exponent"

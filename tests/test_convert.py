@@ -265,7 +265,7 @@ OLD_PATH_SHA = {
 def test_zoo_through_conversion_matches_the_old_spec_path(name: str, bits: int, policy: str) -> None:
     rounding = RoundingPolicy.reference() if policy == "reference" else RoundingPolicy.all("stochastic")
     model = niti.build(name, seed=3, accumulator_bits=bits, total_steps=4, policy=rounding, random_bits="generator",
-                       dropout="batch", act_clip_bits=0, rule=niti.optim.UpdateRule(step_scale="max"),
+                       dropout="batch", act_clip_bits=0, rule=niti.optim.UpdateRule(decay_shift=0, step_scale="max"),
                        schedule=niti.GbSchedule.per_tensor(), full_range_init=True)
     g = torch.Generator().manual_seed(1)
     h, w, c = model.arch.input_shape

@@ -101,6 +101,8 @@ def test_float_sgd_step_is_the_default_and_a_config_from_before_keeps_the_per_te
     assert config.rule == niti.optim.UpdateRule() and str(config.schedule) == str(niti.GbSchedule())
     model = niti.build("lenet")
     assert model.rule.step_scale == "exponent" and model.schedule == niti.GbSchedule()
+    # The twin's weight decay (docs/numerics.md §5, §10) in the library and the CLI alike.
+    assert config.decay_shift == model.rule.decay_shift == 17
     # Written before the key existed: the per-tensor rescale, with the schedule and init the config records.
     old = {**{k: v for k, v in config.to_dict().items() if k != "step_scale"},
            "gb_schedule": "5,4,3,2@0.25,0.5,0.75", "full_range_init": True}

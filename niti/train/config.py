@@ -69,7 +69,7 @@ class TrainConfig:
     gb_offsets: str = ""  # one gb offset per weight layer, e.g. "0,0,0,0,0,0,2"; "" for none
     batch_ref: int = 256  # the step scales with batch / batch_ref; 0: batch-independent (the paper's)
     momentum_shift: int = 3  # integer momentum, velocity decay 1 - 2**-k; 0: none
-    decay_shift: int = 0  # weight decay 2**(gb - D) per step; 0: none
+    decay_shift: int = 17  # weight decay 2**(gb - D) per step (17: the twin's at gb 5, since 2026-12-02); 0: none
     #: "exponent": float SGD's step, 2**(gb - 20) times the real summed gradient (the default since 2026-12-02);
     #: "max": each gradient rescaled to gb bits per tensor (the paper's; docs/numerics.md §5). Configs without the
     #: key had "max".
