@@ -101,7 +101,17 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         # own day (results/cifar-vgg7-3ep records them).
         return runs + [(f"vgg7-int-sgd-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
                                                str(a.batch_size or 128), "--decay-shift", "0", "--seed", str(s)])
-                       for s in seeds]
+                       for s in seeds] + [
+            # Issue 12, 2026-12-02: the defaults since the twin's weight decay joined them (docs/numerics.md §5,
+            # §10), named flags so the arm keeps its meaning if a default moves again ...
+            (f"vgg7-int-sgd-wd17-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                         str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--seed", str(s)])
+            for s in seeds] + [
+            # ... and the float twin re-measured with dropout drawn per element (commit 601d617; vgg7-float-s0 ran
+            # with one mask per feature across the batch), at its tuned lr (niti.baseline.TUNED_LR).
+            (f"vgg7-float-edrop-s{s}", ["--model", "vgg-small-7", "--arith", "float", "--epochs", str(a.epochs),
+                                        "--batch-size", str(a.batch_size or 128), "--lr", "0.05", "--seed", str(s)])
+            for s in seeds]
     if name == "cifar-select":  # choose the int gb schedule / accumulator and the float lr on validation
         common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
                   "--seed", str(seeds[0])]
@@ -365,8 +375,12 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
     if name == "cifar-ablation":  # issue 12: items 1-4 (and stochastic errors) each off, on CIFAR-10 (validation)
         q = ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         # The base (defaults), errors-nearest and float arms are err-round-check's q-* runs: the same commands.
-        return [(f"q-{tag}-s{s}", [*q, *extra, "--seed", str(s)]) for tag, extra in _ABLATION_OFF.items()
-                for s in seeds]
+        return ([(f"q-{tag}-s{s}", [*q, *extra, "--seed", str(s)]) for tag, extra in _ABLATION_OFF.items()
+                 for s in seeds]
+                # The same items against the defaults since 2026-12-02 (float SGD's step, the twin's weight decay,
+                # stochastic errors), named flags so the arms keep their meaning if a default moves again.
+                + [(f"q-{tag}-s{s}", [*q, *SGD_DECAY_FLAGS, *extra, "--seed", str(s)])
+                   for tag, extra in _ABLATION_SGD_OFF.items() for s in seeds])
     if name == "cifar-dropout":  # issue 12: a dropout mask per element (the float twin's) or per batch (validation)
         # Seed 0: sample is results/cifar-dropout/probe-sample-s0 (the same draws), batch err-round-check's
         # q-int-errsto-s0 (the same command).
@@ -381,7 +395,28 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         common = ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128)]
         return [(f"lenet-{tag}-s{s}", [*common, *extra, "--seed", str(s)]) for tag, extra in _ABLATION_OFF.items()
                 for s in seeds]
+    if name == "digits":  # issue 12: default flags on a real data set they were not chosen on (validation)
+        data = _digits_npz()
+        common = ["--model", "benchmarks.user_models:digits_net", "--dataset", data, "--epochs", str(a.epochs)]
+        tag = f"e{a.epochs}"
+        return ([(f"digits-int-{tag}-s{s}", [*common, "--seed", str(s)]) for s in seeds]
+                # numerics 2's first defaults (the per-tensor step, until 2026-12-02; docs/numerics.md §10) ...
+                + [(f"digits-int-pertensor-{tag}-s{s}", [*common, "--step-scale", "max", "--full-range-init",
+                                                         "--gb-schedule", "5,4,3,2@0.25,0.5,0.75",
+                                                         "--decay-shift", "0", "--seed", str(s)]) for s in seeds]
+                # ... and the float twin at the untuned fallback lr 0.01 (its default for a user's model) and the
+                # rates a user would sweep, chosen on validation.
+                + [(f"digits-float-lr{lr}-{tag}-s{s}", [*common, "--arith", "float", "--lr", lr, "--seed", str(s)])
+                   for lr in ("0.01", "0.02", "0.05", "0.1") for s in seeds])
     raise SystemExit(f"unknown suite {name!r}")
+
+
+def _digits_npz() -> str:
+    """runs/digits.npz (benchmarks/digits_npz.py, written on first use), relative to the repository root."""
+    path = ROOT / "runs" / "digits.npz"
+    if not path.exists():
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "digits_npz.py"), "--out", str(path)], check=True)
+    return str(path.relative_to(ROOT))
 
 
 #: The ablation of issue 12: each item switched off alone, and all of them (the first version's numerics).
@@ -394,6 +429,17 @@ _ABLATION_OFF = {
                 "--momentum-shift", "0", "--accumulator-bits", "8", "--err-round", "nearest"],
 }
 
+#: ... and each item off against the defaults since 2026-12-02 (SGD_DECAY_FLAGS). Item 2's initial scale is already
+#: the float twin's there (--no-full-range-init, docs/numerics.md §8), so its "off" is the raw-pixel input alone; the
+#: weight decay's own "off" is cifar-dropout's q-int-dropout-sample-sgd (the same command with --decay-shift 0).
+_ABLATION_SGD_OFF = {
+    "sgd-base": [],
+    "sgd-off-softmax": ["--softmax", "coarse"],
+    "sgd-off-scales": ["--no-input-std"],
+    "sgd-off-batch": ["--batch-ref", "0"],
+    "sgd-off-momentum": ["--momentum-shift", "0"],
+    "sgd-off-errors": ["--err-round", "nearest"],
+}
 
 #: ResNet-20's batch-norm layers (niti.models.architectures), for per-layer gb offsets.
 _RESNET20_NORMS = ("stem.1", *(f"layer{g}.{b}.bn{k}" for g in (1, 2, 3) for b in range(3) for k in (1, 2)),
@@ -408,7 +454,8 @@ def main() -> int:
                                       "resnet-update", "resnet-errors", "err-round-check",
                                       "cifar-quarter", "cifar-ablation", "cifar-quarter-lr",
                                       "cifar-quarter-gb", "mnist-offsets", "mnist-anneal", "mnist-headroom", "mnist-decay",
-                                      "mnist-clip", "cifar-quarter-step", "mnist-ablation-items", "cifar-dropout", "mnist-sgd"])
+                                      "mnist-clip", "cifar-quarter-step", "mnist-ablation-items", "cifar-dropout", "mnist-sgd",
+                                      "digits"])
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seeds", default="0")
