@@ -70,6 +70,11 @@ FLOAT_SGD_FLAGS = ["--step-scale", "exponent", "--no-full-range-init", "--gb-sch
 SGD_STEP_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "0"]
 #: ... with the twin's weight decay (docs/numerics.md §5): today's defaults.
 SGD_DECAY_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "17"]
+#: The first version's numerics (before issue 12) from today's flags.
+FIRST_NUMERICS_FLAGS = ["--softmax", "coarse", "--no-input-std", "--no-full-range-init", "--batch-ref", "0",
+                        "--momentum-shift", "0", "--accumulator-bits", "8", "--step-scale", "max", "--decay-shift", "0",
+                        "--err-round", "nearest", "--random-bits", "generator", "--act-clip-bits", "0",
+                        "--gb-schedule", "5,4,3@0.5,0.75"]
 
 
 def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -398,7 +403,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 # Against the defaults since 2026-12-02: the base is mnist-sgd's lenet-int-sgd-wd17-s* and the decay's
                 # "off" its lenet-int-sgd-s* (the same commands), so sgd-base is not run again here.
                 + [(f"lenet-{tag}-s{s}", [*common, *SGD_DECAY_FLAGS, *extra, "--seed", str(s)])
-                   for tag, extra in _ABLATION_SGD_OFF.items() if tag != "sgd-base" for s in seeds])
+                   for tag, extra in _ABLATION_SGD_OFF.items() if tag != "sgd-base" for s in seeds]
+                # ... and all of them off: the first version's numerics (docs/numerics.md §10's reproduction flags,
+                # its gb schedule 5,4,3@0.5,0.75), the issue's MNIST baseline.
+                + [(f"lenet-first-s{s}", [*common, *FIRST_NUMERICS_FLAGS, "--seed", str(s)]) for s in seeds])
     if name == "digits":  # issue 12: default flags on a real data set they were not chosen on (validation)
         data = _digits_npz()
         common = ["--model", "benchmarks.user_models:digits_net", "--dataset", data, "--epochs", str(a.epochs)]
