@@ -374,3 +374,31 @@ def test_user_model_errors_are_clear(user_model_dir: Path, mnist_small_npz: Path
     proc = subprocess.run([sys.executable, "-m", "niti", "train", "--model", "not a path"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "MODULE:FACTORY" in proc.stderr
+
+
+def test_conversion_leaves_no_float_parameters_behind() -> None:
+    """The traced GraphModule is cyclic garbage holding the module's float parameters; conversion collects it,
+    so a training step's memory does not carry the float weights until Python's collector happens to run."""
+    import gc
+    import weakref
+
+    from niti.models import IntegerModel
+    from niti.models.architectures import Architecture
+
+    made: list[weakref.ref] = []
+
+    def factory() -> tnn.Module:  # a fresh module per call, as a built-in architecture's
+        module = EveryOp()
+        made.append(weakref.ref(module.conv.weight))
+        return module
+
+    arch = Architecture("every-op", (16, 16, 3), 0, None, factory)  # 0: read from the output
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the conversion's own collection may free the cycle
+    try:
+        model = IntegerModel(arch, seed=0)
+        assert made and all(alive() is None for alive in made)
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert model.parameters()
