@@ -82,7 +82,8 @@ def summary_markdown(results: list[dict], command: str) -> str:
         f"- command: `{command}`",
         f"- date (UTC): {first['date']}",
         f"- machine: {first['machine']['cpu']} ({first['machine']['logical_cpus']} logical CPUs, "
-        f"AVX512-VNNI {first['machine']['avx512_vnni']}, native bf16 {first['machine']['native_bf16']}); "
+        f"AVX512-VNNI {first['machine']['avx512_vnni']}, AMX-INT8 {first['machine'].get('amx_int8', 'not recorded')}, "
+        f"native bf16 {first['machine']['native_bf16']}); "
         f"{first['machine']['platform']}",
         f"- threads: {first['threads']}; OMP_WAIT_POLICY {first.get('omp_wait_policy') or 'unset'}; timed steps "
         f"{first['steps']} after {first['warmup']} warm-up steps; median step time",

@@ -65,11 +65,16 @@ def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
 #: rescaled per tensor and step), gb 5 = the twin's lr 0.05, its 100x annealing (x0.1 at 50 %, x0.01 at 75 %), and
 #: initial weights within the Xavier bound, as the twin draws them.
 FLOAT_SGD_FLAGS = ["--step-scale", "exponent", "--no-full-range-init", "--gb-schedule", "5,5/3,-5/3@1/2,3/4"]
+#: ... the velocity decaying into a new gb on its own (the default; named so that the arms keep their meaning) ...
+_OLD_VELOCITY = ["--no-velocity-rescale"]
 #: ... without weight decay, as the arms that use it ran before the twin's decay became a default (2026-12-02;
 #: their recorded commands, written before, omit the --decay-shift 0 that was then the default).
-SGD_STEP_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "0"]
-#: ... with the twin's weight decay (docs/numerics.md §5): today's defaults.
-SGD_DECAY_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "17"]
+SGD_STEP_FLAGS = [*FLOAT_SGD_FLAGS, *_OLD_VELOCITY, "--decay-shift", "0"]
+#: ... with the twin's weight decay (docs/numerics.md §5): the defaults of 2026-12-02.
+SGD_DECAY_FLAGS = [*FLOAT_SGD_FLAGS, *_OLD_VELOCITY, "--decay-shift", "17"]
+#: ... and the velocity following a gb change as float SGD's buffer follows its lr (--velocity-rescale, an option
+#: since 2026-12-03; docs/numerics.md §5).
+VELOCITY_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "17", "--velocity-rescale"]
 #: The first version's numerics (before issue 12) from today's flags.
 FIRST_NUMERICS_FLAGS = ["--softmax", "coarse", "--no-input-std", "--no-full-range-init", "--batch-ref", "0",
                         "--momentum-shift", "0", "--accumulator-bits", "8", "--step-scale", "max", "--decay-shift", "0",
@@ -105,7 +110,8 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         # decay joined them: --decay-shift 0, which its recorded command omits); vgg7-int-s* ran the defaults of its
         # own day (results/cifar-vgg7-3ep records them).
         return runs + [(f"vgg7-int-sgd-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
-                                               str(a.batch_size or 128), "--decay-shift", "0", "--seed", str(s)])
+                                               str(a.batch_size or 128), "--decay-shift", "0", *_OLD_VELOCITY,
+                                               "--seed", str(s)])
                        for s in seeds] + [
             # Issue 12, 2026-12-02: the defaults since the twin's weight decay joined them (docs/numerics.md §5,
             # §10), named flags so the arm keeps its meaning if a default moves again ...
@@ -116,6 +122,10 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             # with one mask per feature across the batch), at its tuned lr (niti.baseline.TUNED_LR).
             (f"vgg7-float-edrop-s{s}", ["--model", "vgg-small-7", "--arith", "float", "--epochs", str(a.epochs),
                                         "--batch-size", str(a.batch_size or 128), "--lr", "0.05", "--seed", str(s)])
+            for s in seeds] + [
+            # 2026-12-03: today's defaults with the velocity following gb changes (--velocity-rescale, §5).
+            (f"vgg7-int-vr-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                   str(a.batch_size or 128), *VELOCITY_FLAGS, "--seed", str(s)])
             for s in seeds]
     if name == "cifar-select":  # choose the int gb schedule / accumulator and the float lr on validation
         common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),

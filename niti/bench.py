@@ -74,7 +74,8 @@ def machine_info() -> dict:
     flags = _cpu_flags()
     return {"cpu": _cpu_model(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "avx512_vnni": "avx512_vnni" in flags,
-            "avx_vnni": "avx_vnni" in flags, "native_bf16": native_bf16()}
+            "avx_vnni": "avx_vnni" in flags, "amx_int8": "amx_int8" in flags, "amx_bf16": "amx_bf16" in flags,
+            "native_bf16": native_bf16()}
 
 
 # -------------------------------------------------------------- int8 peak

@@ -71,6 +71,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decay-shift", type=int, default=defaults.decay_shift,
                    help=f"integer weight decay 2**(gb - D) of each weight per step (default {defaults.decay_shift}: the "
                         f"float twin's lr * wd / (1 - momentum) at gb 5; 0: none)")
+    p.add_argument("--velocity-rescale", action=argparse.BooleanOptionalAction, default=defaults.velocity_rescale,
+                   help="when the gb schedule changes the rate, multiply the momentum velocity by the same factor, "
+                        "as float SGD's lr multiplies its buffer (default off: the velocity keeps the old rate's "
+                        "steps for ~2**K steps)")
     p.add_argument("--step-scale", choices=["max", "exponent"], default=defaults.step_scale,
                    help="how a gradient becomes a step: float SGD's, 2**(gb - 20) times the real summed gradient "
                         "(exponent, the default: gb 5 is float's lr 0.05 with momentum), or rescaled to gb bits per "
@@ -144,7 +148,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        threads=args.threads, image_size=args.image_size, workers=args.workers, device=args.device, gb_schedule=args.gb_schedule,
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, step_scale=args.step_scale,
-                       softmax=args.softmax, dropout=args.dropout,
+                       velocity_rescale=args.velocity_rescale, softmax=args.softmax, dropout=args.dropout,
                        weight_headroom=args.weight_headroom, act_clip_bits=args.act_clip_bits,
                        act_clip_share=args.act_clip_share,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,

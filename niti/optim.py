@@ -13,7 +13,9 @@ largest element then moves ``2**gb`` int8 LSB).  On top of it (all integer):
 - momentum: an int32 velocity per weight, an exponential average with decay
   ``1 - 2**-momentum_shift`` of the scaled gradient (with 8 fractional bits);
   the step is the velocity, so in steady state a gb means the same step with
-  or without momentum;
+  or without momentum; optionally (``UpdateRule.velocity_rescale``) a gb
+  change first multiplies the velocity by ``2**(gb_new - gb_old)``, as float
+  SGD's learning rate multiplies its whole buffer;
 - weight decay: ``2**(gb - decay_shift)`` of the weight joins the gradient
   before the multipliers, so it scales with the step as float's ``lr · wd``.
 
@@ -38,6 +40,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 import torch
+from torch import Tensor
 
 from .kernels import fused
 from .nn.module import IntParameter
@@ -45,7 +48,7 @@ from .numerics import round_shift
 from .runtime import Runtime
 
 __all__ = ["EXPONENT_BATCH_REF", "EXPONENT_STEP_BIAS", "GB_RANGE", "STEP_SCALES", "GbSchedule", "UpdateRule", "VELOCITY_FRAC_BITS", "apply_update", "check_update",
-           "format_fraction", "pow2_fraction_q8"]
+           "format_fraction", "pow2_fraction_q8", "rescaled_velocity"]
 
 #: The gb values a schedule may hold; values below 1 need 16-bit weight accumulators.
 GB_RANGE = range(-7, 8)
@@ -128,8 +131,15 @@ class UpdateRule:
     #: "exponent" since 2026-12-02 (results/cifar-quarter: the per-tensor rescale was what held the 40-epoch
     #: CIFAR-10 model 2 points below float); UpdateRule(step_scale="max") is numerics 2's first rule.
     step_scale: str = "exponent"
+    #: When gb changes between steps the velocity is first multiplied by ``2**(gb_new - gb_old)``, as float SGD's
+    #: learning rate multiplies its whole momentum buffer, so a rate decay slows the buffered steps at once
+    #: (docs/numerics.md §5). Off by default: on VGG-small-7 / CIFAR-10 it removed the dip after the first decay
+    #: but ended level (results/velocity-rescale). Off, the velocity decays into the new rate over ~2**k steps.
+    velocity_rescale: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.velocity_rescale, bool):
+            raise ValueError(f"velocity_rescale must be a bool, got {self.velocity_rescale!r}")
         if self.batch_ref < 0 or (self.batch_ref and self.batch_ref & (self.batch_ref - 1)):
             raise ValueError(f"batch_ref must be 0 or a power of two, got {self.batch_ref}")
         if not 0 <= self.momentum_shift <= 16:
@@ -142,7 +152,7 @@ class UpdateRule:
     @classmethod
     def paper(cls) -> "UpdateRule":
         """The NITI paper's update: batch-independent, no momentum, no weight decay, per-tensor rescale."""
-        return cls(batch_ref=0, momentum_shift=0, decay_shift=0, step_scale="max")
+        return cls(batch_ref=0, momentum_shift=0, decay_shift=0, step_scale="max", velocity_rescale=False)
 
 
 @dataclass(frozen=True)
@@ -287,6 +297,7 @@ class _Plan:
     mult_shift: int
     decay_shift: int | None  # right shift of the weight for weight decay (negative: left); None without decay
     batch_shift: int = 0  # step_scale="exponent": extra right shift of the batch factor EXPONENT_BATCH_REF / batch
+    velocity_bound: int = 1 << 31  # |velocity| stays below this (int32)
 
 
 def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int | None) -> _Plan:
@@ -324,10 +335,30 @@ def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int 
     if rule.decay_shift:
         decay_shift = rule.decay_shift - gb_int - fv
         decay_bound = limit >> decay_shift if decay_shift > 0 else limit << -decay_shift
-    if _velocity_bound(target, decay_bound, mult, mult_shift) >= 1 << 31:
+    velocity_bound = _velocity_bound(target, decay_bound, mult, mult_shift)
+    if velocity_bound >= 1 << 31:
         raise ValueError(f"batch {batch} with gb {gb} could overflow the int32 velocity; use a smaller batch "
                          f"or gb")
-    return _Plan(gb, gb_int, target, mult, mult_shift, decay_shift, batch_shift)
+    return _Plan(gb, gb_int, target, mult, mult_shift, decay_shift, batch_shift, velocity_bound)
+
+
+def rescaled_velocity(velocity: Tensor, delta: Fraction, bound: int) -> tuple[Tensor, Tensor | None]:
+    """``velocity · 2**delta`` (int32), rounded to nearest (ties away from zero), and the count of elements clipped
+    to ``±(bound - 1)`` (None when none can be: ``delta <= 0``).
+
+    ``2**delta`` is ``q · 2**(d - 8)`` with ``d = floor(delta)`` and the Q8 mantissa ``q = pow2_fraction_q8(delta
+    - d)`` of the update's step multiplier; the product is int64 (|velocity| < 2**31, q < 2**10).
+    """
+    d = delta.numerator // delta.denominator
+    wide = velocity.to(torch.int64) * pow2_fraction_q8(delta - d)
+    shift = VELOCITY_FRAC_BITS - d
+    wide = round_shift(wide, shift, "nearest") if shift > 0 else wide << -shift
+    clipped = None
+    if delta > 0:  # only a rate increase can pass the bound
+        limit = bound - 1
+        clipped = (wide.abs() > limit).sum()
+        wide = wide.clamp(-limit, limit)
+    return wide.to(torch.int32), clipped
 
 
 def _exponent_step_shift(param: IntParameter, gb_int: int) -> int:
@@ -364,18 +395,27 @@ def check_update(param: IntParameter, gb: int | Fraction, rule: UpdateRule | Non
 
 
 def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule: UpdateRule | None = None,
-                 batch: int | None = None) -> None:
+                 batch: int | None = None, gb_before: int | Fraction | None = None) -> None:
     """One integer step of ``param`` (docs/numerics.md §5): rescale, scale, momentum, subtract, clip.
 
     ``rule`` defaults to the paper's (``UpdateRule.paper()``; models pass
     their own).  ``batch`` is the global batch size (images summed into
     ``param.grad``); it matters only when ``rule.batch_ref`` is set.
-    Invalid settings raise before anything (weights, velocity, generators) changes.
+    ``gb_before``: the gb of this parameter's previous step (None: none); with
+    ``rule.velocity_rescale`` a velocity is multiplied by ``2**(gb - gb_before)``
+    before the step.  Invalid settings raise before anything (weights, velocity,
+    generators) changes.
     """
     if param.grad is None:
         raise RuntimeError(f"{param!r} has no gradient to apply")
     rule = rule or UpdateRule.paper()
     plan = _plan(param, gb, rule, batch)
+    if (rule.velocity_rescale and rule.momentum_shift and param.velocity is not None and gb_before is not None
+            and Fraction(gb) != Fraction(gb_before)):
+        param.velocity, clipped = rescaled_velocity(param.velocity, Fraction(gb) - Fraction(gb_before),
+                                                    plan.velocity_bound)
+        if clipped is not None:
+            param.count_step_clips(clipped)
     if rule.step_scale == "exponent":
         shift = _exponent_shift(param, plan)
     elif rule == UpdateRule.paper() and plan.gb.denominator == 1:

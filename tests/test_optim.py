@@ -664,3 +664,116 @@ def test_exponent_step_is_float_sgd_on_the_mean_loss_at_any_batch() -> None:
     assert step(128, mean) == step(128, summed) == [v // 128 for v in step(1, summed)]
     assert step(64, mean) == step(128, mean) == step(256, mean) == step(1, mean)
     assert step(100, mean) == step(128, mean)  # 128 / 100 = 1.28: a Q8 multiplier, exact here
+
+
+# --------------------------------------------------------------------------- the velocity follows a gb change
+def _py_rescaled_velocity(vel: list[int], delta: Fraction, bound: int) -> tuple[list[int], int]:
+    """v · 2**delta, nearest (ties away from zero), clipped to ±(bound - 1) when delta > 0: pure Python."""
+    d = delta.numerator // delta.denominator
+    q = _py_pow2_q8(delta - d)
+    out = [_py_round(v * q, 8 - d, "nearest") for v in vel]
+    if delta <= 0:
+        return out, 0
+    clipped = sum(abs(v) > bound - 1 for v in out)
+    return [max(-(bound - 1), min(bound - 1, v)) for v in out], clipped
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(-2**31 + 1, 2**31 - 1), min_size=1, max_size=16),
+       st.integers(-14, 14), st.sampled_from([1, 2, 3, 4, 64]), st.integers(1, 2**31))
+def test_rescaled_velocity_matches_python_reference(vel: list[int], num: int, den: int, bound: int) -> None:
+    from niti.optim import rescaled_velocity
+
+    delta = Fraction(num, den)
+    out, clipped = rescaled_velocity(torch.tensor(vel, dtype=torch.int32), delta, bound)
+    ref, ref_clipped = _py_rescaled_velocity(vel, delta, bound)
+    if delta <= 0:
+        assert clipped is None
+    else:
+        assert int(clipped) == ref_clipped
+    assert out.dtype == torch.int32 and out.tolist() == ref
+
+
+def test_velocity_follows_a_gb_change_as_float_sgds_buffer_follows_its_lr() -> None:
+    """With a constant gradient, PyTorch's momentum (buf = μ·buf + g, step = lr_t · buf) across a rate change is
+    the integer velocity rescaled by 2**(gb_new - gb_old): exact rationals against the int32 velocity."""
+    from niti.optim import UpdateRule
+
+    k, grad, grad_e = 3, 3 << 20, -10
+    schedule = [Fraction(5)] * 6 + [Fraction(5, 3)] * 6 + [Fraction(-5, 3)] * 6
+    mu = 1 - Fraction(1, 2**k)
+    for rescale in (True, False):
+        rule = UpdateRule(0, k, 0, "exponent", velocity_rescale=rescale)
+        p = IntParameter(torch.zeros(1, dtype=torch.int8), -7, accumulator_bits=16)
+        buf, before = Fraction(0), None
+        worst = Fraction(0)
+        for gb in schedule:
+            p.grad, p.grad_e = torch.tensor([grad], dtype=torch.int64), grad_e
+            apply_update(p, gb, _nearest_runtime(), rule, gb_before=before)
+            before = gb
+            buf = mu * buf + grad
+            # velocity in master units (2**-15) with 8 fractional bits: (1 - μ) · lr_t · buf, lr_t = 2**(gb - 20)
+            # per unit of the real gradient grad · 2**grad_e (2**frac as the update's Q8 multiplier)
+            gi = gb.numerator // gb.denominator
+            rate = Fraction(_py_pow2_q8(gb - gi), 256) * Fraction(2) ** (gi - 20 + grad_e + 15 + 8)
+            expected = (1 - mu) * buf * rate
+            worst = max(worst, abs(p.velocity.item() - expected) / expected)
+        if rescale:
+            assert worst < Fraction(1, 100)  # within the Q8 multiplier's and the rounding's error
+        else:
+            assert worst > Fraction(1, 2)  # the velocity carries the old rate's steps after the drop
+
+
+def test_velocity_rescale_is_opt_in_and_old_configs_resume_without_it() -> None:
+    from niti.cli import _config_from_args, build_parser
+    from niti.optim import UpdateRule
+    from niti.train.config import TrainConfig
+
+    assert not UpdateRule().velocity_rescale and not TrainConfig().rule.velocity_rescale
+    assert not UpdateRule.paper().velocity_rescale
+    on = TrainConfig(velocity_rescale=True).to_dict()
+    assert TrainConfig.from_dict(on).rule.velocity_rescale
+    del on["velocity_rescale"]
+    assert not TrainConfig.from_dict(on).rule.velocity_rescale
+    for flags, expected in (([], False), (["--velocity-rescale"], True), (["--no-velocity-rescale"], False)):
+        assert _config_from_args(build_parser().parse_args(["train", *flags])).velocity_rescale is expected
+    with pytest.raises(ValueError, match="bool"):
+        UpdateRule(velocity_rescale=1)
+
+
+def test_model_rescales_every_velocity_at_a_schedule_boundary_only() -> None:
+    """Two LeNets, the rule on and off: the same bits up to the boundary, different after it; at the boundary the
+    velocities of the rule-on model are the others' (before that step) times 2**(gb_new - gb_old)."""
+    from niti.optim import UpdateRule, rescaled_velocity
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (8, 28, 28, 1), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (8,), generator=g)
+    schedule = GbSchedule.parse("5,2@1/2")
+    on, off = (niti.build("lenet", seed=0, total_steps=4, schedule=schedule,
+                          rule=UpdateRule(velocity_rescale=flag)) for flag in (True, False))
+    for _ in range(2):
+        on.train_step(images, labels)
+        off.train_step(images, labels)
+    assert on.weights_sha256() == off.weights_sha256()
+    expected = {n: rescaled_velocity(p.velocity, Fraction(-3), 1 << 31)[0] for n, p in off.named_parameters()}
+    # the boundary step: rescale, then the same update on both would give the rescaled velocity's EMA
+    seen = {}
+    original = niti.optim.rescaled_velocity
+
+    def spy(velocity, delta, bound):  # noqa: ANN001, ANN202
+        out = original(velocity, delta, bound)
+        seen[len(seen)] = (delta, out[0])
+        return out
+
+    import niti.optim as optim_module
+
+    optim_module.rescaled_velocity = spy
+    try:
+        on.train_step(images, labels)
+    finally:
+        optim_module.rescaled_velocity = original
+    off.train_step(images, labels)
+    assert len(seen) == len(expected) and all(delta == -3 for delta, _ in seen.values())
+    assert [v.tolist() for _, v in seen.values()] == [v.tolist() for v in expected.values()]
+    assert on.weights_sha256() != off.weights_sha256()

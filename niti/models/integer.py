@@ -305,6 +305,8 @@ class IntegerModel:
             raise
         # Every gradient exists and every update is checked first: the loop below cannot stop half-way.
         gb = self.current_gb()
+        # The previous step's gb: where it differs, the velocity follows the new rate (docs/numerics.md §5).
+        gb_before = self.schedule.gb_at(self.step - 1, self.total_steps) if self.step else None
         batch = images.shape[0] * self.runtime.world_size
         try:
             for p, offset in zip(params, self.gb_offsets):
@@ -321,7 +323,8 @@ class IntegerModel:
             if rt.recorder is not None:
                 rt.record("grad", p.grad)
                 before = p.master if p.master is not None else p.m
-            apply_update(p, gb + offset, self.runtime, self.rule, batch)
+            apply_update(p, gb + offset, self.runtime, self.rule, batch,
+                         None if gb_before is None else gb_before + offset)
             if rt.recorder is not None:
                 after = p.master if p.master is not None else p.m
                 rt.record("update", before.to(torch.int32) - after.to(torch.int32))

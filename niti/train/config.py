@@ -74,6 +74,9 @@ class TrainConfig:
     #: "max": each gradient rescaled to gb bits per tensor (the paper's; docs/numerics.md §5). Configs without the
     #: key had "max".
     step_scale: str = "exponent"
+    #: The velocity follows a gb change at once, as float SGD's buffer follows its lr (docs/numerics.md §5; off by
+    #: default: level on VGG-small-7, results/velocity-rescale). Configs without the key ran without it.
+    velocity_rescale: bool = False
     #: Bits of room above their initial range for convolution and linear int16 masters (docs/numerics.md §6).
     weight_headroom: int = 0
     #: Bits of resolution each activation rescale but the logits' gains by saturating the batch's largest values
@@ -181,7 +184,7 @@ class TrainConfig:
 
     @property
     def rule(self) -> UpdateRule:
-        return UpdateRule(self.batch_ref, self.momentum_shift, self.decay_shift, self.step_scale)
+        return UpdateRule(self.batch_ref, self.momentum_shift, self.decay_shift, self.step_scale, self.velocity_rescale)
 
     @property
     def schedule(self) -> GbSchedule:
@@ -210,6 +213,8 @@ class TrainConfig:
             d = {**d, "act_clip_share": 0}
         if "step_scale" not in d:  # written before float SGD's step: the per-tensor rescale
             d = {**d, "step_scale": "max"}
+        if "velocity_rescale" not in d:  # written before the velocity followed gb changes
+            d = {**d, "velocity_rescale": False}
         return cls(**d)
 
     def replace(self, **changes: object) -> "TrainConfig":
