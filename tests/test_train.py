@@ -52,6 +52,27 @@ def test_resume_after_interruption_is_bit_identical(tmp_path: Path, mnist_small_
     assert resumed["steps"] == straight["steps"]
 
 
+def test_resumed_run_reports_the_same_metrics_clipped_steps_included(tmp_path: Path, mnist_small_npz: Path) -> None:
+    """Raw pixels at gb 7 make float SGD's step clip (counted, docs/numerics.md §5): the running count in
+    metrics.jsonl survives an interruption, as every other metric but the seconds does."""
+    kw = dict(epochs=2, input_std=False, gb_schedule="7", max_steps=30)
+    straight = _config(tmp_path / "a", mnist_small_npz, **kw)
+    fit(straight)
+    cfg = _config(tmp_path / "b", mnist_small_npz, **kw)
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg, stop_after_steps=12)
+    with pytest.raises(TrainingInterrupted):
+        fit(cfg, resume=True, stop_after_steps=11)  # into epoch 2
+    fit(cfg, resume=True)
+
+    def metrics(run: str) -> list[dict]:
+        rows = [json.loads(x) for x in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert metrics(cfg.out) == metrics(straight.out)
+    assert metrics(cfg.out)[-1]["step_clips"] > 0
+
+
 def test_fresh_run_refuses_to_overwrite_and_resume_checks_config(tmp_path: Path, mnist_small_npz: Path) -> None:
     cfg = _config(tmp_path, mnist_small_npz, epochs=1, max_steps=3)
     fit(cfg)

@@ -298,11 +298,19 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     xt_test, yt_test = eval_images(ds.x_test), torch.from_numpy(ds.y_test.copy())
     flag = _StopFlag()
     steps_this_call = 0
+    # Clipped weight steps (step_scale="exponent") before this call, carried through checkpoints so that a resumed
+    # run reports the same running count as one that never stopped.
+    counts_clips = hasattr(model, "current_gb") and config.step_scale == "exponent"
+    clips_before = int(state.get("step_clips", 0)) if state else 0
+
+    def step_clips() -> int:
+        return clips_before + sum(p.step_clips for p in model.parameters())
 
     def checkpoint(next_epoch: int, next_batch: int) -> None:
         if rank != 0:
             return
         save_checkpoint(ckpt_path, {
+            **({"step_clips": step_clips()} if counts_clips else {}),
             "config": config.to_dict(), "model": model.state_dict(), "epoch": next_epoch, "batch": next_batch,
             "seconds": seconds, "history": history, "step_log": step_log, "best_val": best_val,
             "best_epoch": best_epoch, "running": list(running), "window": list(window), "mean": list(mean), "total_steps": total_steps, "world_size": world,
@@ -396,8 +404,8 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
                           "test_accuracy": test_acc, "seconds": seconds}
                 if hasattr(model, "current_gb"):
                     record["gb"] = _gb_text(model)
-                    if config.step_scale == "exponent":  # clipped steps since the run (or its resume) started
-                        record["step_clips"] = sum(p.step_clips for p in model.parameters())
+                    if counts_clips:  # clipped weight steps since the run started (resumes included)
+                        record["step_clips"] = step_clips()
                 history.append(record)
                 if val_acc is not None and val_acc > best_val:
                     best_val, best_epoch = val_acc, epoch + 1

@@ -171,6 +171,7 @@ def validate_train_state(state: dict, where: str | Path) -> TrainConfig:
     total_steps = _int(where, "total_steps", state["total_steps"], 1)
     _int(where, "best_epoch", state["best_epoch"], -1, config.epochs)
     _int(where, "world_size", state.get("world_size", 1), 1)
+    _int(where, "step_clips", state.get("step_clips", 0), 0)
     if _number(where, "seconds", state["seconds"]) < 0:
         raise _fail(where, f"seconds must be >= 0, got {state['seconds']}")
     _number(where, "best_val", state["best_val"])
