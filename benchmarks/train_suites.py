@@ -123,6 +123,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             (f"vgg7-float-edrop-s{s}", ["--model", "vgg-small-7", "--arith", "float", "--epochs", str(a.epochs),
                                         "--batch-size", str(a.batch_size or 128), "--lr", "0.05", "--seed", str(s)])
             for s in seeds] + [
+            # 2026-12-03: is the weight decay's cost at this length the integer model's alone? The twin without it.
+            (f"vgg7-float-edrop-nodecay-s{s}", ["--model", "vgg-small-7", "--arith", "float", "--epochs",
+                                                str(a.epochs), "--batch-size", str(a.batch_size or 128), "--lr", "0.05",
+                                                "--weight-decay", "0", "--seed", str(s)])
+            for s in seeds] + [
             # 2026-12-03: today's defaults with the velocity following gb changes (--velocity-rescale, §5).
             (f"vgg7-int-vr-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
                                    str(a.batch_size or 128), *VELOCITY_FLAGS, "--seed", str(s)])
