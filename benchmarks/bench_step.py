@@ -28,6 +28,8 @@ from niti.bench import format_report, run_bench  # noqa: E402
 CONFIGS = {"vgg-small-7": 128, "lenet": 256, "resnet-20": 128, "resnet-18": 32}  # ResNet-18: issue 14's timing
 TARGET_SPEEDUP = {"vgg-small-7": 4.0, "lenet": 2.0, "resnet-20": 3.0}
 GOAL_SPEEDUP: dict[str, float] = {}
+#: Issue 17's speed-up over bf16 autocast (VGG-small-7 only; the other rows report it without a target).
+TARGET_VS_BF16 = {"vgg-small-7": 2.0}
 PRODUCTS_TARGET = 0.85
 
 
@@ -63,7 +65,8 @@ def _row(r: dict) -> str:
     cells.append(f"{speed:.2f}× ({_check(speed >= target if target else None)})" if speed else "n/a")
     cells.append((f"≥ {target}" + (f" (goal {goal})" if goal else "")) if target else "")
     bf16 = s.get("speedup_vs_bf16")
-    cells.append(f"{bf16:.2f}× ({_check(bf16 > 1)})" if bf16 else "n/a")
+    bf16_target = TARGET_VS_BF16.get(r["model"])
+    cells.append(f"{bf16:.2f}× ({_check(bf16 >= bf16_target if bf16_target else None)})" if bf16 else "n/a")
     cells.append(f"{s['integer_images_per_s']:.0f}" if s.get("integer_images_per_s") else "n/a")
     mem, eff, frac = (s.get(k) for k in ("memory_integer_over_fp32", "int_mm_fraction_of_peak",
                                          "int_mm_fraction_of_step"))
@@ -92,7 +95,7 @@ def summary_markdown(results: list[dict], command: str) -> str:
         "- memory: VmHWM (peak mark reset after warm-up) minus VmRSS before the model was built",
         "",
         "| model | batch | integer ms/step | fp32 ms/step | bf16 ms/step | speed-up vs fp32 | target | "
-        "vs bf16 | int img/s | memory int/fp32 (≤ 0.5) | int8 products % of peak (≥ 85) | "
+        "vs bf16 (VGG ≥ 2.0) | int img/s | memory int/fp32 (≤ 0.5) | int8 products % of peak (≥ 85) | "
         "products % of step (≥ 85) | load before → after |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
