@@ -66,12 +66,12 @@ def suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]:
 #: initial weights within the Xavier bound, as the twin draws them.
 FLOAT_SGD_FLAGS = ["--step-scale", "exponent", "--no-full-range-init", "--gb-schedule", "5,5/3,-5/3@1/2,3/4"]
 #: ... the velocity decaying into a new gb on its own (the default; named so that the arms keep their meaning) ...
-_OLD_VELOCITY = ["--no-velocity-rescale"]
+_PLAIN_VELOCITY = ["--no-velocity-rescale"]
 #: ... without weight decay, as the arms that use it ran before the twin's decay became a default (2026-12-02;
 #: their recorded commands, written before, omit the --decay-shift 0 that was then the default).
-SGD_STEP_FLAGS = [*FLOAT_SGD_FLAGS, *_OLD_VELOCITY, "--decay-shift", "0"]
+SGD_STEP_FLAGS = [*FLOAT_SGD_FLAGS, *_PLAIN_VELOCITY, "--decay-shift", "0"]
 #: ... with the twin's weight decay (docs/numerics.md §5): the defaults of 2026-12-02.
-SGD_DECAY_FLAGS = [*FLOAT_SGD_FLAGS, *_OLD_VELOCITY, "--decay-shift", "17"]
+SGD_DECAY_FLAGS = [*FLOAT_SGD_FLAGS, *_PLAIN_VELOCITY, "--decay-shift", "17"]
 #: ... and the velocity following a gb change as float SGD's buffer follows its lr (--velocity-rescale, an option
 #: since 2026-12-03; docs/numerics.md §5).
 VELOCITY_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "17", "--velocity-rescale"]
@@ -110,7 +110,7 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         # decay joined them: --decay-shift 0, which its recorded command omits); vgg7-int-s* ran the defaults of its
         # own day (results/cifar-vgg7-3ep records them).
         return runs + [(f"vgg7-int-sgd-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
-                                               str(a.batch_size or 128), "--decay-shift", "0", *_OLD_VELOCITY,
+                                               str(a.batch_size or 128), "--decay-shift", "0", *_PLAIN_VELOCITY,
                                                "--seed", str(s)])
                        for s in seeds] + [
             # Issue 12, 2026-12-02: the defaults since the twin's weight decay joined them (docs/numerics.md §5,

@@ -758,12 +758,12 @@ def test_model_rescales_every_velocity_at_a_schedule_boundary_only() -> None:
     assert on.weights_sha256() == off.weights_sha256()
     expected = {n: rescaled_velocity(p.velocity, Fraction(-3), 1 << 31)[0] for n, p in off.named_parameters()}
     # the boundary step: rescale, then the same update on both would give the rescaled velocity's EMA
-    seen = {}
+    seen = []
     original = niti.optim.rescaled_velocity
 
     def spy(velocity, delta, bound):  # noqa: ANN001, ANN202
         out = original(velocity, delta, bound)
-        seen[len(seen)] = (delta, out[0])
+        seen.append((delta, out[0]))
         return out
 
     import niti.optim as optim_module
@@ -774,6 +774,6 @@ def test_model_rescales_every_velocity_at_a_schedule_boundary_only() -> None:
     finally:
         optim_module.rescaled_velocity = original
     off.train_step(images, labels)
-    assert len(seen) == len(expected) and all(delta == -3 for delta, _ in seen.values())
-    assert [v.tolist() for _, v in seen.values()] == [v.tolist() for v in expected.values()]
+    assert len(seen) == len(expected) and all(delta == -3 for delta, _ in seen)
+    assert [v.tolist() for _, v in seen] == [v.tolist() for v in expected.values()]
     assert on.weights_sha256() != off.weights_sha256()
