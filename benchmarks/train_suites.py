@@ -75,6 +75,9 @@ SGD_DECAY_FLAGS = [*FLOAT_SGD_FLAGS, *_PLAIN_VELOCITY, "--decay-shift", "17"]
 #: ... and the velocity following a gb change as float SGD's buffer follows its lr (--velocity-rescale, an option
 #: since 2026-12-03; docs/numerics.md §5).
 VELOCITY_FLAGS = [*FLOAT_SGD_FLAGS, "--decay-shift", "17", "--velocity-rescale"]
+#: ... and two bits more room for the first and last weighted layers' int16 masters (--end-headroom, an option since
+#: 2026-12-03; docs/numerics.md §6): the float twin's weights there grow farthest past the integer rail.
+END_HEADROOM_FLAGS = [*SGD_DECAY_FLAGS, "--end-headroom", "2"]
 #: The first version's numerics (before issue 12) from today's flags.
 FIRST_NUMERICS_FLAGS = ["--softmax", "coarse", "--no-input-std", "--no-full-range-init", "--batch-ref", "0",
                         "--momentum-shift", "0", "--accumulator-bits", "8", "--step-scale", "max", "--decay-shift", "0",
@@ -131,6 +134,21 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             # 2026-12-03: today's defaults with the velocity following gb changes (--velocity-rescale, §5).
             (f"vgg7-int-vr-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
                                    str(a.batch_size or 128), *VELOCITY_FLAGS, "--seed", str(s)])
+            for s in seeds] + [
+            # 2026-12-03: the first and last layers with two bits more room (weight-range.md: the twin's weights
+            # there pass the integer rail most), with the decay and without it.
+            (f"vgg7-int-eh2-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                    str(a.batch_size or 128), *END_HEADROOM_FLAGS, "--seed", str(s)])
+            for s in seeds] + [
+            (f"vgg7-int-eh2-nodecay-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                            str(a.batch_size or 128), *SGD_STEP_FLAGS, "--end-headroom", "2",
+                                            "--seed", str(s)])
+            for s in seeds] + [
+            # 2026-12-03: finer activations (docs/numerics.md §2: c = 2 bounded at 2**-5 of a batch saturated, the
+            # quarter model's 40-epoch leader): is the forward's rounding what slows the full model?
+            (f"vgg7-int-clip2k5-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                        str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--act-clip-bits", "2",
+                                        "--act-clip-share", "5", "--seed", str(s)])
             for s in seeds]
     if name == "cifar-select":  # choose the int gb schedule / accumulator and the float lr on validation
         common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
@@ -303,6 +321,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             (f"q-int-sgd-h2-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
                                     str(a.batch_size or 128), *SGD_STEP_FLAGS, "--weight-headroom", "2",
                                     "--seed", str(s)])
+            for s in seeds] + [
+            # 2026-12-03: two bits more room for the first and last layers only (cifar-vgg7's vgg7-int-eh2), with
+            # the decay: does it hold at the converged length?
+            (f"q-int-eh2-s{s}", ["--model", "vgg-small-7-quarter", "--epochs", str(a.epochs), "--batch-size",
+                                 str(a.batch_size or 128), *END_HEADROOM_FLAGS, "--seed", str(s)])
             for s in seeds]
     if name == "mnist-clip":  # issue 12: does activation clipping (cifar-quarter's q-int-clip*) hold on MNIST
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
@@ -369,7 +392,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 # ... and with the twin's weight decay (cifar-quarter's q-int-sgd-wd17, docs/numerics.md §5)?
                 + [(f"lenet-int-sgd-wd17-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
                                                  str(a.batch_size or 128), *SGD_DECAY_FLAGS,
-                                                 "--seed", str(s)]) for s in seeds])
+                                                 "--seed", str(s)]) for s in seeds]
+                # ... and with two bits more room for the first and last layers (cifar-vgg7's vgg7-int-eh2)?
+                + [(f"lenet-int-eh2-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
+                                            str(a.batch_size or 128), *END_HEADROOM_FLAGS,
+                                            "--seed", str(s)]) for s in seeds])
     if name == "mnist-headroom":  # issue 12: does two bits of weight headroom hold on LeNet / MNIST (validation)
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
         return [(f"lenet-int-h2-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
@@ -466,6 +493,10 @@ _ABLATION_SGD_OFF = {
     "sgd-off-batch": ["--batch-ref", "0"],
     "sgd-off-momentum": ["--momentum-shift", "0"],
     "sgd-off-errors": ["--err-round", "nearest"],
+    # Without momentum gb 5 is plain SGD at lr 0.5 (docs/numerics.md §5); these are the no-momentum arms at float
+    # SGD's lr 0.05 and 0.125 (gb 5/3 and 3, 2**(gb - 6)), the same 100x annealing (2026-12-03).
+    "sgd-off-momentum-lr0.05": ["--momentum-shift", "0", "--gb-schedule", "5/3,-5/3,-5@1/2,3/4"],
+    "sgd-off-momentum-lr0.125": ["--momentum-shift", "0", "--gb-schedule", "3,-1/3,-11/3@1/2,3/4"],
 }
 
 #: ResNet-20's batch-norm layers (niti.models.architectures), for per-layer gb offsets.

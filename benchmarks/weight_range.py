@@ -4,8 +4,9 @@ A diagnostic for issue 12. An integer weight's int16 master has a fixed exponent
 rail ``32767 · 2**master_e`` (with the default headroom 0: the full-range init's own bound, docs/numerics.md §6, §8).
 A float weight has no such bound. For each weight tensor (2-d and 4-d) of each run this prints a markdown table: the
 largest real |w|, the rail (integer runs), the median |w|, and two shape figures: ``mean|w| / max|w|`` (0.5 for a
-uniform spread, near 1 when weights pile up at the ends, small for a peaked, long-tailed spread) and
-``p99.9 / p50`` of |w|.
+uniform spread, near 1 when weights pile up at the ends, small for a peaked, long-tailed spread),
+``p99.9 / p50`` of |w|, and the share of weights at or past 90 % of the rail (for a float run: of the rail of the
+first integer run given with a weight of that name, i.e. the share the integer model could not follow).
 
     python benchmarks/weight_range.py runs/bench/cifar-quarter/q-int-s0 runs/bench/cifar-quarter/q-float-s0
 
@@ -42,15 +43,20 @@ def real_weights(run: str) -> list[tuple[str, torch.Tensor, float | None]]:
 
 
 def table(runs: list[str]) -> str:
-    lines = ["| run | weight | max abs | rail | median abs | mean abs / max abs | p99.9 / p50 |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| run | weight | max abs | rail | median abs | mean abs / max abs | p99.9 / p50 | ≥ 90 % of rail |",
+             "|---|---|---|---|---|---|---|---|"]
+    rails: dict[str, float] = {}  # the first integer run's rail per weight name, for the float runs' last column
     for run in runs:
         for name, w, rail in real_weights(run):
+            if rail is not None:
+                rails.setdefault(name, rail)
             a = w.abs().flatten()
             p50, p999 = torch.quantile(a.float(), torch.tensor([0.5, 0.999])).tolist()
+            near = rail if rail is not None else rails.get(name)
+            share = "" if near is None else f"{100 * float((a >= 0.9 * near).double().mean()):.2f} %"
             lines.append(f"| {Path(run).name} | {name} | {float(a.max()):.4f} | "
                          f"{'' if rail is None else f'{rail:.4f}'} | {p50:.4f} | {float(a.mean() / a.max()):.3f} | "
-                         f"{p999 / p50:.1f} |")
+                         f"{p999 / p50:.1f} | {share} |")
     return "\n".join(lines)
 
 

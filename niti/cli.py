@@ -83,6 +83,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-headroom", type=int, default=defaults.weight_headroom, metavar="BITS",
                    help=f"bits of room above their initial range for convolution and linear weights (16-bit "
                         f"accumulators; default {defaults.weight_headroom})")
+    p.add_argument("--end-headroom", type=int, default=defaults.end_headroom, metavar="BITS",
+                   help=f"bits more of room for the first and the last convolution or linear layer, whose float "
+                        f"weights grow farthest past their initial range (default {defaults.end_headroom})")
     p.add_argument("--act-clip-bits", type=int, default=defaults.act_clip_bits, metavar="BITS",
                    help=f"activation rescales (all but the input's and the logits') keep BITS more bits of "
                         f"resolution and saturate the batch's few largest values (default {defaults.act_clip_bits})")
@@ -149,7 +152,8 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, step_scale=args.step_scale,
                        velocity_rescale=args.velocity_rescale, softmax=args.softmax, dropout=args.dropout,
-                       weight_headroom=args.weight_headroom, act_clip_bits=args.act_clip_bits,
+                       weight_headroom=args.weight_headroom, end_headroom=args.end_headroom,
+                       act_clip_bits=args.act_clip_bits,
                        act_clip_share=args.act_clip_share,
                        full_range_init=args.full_range_init, input_std=args.input_std, lr=args.lr,
                        inference=args.inference, random_bits=args.random_bits, norm_recalibration=args.norm_recalibration,

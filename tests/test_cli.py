@@ -178,6 +178,12 @@ def test_weight_headroom_flag_reaches_the_model_and_its_checkpoint(tmp_path: Pat
     plain = niti.build("lenet")
     for (name, p), (_, q) in zip(model.named_parameters(), plain.named_parameters()):
         assert p.master_e == q.master_e + 3, name  # every LeNet parameter is a convolution or linear one
+    ends = tmp_path / "ends"
+    assert main(["train", *common[:-1], str(ends), "--max-steps", "4", "--end-headroom", "2"]) == 0
+    assert json.loads((ends / "config.json").read_text())["end_headroom"] == 2
+    model, _, _ = load_model(ends)
+    for i, ((name, p), (_, q)) in enumerate(zip(model.named_parameters(), plain.named_parameters())):
+        assert p.master_e == q.master_e + (2 if i in (0, 3) else 0), name  # the first conv and the last linear
 
 
 def test_act_clip_bits_flag_reaches_the_model_and_its_checkpoint(tmp_path: Path, mnist_small_npz: Path) -> None:
@@ -213,6 +219,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     (["--checkpoint-every", "-2"], "checkpoint_every"), (["--nproc", "0"], "nproc"),
     (["--weight-headroom", "9"], "weight_headroom"),
     (["--weight-headroom", "2", "--accumulator-bits", "8"], "weight_headroom"),
+    (["--end-headroom", "9"], "end_headroom"), (["--weight-headroom", "6", "--end-headroom", "3"], "end_headroom"),
     (["--act-clip-bits", "5"], "act_clip_bits"), (["--act-clip-bits", "-1"], "act_clip_bits"),
     (["--act-clip-share", "-1"], "act_clip_share"), (["--act-clip-share", "31"], "act_clip_share")])
 def test_bad_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],

@@ -392,6 +392,45 @@ def test_model_headroom_covers_conv_and_linear_weights_only() -> None:
         assert b.master_e == a.master_e + (0 if name in norm_names else 3), name
 
 
+@pytest.mark.parametrize("name, ends", [("lenet", ("features.0.weight", "classifier.3.weight")),
+                                        ("vgg-small-7", ("features.0.weight", "classifier.2.weight")),
+                                        ("resnet-20", ("stem.0.weight", "fc.weight", "fc.bias"))])
+def test_end_headroom_covers_the_first_and_last_weighted_layers_only(name: str, ends: tuple[str, ...]) -> None:
+    """The layers that read the input and write the logits get ``end_headroom`` bits more room (on top of
+    ``weight_headroom``); every datapath weight, and so every forward, is unchanged (docs/numerics.md §6)."""
+    plain = niti.build(name, seed=3)
+    room = niti.build(name, seed=3, weight_headroom=1, end_headroom=2)
+    norms = ("bn1", "bn2", "stem.1", "shortcut.1")  # ResNet-20's batch norms get no headroom
+    weighted = {n for n, _ in room.named_parameters() if not n.rsplit(".", 1)[0].endswith(norms)}
+    seen = set()
+    for (n, a), (_, b) in zip(plain.named_parameters(), room.named_parameters()):
+        assert torch.equal(a.m, b.m) and a.e == b.e, n
+        want = 3 if n in ends else 1 if n in weighted else 0
+        assert b.master_e == a.master_e + want, n
+        seen.add(n)
+    assert set(ends) <= seen
+
+
+def test_end_headroom_is_checked_and_old_configs_resume_without_it() -> None:
+    from niti.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="0..8"):
+        niti.build("lenet", weight_headroom=4, end_headroom=5)
+    with pytest.raises(ValueError, match="16-bit"):
+        niti.build("lenet", accumulator_bits=8, end_headroom=1)
+    for bad in (-1, 9, True, "2"):
+        with pytest.raises(ValueError, match="end_headroom"):
+            TrainConfig(end_headroom=bad)
+    with pytest.raises(ValueError, match="end_headroom"):
+        TrainConfig(weight_headroom=7, end_headroom=2)
+    with pytest.raises(ValueError, match="16-bit"):
+        TrainConfig(end_headroom=1, accumulator_bits=8)
+    on = TrainConfig(end_headroom=2).to_dict()
+    assert TrainConfig.from_dict(on).end_headroom == 2
+    del on["end_headroom"]
+    assert TrainConfig.from_dict(on).end_headroom == 0
+
+
 # --------------------------------------------------------------------------- numerics 2: scaled steps, momentum, decay
 def _py_round(x: int, s: int, mode: str) -> int:
     """Sign-magnitude rounding of x / 2**s (docs/numerics.md §3), pure Python."""

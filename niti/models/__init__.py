@@ -24,7 +24,7 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
           full_range_init: bool = False, input_shape: tuple[int, int, int] | None = None,
           inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
           dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS,
-          act_clip_share: int = DEFAULT_ACT_CLIP_SHARE) -> IntegerModel:
+          act_clip_share: int = DEFAULT_ACT_CLIP_SHARE, end_headroom: int = 0) -> IntegerModel:
     """An ``IntegerModel`` for a name in ``ARCHITECTURES`` (``"lenet"``, ``"vgg-small-7"``, ...) or a
     ``MODULE:FACTORY`` path (then ``input_shape`` (H, W, C) is required).
 
@@ -33,7 +33,8 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
     tensor, or a mapping from parameter or layer names.  ``inference``: ``"static"`` (calibrated shifts, a
     prediction depends on its image only) or ``"batch"`` (each batch's own shifts, as in training).
     ``random_bits``: ``"counter"`` (hashed, device-independent) or ``"generator"`` (the first version's).
-    ``weight_headroom``: bits of room the convolution and linear int16 masters get above their initial range.
+    ``weight_headroom``: bits of room the convolution and linear int16 masters get above their initial range;
+    ``end_headroom``: bits more for the first and the last of them (docs/numerics.md §6).
     ``dropout``: ``"sample"`` (a mask per element, as torch's) or ``"batch"`` (one per feature for the whole batch,
     the NITI reference's).  ``act_clip_bits``: bits of resolution every activation rescale but the logits' gains
     by saturating its batch's largest values; ``act_clip_share`` k > 0 clips each batch only as far as saturates at
@@ -43,7 +44,8 @@ def build(name: str, *, seed: int = 0, policy: RoundingPolicy | None = None, sch
                         accumulator_bits=accumulator_bits, total_steps=total_steps, mean=mean, gb_offsets=gb_offsets,
                         scale=scale, rule=rule, softmax=softmax, full_range_init=full_range_init,
                         inference=inference, random_bits=random_bits, weight_headroom=weight_headroom,
-                        dropout=dropout, act_clip_bits=act_clip_bits, act_clip_share=act_clip_share)
+                        dropout=dropout, act_clip_bits=act_clip_bits, act_clip_share=act_clip_share,
+                        end_headroom=end_headroom)
 
 
 def from_torch(module: torch.nn.Module, input_shape: tuple[int, int, int], *, seed: int = 0,

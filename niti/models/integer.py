@@ -84,6 +84,18 @@ def resolve_gb_offsets(offsets: tuple[int, ...] | Mapping[str, int] | None,
     return tuple(int(v) for v in offsets)
 
 
+def headroom_bits(net: nn.Module, weight_headroom: int, end_headroom: int) -> list[tuple[nn.Module, int]]:
+    """``(layer, bits)`` for every convolution and linear layer with weight headroom (docs/numerics.md §6):
+    ``weight_headroom`` each, ``end_headroom`` more for the first and the last of them in use order (the layers
+    that read the input and write the logits)."""
+    layers = [layer for layer in net.modules() if isinstance(layer, (nn.Conv2d, nn.Linear))]
+    owner = {id(p): layer for layer in layers for p in layer.parameters()}
+    used = list(dict.fromkeys(owner[id(p)] for _, p in net.named_parameters() if id(p) in owner))
+    ends = {id(used[0]), id(used[-1])} if used and end_headroom else set()
+    out = [(layer, weight_headroom + (end_headroom if id(layer) in ends else 0)) for layer in used]
+    return [(layer, bits) for layer, bits in out if bits]
+
+
 class IntegerModel:
     """An integer network: ``train_step`` runs input conversion, forward, loss, backward and update.
 
@@ -98,7 +110,7 @@ class IntegerModel:
                  rule: UpdateRule | None = None, softmax: str = "precise", full_range_init: bool = False,
                  inference: str = "static", random_bits: str = "counter", weight_headroom: int = 0,
                  dropout: str = "sample", act_clip_bits: int = DEFAULT_ACT_CLIP_BITS,
-                 act_clip_share: int = DEFAULT_ACT_CLIP_SHARE) -> None:
+                 act_clip_share: int = DEFAULT_ACT_CLIP_SHARE, end_headroom: int = 0) -> None:
         if softmax not in nn.SOFTMAXES:
             raise ValueError(f"softmax must be one of {nn.SOFTMAXES}, got {softmax!r}")
         if dropout not in nn.DROPOUT_MASKS:
@@ -139,13 +151,18 @@ class IntegerModel:
         if site is not None:  # clipped logits tie in the argmax: the logits' static shift keeps a bit of room
             site.static_headroom = OUTPUT_HEADROOM
             site.clip_bits = 0  # and the loss needs the logits' true order
-        if weight_headroom and accumulator_bits != 16:
+        if (weight_headroom or end_headroom) and accumulator_bits != 16:
             raise ValueError(f"weight headroom needs 16-bit weight accumulators, got {accumulator_bits}-bit")
+        if not 0 <= weight_headroom + end_headroom <= 8:
+            raise ValueError(f"weight_headroom + end_headroom must be in 0..8 bits, got {weight_headroom} + "
+                             f"{end_headroom}")
         #: Bits of room above the initial range given to convolution and linear masters (docs/numerics.md §6).
         self.weight_headroom = weight_headroom
-        for layer in self.net.modules() if weight_headroom else ():
-            for p in layer.parameters() if isinstance(layer, (nn.Conv2d, nn.Linear)) else ():
-                p.make_headroom(weight_headroom)
+        #: Bits more for the first and the last of them (the input's and the logits' layers).
+        self.end_headroom = end_headroom
+        for layer, bits in headroom_bits(self.net, weight_headroom, end_headroom):
+            for p in layer.parameters():
+                p.make_headroom(bits)
         # Added to the scheduled gb per parameter tensor (input to output): e.g. a larger step for the classifier.
         self.gb_offsets = resolve_gb_offsets(gb_offsets, self.parameter_names())
         self.schedule.check_accumulator_bits(accumulator_bits, self.gb_offsets, self.rule.step_scale)

@@ -79,6 +79,9 @@ class TrainConfig:
     velocity_rescale: bool = False
     #: Bits of room above their initial range for convolution and linear int16 masters (docs/numerics.md §6).
     weight_headroom: int = 0
+    #: Bits more for the first and the last of them, the layers that read the input and write the logits
+    #: (docs/numerics.md §6); configs without the key had 0.
+    end_headroom: int = 0
     #: Bits of resolution each activation rescale but the logits' gains by saturating the batch's largest values
     #: (docs/numerics.md §2); configs without the key had 0.
     act_clip_bits: int = DEFAULT_ACT_CLIP_BITS
@@ -122,8 +125,12 @@ class TrainConfig:
         if isinstance(self.weight_headroom, bool) or not isinstance(self.weight_headroom, int) \
                 or not 0 <= self.weight_headroom <= 8:
             raise ValueError(f"weight_headroom must be an integer in 0..8, got {self.weight_headroom!r}")
-        if self.weight_headroom and self.accumulator_bits != 16:
-            raise ValueError("weight_headroom needs 16-bit weight accumulators (accumulator_bits=16)")
+        if isinstance(self.end_headroom, bool) or not isinstance(self.end_headroom, int) \
+                or not 0 <= self.end_headroom <= 8 - self.weight_headroom:
+            raise ValueError(f"end_headroom must be an integer in 0..{8 - self.weight_headroom} (at most 8 bits "
+                             f"with weight_headroom), got {self.end_headroom!r}")
+        if (self.weight_headroom or self.end_headroom) and self.accumulator_bits != 16:
+            raise ValueError("weight_headroom and end_headroom need 16-bit weight accumulators (accumulator_bits=16)")
         check_act_clip_bits(self.act_clip_bits)
         check_act_clip_share(self.act_clip_share)
         for name in ("act_round", "err_round", "grad_round", "loss_round"):
@@ -215,6 +222,8 @@ class TrainConfig:
             d = {**d, "step_scale": "max"}
         if "velocity_rescale" not in d:  # written before the velocity followed gb changes
             d = {**d, "velocity_rescale": False}
+        if "end_headroom" not in d:  # written before the end layers' headroom
+            d = {**d, "end_headroom": 0}
         return cls(**d)
 
     def replace(self, **changes: object) -> "TrainConfig":

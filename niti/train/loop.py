@@ -68,6 +68,7 @@ def build_model(config: TrainConfig, total_steps: int, mean: tuple[int, ...],
                       gb_offsets=config.layer_gb_offsets, scale=scale, rule=config.rule, softmax=config.softmax,
                       full_range_init=config.full_range_init, input_shape=input_shape, inference=config.inference,
                       random_bits=config.random_bits, weight_headroom=config.weight_headroom,
+                      end_headroom=config.end_headroom,
                       dropout=config.dropout, act_clip_bits=config.act_clip_bits,
                       act_clip_share=config.act_clip_share)
     else:
