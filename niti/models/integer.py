@@ -153,9 +153,9 @@ class IntegerModel:
             site.clip_bits = 0  # and the loss needs the logits' true order
         if (weight_headroom or end_headroom) and accumulator_bits != 16:
             raise ValueError(f"weight headroom needs 16-bit weight accumulators, got {accumulator_bits}-bit")
-        if not 0 <= weight_headroom + end_headroom <= 8:
-            raise ValueError(f"weight_headroom + end_headroom must be in 0..8 bits, got {weight_headroom} + "
-                             f"{end_headroom}")
+        if min(weight_headroom, end_headroom) < 0 or weight_headroom + end_headroom > 8:
+            raise ValueError(f"weight_headroom and end_headroom must be >= 0 and add up to at most 8 bits, got "
+                             f"{weight_headroom} and {end_headroom}")
         #: Bits of room above the initial range given to convolution and linear masters (docs/numerics.md §6).
         self.weight_headroom = weight_headroom
         #: Bits more for the first and the last of them (the input's and the logits' layers).
