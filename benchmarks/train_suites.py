@@ -149,6 +149,28 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             (f"vgg7-int-clip2k5-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
                                         str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--act-clip-bits", "2",
                                         "--act-clip-share", "5", "--seed", str(s)])
+            for s in seeds] + [
+            # 2026-12-03: the step rounded stochastically (counter-based bits) instead of by PSR: after the first
+            # decay most velocities are below one master unit, where PSR never rounds up below 1/16 and rounds
+            # down more often than the fraction says.
+            (f"vgg7-int-gsr-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                    str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--grad-round", "stochastic",
+                                    "--seed", str(s)])
+            for s in seeds] + [
+            # ... or with each weight's rounding remainder carried into its next step (--step-carry, §5).
+            (f"vgg7-int-carry-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                      str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--step-carry", "--seed", str(s)])
+            for s in seeds] + [
+            # ... and with two bits of room for every weight: with the carry a coarser master unit loses no step.
+            (f"vgg7-int-carry-wh2-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                          str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--step-carry",
+                                          "--weight-headroom", "2", "--seed", str(s)])
+            for s in seeds] + [
+            # ... and with 12 fractional bits below a master unit (--step-frac-bits, §5): the momentum average and
+            # the weight decay of the annealed rates no longer round to 2**-8 unit.
+            (f"vgg7-int-carry-f12-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                          str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--step-carry",
+                                          "--step-frac-bits", "12", "--seed", str(s)])
             for s in seeds]
     if name == "cifar-select":  # choose the int gb schedule / accumulator and the float lr on validation
         common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
@@ -396,7 +418,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 # ... and with two bits more room for the first and last layers (cifar-vgg7's vgg7-int-eh2)?
                 + [(f"lenet-int-eh2-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
                                             str(a.batch_size or 128), *END_HEADROOM_FLAGS,
-                                            "--seed", str(s)]) for s in seeds])
+                                            "--seed", str(s)]) for s in seeds]
+                # ... and with the step carry (cifar-vgg7's vgg7-int-carry, docs/numerics.md §5)?
+                + [(f"lenet-int-carry-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
+                                              str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--step-carry",
+                                              "--seed", str(s)]) for s in seeds])
     if name == "mnist-headroom":  # issue 12: does two bits of weight headroom hold on LeNet / MNIST (validation)
         # The default arm is mnist-anneal's lenet-int-default-s*: the same commands.
         return [(f"lenet-int-h2-s{s}", ["--model", "lenet", "--epochs", str(a.epochs), "--batch-size",
@@ -454,6 +480,8 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
         common = ["--model", "benchmarks.user_models:digits_net", "--dataset", data, "--epochs", str(a.epochs)]
         tag = f"e{a.epochs}"
         return ([(f"digits-int-{tag}-s{s}", [*common, "--seed", str(s)]) for s in seeds]
+                # the step carry (docs/numerics.md §5), an option since 2026-12-03 ...
+                + [(f"digits-int-carry-{tag}-s{s}", [*common, "--step-carry", "--seed", str(s)]) for s in seeds]
                 # numerics 2's first defaults (the per-tensor step, until 2026-12-02; docs/numerics.md §10) ...
                 + [(f"digits-int-pertensor-{tag}-s{s}", [*common, "--step-scale", "max", "--full-range-init",
                                                          "--gb-schedule", "5,4,3,2@0.25,0.5,0.75",

@@ -75,6 +75,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="when the gb schedule changes the rate, multiply the momentum velocity by the same factor, "
                         "as float SGD's lr multiplies its buffer (default off: the velocity keeps the old rate's "
                         "steps for ~2**K steps)")
+    p.add_argument("--step-carry", action=argparse.BooleanOptionalAction, default=defaults.step_carry,
+                   help="each weight keeps what rounding its step to a master unit left and adds it to the next "
+                        "step (rounded to nearest), so steps below one unit add up instead of being rounded away "
+                        f"(default {'on' if defaults.step_carry else 'off'})")
+    p.add_argument("--step-frac-bits", type=int, default=defaults.step_frac_bits, metavar="F",
+                   help="bits below one master weight unit kept by the scaled gradient, the momentum velocity and "
+                        f"the carried step (8..12, default {defaults.step_frac_bits}): more keep the small steps "
+                        "and weight decay of annealed rates")
     p.add_argument("--step-scale", choices=["max", "exponent"], default=defaults.step_scale,
                    help="how a gradient becomes a step: float SGD's, 2**(gb - 20) times the real summed gradient "
                         "(exponent, the default: gb 5 is float's lr 0.05 with momentum), or rescaled to gb bits per "
@@ -151,7 +159,7 @@ def _config_from_args(args: argparse.Namespace):  # noqa: ANN202
                        threads=args.threads, image_size=args.image_size, workers=args.workers, device=args.device, gb_schedule=args.gb_schedule,
                        gb_offsets=args.gb_offsets, accumulator_bits=args.accumulator_bits, batch_ref=args.batch_ref,
                        momentum_shift=args.momentum_shift, decay_shift=args.decay_shift, step_scale=args.step_scale,
-                       velocity_rescale=args.velocity_rescale, softmax=args.softmax, dropout=args.dropout,
+                       velocity_rescale=args.velocity_rescale, step_carry=args.step_carry, step_frac_bits=args.step_frac_bits, softmax=args.softmax, dropout=args.dropout,
                        weight_headroom=args.weight_headroom, end_headroom=args.end_headroom,
                        act_clip_bits=args.act_clip_bits,
                        act_clip_share=args.act_clip_share,

@@ -47,13 +47,16 @@ from .nn.module import IntParameter
 from .numerics import round_shift
 from .runtime import Runtime
 
-__all__ = ["EXPONENT_BATCH_REF", "EXPONENT_STEP_BIAS", "GB_RANGE", "STEP_SCALES", "GbSchedule", "UpdateRule", "VELOCITY_FRAC_BITS", "apply_update", "check_update",
+__all__ = ["EXPONENT_BATCH_REF", "EXPONENT_STEP_BIAS", "GB_RANGE", "STEP_SCALES", "GbSchedule", "STEP_FRAC_BITS", "UpdateRule", "VELOCITY_FRAC_BITS", "apply_update", "check_update",
            "format_fraction", "pow2_fraction_q8", "rescaled_velocity"]
 
 #: The gb values a schedule may hold; values below 1 need 16-bit weight accumulators.
 GB_RANGE = range(-7, 8)
-#: Fractional bits of the velocity (and of the scaled gradient before the step is rounded).
+#: Fractional bits of the velocity (and of the scaled gradient before the step is rounded), below one master unit:
+#: the default of ``UpdateRule.step_frac_bits``.
 VELOCITY_FRAC_BITS = 8
+#: The ``step_frac_bits`` an update takes: at 12 the int32 velocity still holds any step the cap allows.
+STEP_FRAC_BITS = range(8, 13)
 #: ``step_scale="exponent"``: the step is ``2**(gb - EXPONENT_STEP_BIAS)`` times the real summed gradient. The
 #: loss error is 128 · (softmax - onehot) per image, so gb 5 at batch 128 with momentum is float SGD's lr 0.05 with
 #: momentum 0.9 on the mean loss (docs/numerics.md §5).
@@ -136,23 +139,38 @@ class UpdateRule:
     #: (docs/numerics.md §5). Off by default: on VGG-small-7 / CIFAR-10 it removed the dip after the first decay
     #: but ended level (results/velocity-rescale). Off, the velocity decays into the new rate over ~2**k steps.
     velocity_rescale: bool = False
+    #: Each weight keeps what rounding its step to a master unit left (an int16 residual in ``2**-8`` master
+    #: units, ``IntParameter.step_residual``) and adds it to its next step, which is rounded to nearest: the
+    #: applied steps sum to the velocities' sum within one master unit, where pseudo-stochastic rounding never
+    #: moves a weight whose step is below 1/16 unit and under-applies larger fractions (docs/numerics.md §5).
+    step_carry: bool = False
+    #: Fractional bits F of the scaled gradient, the velocity and the carried residual below one master unit
+    #: (docs/numerics.md §5): the momentum average moves only when its input differs from the velocity by
+    #: ``2**(k - 1 - F)`` unit or more, and the weight decay is rounded to ``2**-F`` unit, so the annealed rates'
+    #: small steps and decay need more than 8. Configs without the key had 8.
+    step_frac_bits: int = VELOCITY_FRAC_BITS
 
     def __post_init__(self) -> None:
-        if not isinstance(self.velocity_rescale, bool):
-            raise ValueError(f"velocity_rescale must be a bool, got {self.velocity_rescale!r}")
+        for flag in ("velocity_rescale", "step_carry"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
         if self.batch_ref < 0 or (self.batch_ref and self.batch_ref & (self.batch_ref - 1)):
             raise ValueError(f"batch_ref must be 0 or a power of two, got {self.batch_ref}")
         if not 0 <= self.momentum_shift <= 16:
             raise ValueError(f"momentum_shift must be in 0..16 (0: no momentum), got {self.momentum_shift}")
         if self.decay_shift != 0 and not 8 <= self.decay_shift <= 40:
             raise ValueError(f"decay_shift must be 0 (off) or in 8..40, got {self.decay_shift}")
+        if isinstance(self.step_frac_bits, bool) or self.step_frac_bits not in STEP_FRAC_BITS:
+            raise ValueError(f"step_frac_bits must be an int in {STEP_FRAC_BITS.start}..{STEP_FRAC_BITS.stop - 1}, "
+                             f"got {self.step_frac_bits!r}")
         if self.step_scale not in STEP_SCALES:
             raise ValueError(f"step_scale must be one of {STEP_SCALES}, got {self.step_scale!r}")
 
     @classmethod
     def paper(cls) -> "UpdateRule":
         """The NITI paper's update: batch-independent, no momentum, no weight decay, per-tensor rescale."""
-        return cls(batch_ref=0, momentum_shift=0, decay_shift=0, step_scale="max", velocity_rescale=False)
+        return cls(batch_ref=0, momentum_shift=0, decay_shift=0, step_scale="max", velocity_rescale=False,
+                   step_carry=False, step_frac_bits=VELOCITY_FRAC_BITS)
 
 
 @dataclass(frozen=True)
@@ -298,6 +316,7 @@ class _Plan:
     decay_shift: int | None  # right shift of the weight for weight decay (negative: left); None without decay
     batch_shift: int = 0  # step_scale="exponent": extra right shift of the batch factor EXPONENT_BATCH_REF / batch
     velocity_bound: int = 1 << 31  # |velocity| stays below this (int32)
+    frac_bits: int = VELOCITY_FRAC_BITS  # F: the scaled gradient's and the velocity's bits below one master unit
 
 
 def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int | None) -> _Plan:
@@ -309,7 +328,7 @@ def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int 
         raise ValueError(f"gb must be >= -7 with 16-bit weight accumulators, got {gb}")
     if not wide and gb < 1 and rule.step_scale == "max":
         raise ValueError(f"gb {gb} < 1 needs a 16-bit weight accumulator; {param!r} has 8 bits")
-    fv, limit = VELOCITY_FRAC_BITS, (32767 if wide else 127)
+    fv, limit = rule.step_frac_bits, (32767 if wide else 127)
     gb_int = gb.numerator // gb.denominator  # floor
     exponent = rule.step_scale == "exponent"
     target = (_EXPONENT_STEP_BITS[param.accumulator_bits] if exponent else gb_int + (8 if wide else 0)) + fv
@@ -339,7 +358,7 @@ def _plan(param: IntParameter, gb: int | Fraction, rule: UpdateRule, batch: int 
     if velocity_bound >= 1 << 31:
         raise ValueError(f"batch {batch} with gb {gb} could overflow the int32 velocity; use a smaller batch "
                          f"or gb")
-    return _Plan(gb, gb_int, target, mult, mult_shift, decay_shift, batch_shift, velocity_bound)
+    return _Plan(gb, gb_int, target, mult, mult_shift, decay_shift, batch_shift, velocity_bound, fv)
 
 
 def rescaled_velocity(velocity: Tensor, delta: Fraction, bound: int) -> tuple[Tensor, Tensor | None]:
@@ -351,7 +370,7 @@ def rescaled_velocity(velocity: Tensor, delta: Fraction, bound: int) -> tuple[Te
     """
     d = delta.numerator // delta.denominator
     wide = velocity.to(torch.int64) * pow2_fraction_q8(delta - d)
-    shift = VELOCITY_FRAC_BITS - d
+    shift = 8 - d  # the Q8 multiplier's 8 bits (whatever the velocity's own fractional bits)
     wide = round_shift(wide, shift, "nearest") if shift > 0 else wide << -shift
     clipped = None
     if delta > 0:  # only a rate increase can pass the bound
@@ -375,7 +394,7 @@ def _exponent_shift(param: IntParameter, plan: _Plan) -> int:
     ``2**plan.target`` (counted in ``param.step_clips``) so the shift up cannot overflow."""
     assert param.grad is not None
     shift = _exponent_step_shift(param, plan.gb_int) + plan.batch_shift  # within the range _plan checked
-    bits = plan.target - VELOCITY_FRAC_BITS  # of the step before its fractional bits
+    bits = plan.target - plan.frac_bits  # of the step before its fractional bits
     limit = (1 << bits) - 1 if shift <= 0 else ((1 << (bits + shift)) - 1)
     if shift < 0:
         limit >>= -shift
@@ -424,27 +443,34 @@ def apply_update(param: IntParameter, gb: int | Fraction, runtime: Runtime, rule
     wide = param.accumulator_bits == 16
     w, limit = (param.master, 32767) if wide else (param.m, 127)
     assert w is not None
-    fv, target = VELOCITY_FRAC_BITS, plan.target
+    fv, target = plan.frac_bits, plan.target
 
     if rule.step_scale == "max":
         # The paper's shift (never amplifies a gradient already below gb bits), keeping fv more fractional bits.
         mode, shift, _ = runtime.rounding(param.grad, target - fv, "gradient", batched=False)
     else:
         mode = runtime.mode("gradient")  # shift: from _exponent_shift
-    grad_noise = step_noise = None
+    grad_noise = step_noise = residual = None
     if mode == "stochastic":  # drawn in this order: the gradient's rounding, then the step's
         if shift > fv:
             grad_noise = runtime.uniform(1 << (shift - fv), tuple(param.grad.shape), batched=False,
                                          device=param.grad.device)
-        step_noise = runtime.uniform(1 << fv, tuple(w.shape), batched=False, device=w.device)
+        if not rule.step_carry:  # a carried step is rounded to nearest
+            step_noise = runtime.uniform(1 << fv, tuple(w.shape), batched=False, device=w.device)
+    if rule.step_carry:
+        residual = param.step_residual
+        if residual is None or residual.shape != w.shape:
+            residual = torch.zeros(w.shape, dtype=torch.int16, device=w.device)
     # One fused pass (int64 inside): |x| < 2**target after the gradient's rounding, the velocity within int32.
-    new, velocity = fused.sgd_update(
+    new, velocity, *carried = fused.sgd_update(
         param.grad, w, param.velocity if param.velocity is not None and param.velocity.shape == w.shape else None,
         grad_shift=shift - fv, grad_bits=target, decay_shift=plan.decay_shift, mult=plan.mult,
         mult_shift=plan.mult_shift, momentum_shift=rule.momentum_shift, frac_bits=fv, weight_limit=limit, mode=mode,
-        grad_noise=grad_noise, step_noise=step_noise)
+        grad_noise=grad_noise, step_noise=step_noise, residual=residual)
     if velocity is not None:
         param.velocity = velocity
+    if carried:
+        param.step_residual = carried[0]
     if wide:
         param.master = new
         param.refresh_datapath()

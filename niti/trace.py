@@ -6,7 +6,7 @@ writes every integer tensor it made to an npz (no pickles), in step order,
 under names that say where and what (docs/inference.md, "Step traces"):
 
 - ``batch.images`` / ``batch.labels``, ``step``, ``generator.*`` (the seeded generators' states),
-  ``<param>.before.{m,master,velocity,e,master_e}``: everything the step starts from;
+  ``<param>.before.{m,master,velocity,step_residual,e,master_e}``: everything the step starts from;
 - ``input.out`` and ``<layer>.out`` (``.out.e``: the exponent): forward outputs;
 - ``<scope>.<role>.acc`` / ``.shift``: each wide tensor before it was narrowed and the shift chosen (``.clip``:
   the clip a share-bounded activation rescale chose),
@@ -137,7 +137,8 @@ def _rebuild(fmt: dict, arrays: dict[str, np.ndarray]):  # noqa: ANN202
         if get("m") is None or e is None:
             raise ValueError(f"trace lacks {name}.before.m / .e: it does not describe this model")
         params[name] = {"m": get("m"), "e": int(e), "master": get("master"),
-                        "master_e": None if master_e is None else int(master_e), "velocity": get("velocity")}
+                        "master_e": None if master_e is None else int(master_e), "velocity": get("velocity"),
+                        "step_residual": get("step_residual")}
     runtime = {k[len("generator."):]: torch.from_numpy(v.copy()) for k, v in arrays.items()
                if k.startswith("generator.")}
     model.load_state_dict({"arch": model.arch.name, "step": int(arrays["step"]), "total_steps": start["total_steps"],

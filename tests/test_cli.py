@@ -186,6 +186,26 @@ def test_weight_headroom_flag_reaches_the_model_and_its_checkpoint(tmp_path: Pat
         assert p.master_e == q.master_e + (2 if i in (0, 3) else 0), name  # the first conv and the last linear
 
 
+def test_step_carry_flag_reaches_the_update_and_its_checkpoint(tmp_path: Path, mnist_small_npz: Path) -> None:
+    import torch
+
+    from niti.train.loop import load_model
+
+    common = ["--model", "lenet", "--dataset", str(mnist_small_npz), "--batch-size", "32", "--val-size", "300",
+              "--threads", "1", "--no-progress", "--max-steps", "4"]
+    runs = {flag: tmp_path / flag.strip("-") for flag in ("--step-carry", "--no-step-carry")}
+    for flag, out in runs.items():
+        assert main(["train", *common, "--out", str(out), flag]) == 0
+    assert json.loads((runs["--step-carry"] / "config.json").read_text())["step_carry"] is True
+    model, config, _ = load_model(runs["--step-carry"])
+    assert config.rule.step_carry and model.rule.step_carry
+    assert all(p.step_residual is not None and p.step_residual.dtype.is_signed for _, p in model.named_parameters())
+    plain, _, _ = load_model(runs["--no-step-carry"])
+    assert all(p.step_residual is None for _, p in plain.named_parameters())
+    assert any(not torch.equal(p.master, q.master) for (_, p), (_, q) in zip(model.named_parameters(),
+                                                                            plain.named_parameters()))
+
+
 def test_act_clip_bits_flag_reaches_the_model_and_its_checkpoint(tmp_path: Path, mnist_small_npz: Path) -> None:
     from niti.models.integer import output_site
     from niti.train.loop import load_model
@@ -220,6 +240,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *words: str) -> str:
     (["--weight-headroom", "9"], "weight_headroom"),
     (["--weight-headroom", "2", "--accumulator-bits", "8"], "weight_headroom"),
     (["--end-headroom", "9"], "end_headroom"), (["--weight-headroom", "6", "--end-headroom", "3"], "end_headroom"),
+    (["--step-frac-bits", "13"], "step_frac_bits"),
     (["--act-clip-bits", "5"], "act_clip_bits"), (["--act-clip-bits", "-1"], "act_clip_bits"),
     (["--act-clip-share", "-1"], "act_clip_share"), (["--act-clip-share", "31"], "act_clip_share")])
 def test_bad_values_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str],

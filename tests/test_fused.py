@@ -404,6 +404,10 @@ def test_generated_code_has_no_floating_point_types() -> None:
         (fused._sgd_update, (acc, acc.to(torch.int16), acc, *(fused._scalar(v, torch.int64, f"t{v}")
                                                              for v in (3, 2**20, 9, 300, 9, 4, 8, 32767))),
          {"mode": "pseudo_stochastic", "grad_down": True, "decay": "right", "momentum": True}),
+        (fused._sgd_update, (acc, acc.to(torch.int16), acc, *(fused._scalar(v, torch.int64, f"t{v}")
+                                                             for v in (3, 2**20, 9, 300, 9, 4, 8, 32767)),
+                             None, None, (acc % 257 - 128).to(torch.int16)),
+         {"mode": "pseudo_stochastic", "grad_down": True, "decay": "right", "momentum": True, "carry": True}),
     ]
     with fresh_cache():
         for chain, args, static in cases:
@@ -467,3 +471,39 @@ def test_sgd_update_matches_the_step_by_step_reference(mode: str, grad_shift: in
         assert got_w.dtype == w_dtype and torch.equal(got_w, want_w)
         assert (got_v is None) == (k == 0) and (got_v is None or torch.equal(got_v, want_v))
     _assert_compiled(fused._sgd_update)
+
+
+@pytest.mark.parametrize("mode", ["pseudo_stochastic", "stochastic"])
+@pytest.mark.parametrize("grad_shift,decay_shift,k", [(6, 3, 3), (-2, -1, 0), (12, 0, 1)])
+def test_sgd_update_with_step_carry_matches_the_step_by_step_reference(mode: str, grad_shift: int,
+                                                                       decay_shift: int | None, k: int,
+                                                                       chain_path: str) -> None:
+    """The step carry (docs/numerics.md §5): the fractional step x plus the residual r, rounded to nearest; the
+    new residual is what that rounding left (x + r = 2**8 · step + new r, exactly); the velocity is unchanged."""
+    from niti.numerics import round_shift
+
+    g = torch.Generator().manual_seed(grad_shift + 7 * k)
+    n = 3000
+    grad = torch.randint(-2**24, 2**24, (n,), dtype=torch.int32, generator=g)
+    w = torch.randint(-30000, 30001, (n,), dtype=torch.int16, generator=g)
+    v = torch.randint(-2**20, 2**20, (n,), dtype=torch.int32, generator=g) if k else None
+    r = torch.randint(-128, 129, (n,), dtype=torch.int16, generator=g)
+    g_noise = torch.randint(0, 1 << grad_shift, (n,), generator=g) if mode == "stochastic" and grad_shift > 0 \
+        else None
+    args = dict(grad_shift=grad_shift, grad_bits=30, decay_shift=decay_shift, mult=3 * 181, mult_shift=9,
+                momentum_shift=k, frac_bits=8, weight_limit=2**62, mode=mode)
+    # The fractional step x, from the step-by-step reference with no rounding of the step (fv 0, an int64 weight).
+    w64 = w.to(torch.int64)
+    wide_w, want_v = _sgd_reference(grad, w64, v, grad_shift, 30, decay_shift, 3 * 181, 9, k, 0, 2**62, mode,
+                                    g_noise, None)
+    x = w64 - wide_w
+    total = x + r.to(torch.int64)
+    want_step = round_shift(total, 8, "nearest")
+    args["weight_limit"] = 32767
+    got_w, got_v, got_r = fused.sgd_update(grad, w, v, residual=r, grad_noise=g_noise, **args)
+    want_w = (w64 - want_step).clamp(-32767, 32767).to(torch.int16)
+    assert torch.equal(got_w, want_w)
+    assert torch.equal(got_r, (total - (want_step << 8)).to(torch.int16)) and int(got_r.abs().max()) <= 128
+    assert (got_v is None) == (k == 0) and (got_v is None or torch.equal(got_v, want_v))
+    with pytest.raises(ValueError, match="step residual must be int16"):
+        fused.sgd_update(grad, w, v, residual=r.to(torch.int32), **args)

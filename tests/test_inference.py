@@ -247,9 +247,11 @@ def test_trace_of_a_user_model_checks(tmp_path: Path, mnist_small_npz: Path, mon
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "run"
     fit(TrainConfig(model="tracenets:net", dataset=str(mnist_small_npz), batch_size=16, max_steps=3, val_size=300,
-                    progress=False, out=str(out), act_round="stochastic", act_clip_bits=2, act_clip_share=4))
+                    progress=False, out=str(out), act_round="stochastic", act_clip_bits=2, act_clip_share=4,
+                    step_carry=True))
     names = [t["name"] for t in trace_run(out, tmp_path / "t.npz")["tensors"]]
     assert [n for n in names if n.endswith(".clip")] == ["0.activation.clip", "2.activation.clip"]  # not the logits
+    assert "4.weight.before.step_residual" in names and "4.weight.after.step_residual" in names
     assert check_trace(tmp_path / "t.npz") == len(names) > 30
 
 

@@ -574,10 +574,13 @@ class _Unrepresentable(Exception):
 
 def ref_exponent_update(w: list[int], grads: list[int], grad_e: int, master_e: int, vel: list[int] | None,
                         gb: Fraction, mode: str, wide: bool, k: int, d: int,
-                        batch: int | None = None) -> tuple[list[int], list[int] | None, int]:
+                        batch: int | None = None, res: list[int] | None = None,
+                        fv: int = 8) -> tuple[list[int], list[int] | None, int]:
     """numerics.md §5 with ``step_scale="exponent"``, unbounded Python ints: (weights, velocity, clipped count).
-    ``batch``: the step is scaled by 128 / batch (a shift by ceil(log2 batch) - 7 and a Q8 multiplier)."""
-    fv, limit, bits = 8, (32767 if wide else 127), (15 if wide else 7)
+    ``batch``: the step is scaled by 128 / batch (a shift by ceil(log2 batch) - 7 and a Q8 multiplier).
+    ``res``: the step carry's residuals, updated in place (the step is then rounded to nearest); ``fv``: the
+    fractional bits (``UpdateRule.step_frac_bits``)."""
+    limit, bits = (32767 if wide else 127), (15 if wide else 7)
     gi = gb.numerator // gb.denominator
     s = master_e + 20 - gi - grad_e  # the summed gradient times 2**(gb - 20), in master units: a right shift s
     p = _py_pow2_q8(gb - gi)
@@ -599,7 +602,12 @@ def ref_exponent_update(w: list[int], grads: list[int], grad_e: int, master_e: i
     if k:
         vel = [v + _py_round(xi - v, k, "nearest") for v, xi in zip(vel or [0] * len(x), x)]
         x = vel
-    step = [_py_round(xi, fv, mode) for xi in x]
+    if res is None:
+        step = [_py_round(xi, fv, mode) for xi in x]
+    else:
+        total = [xi + ri for xi, ri in zip(x, res)]
+        step = [_py_round(t, fv, "nearest") for t in total]
+        res[:] = [t - (si << fv) for t, si in zip(total, step)]
     return [max(-limit, min(limit, wi - si)) for wi, si in zip(w, step)], vel, clipped
 
 
@@ -817,3 +825,99 @@ def test_model_rescales_every_velocity_at_a_schedule_boundary_only() -> None:
     assert len(seen) == len(expected) and all(delta == -3 for delta, _ in seen)
     assert [v.tolist() for _, v in seen] == [v.tolist() for v in expected.values()]
     assert on.weights_sha256() != off.weights_sha256()
+
+
+# --------------------------------------------------------------------------- the step carry (UpdateRule.step_carry)
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([Fraction(5), Fraction(5, 3), Fraction(-5, 3)]), st.booleans(), st.integers(0, 4),
+       st.sampled_from([0, 17]), st.integers(-30, 0), st.lists(st.integers(-2**20, 2**20), min_size=1, max_size=16),
+       st.booleans(), st.sampled_from([8, 10, 12]), st.data())
+def test_step_carry_and_frac_bits_match_python_reference(gb, wide, k, d, grad_e, grads, carry, fv, data) -> None:
+    """Five steps with the carry (the fractional step plus the residual, rounded to nearest, the remainder kept)
+    or without it, with 8 to 12 fractional bits."""
+    from niti.optim import UpdateRule
+
+    rule = UpdateRule(0, k, d, "exponent", step_carry=carry, step_frac_bits=fv)
+    ms = data.draw(st.lists(st.integers(-127, 127), min_size=len(grads), max_size=len(grads)))
+    p = IntParameter(torch.tensor(ms, dtype=torch.int8), -7, accumulator_bits=16 if wide else 8)
+    w, master_e = ([v * 256 for v in ms], -15) if wide else (list(ms), -7)
+    vel, res = None, ([0] * len(grads) if carry else None)
+    for step in range(5):
+        g = [v * (step + 1) // 2 - step for v in grads]
+        p.grad, p.grad_e = torch.tensor(g, dtype=torch.int64), grad_e
+        try:
+            w, vel, _ = ref_exponent_update(w, g, grad_e, master_e, vel, gb, "pseudo_stochastic", wide, k, d,
+                                            res=res, fv=fv)
+        except _Unrepresentable:
+            with pytest.raises(ValueError, match="outside what"):
+                apply_update(p, gb, Runtime(RoundingPolicy(gradient="pseudo_stochastic")), rule)
+            return
+        apply_update(p, gb, Runtime(RoundingPolicy(gradient="pseudo_stochastic")), rule)
+        assert (p.master if wide else p.m).tolist() == w
+        if k:
+            assert p.velocity.tolist() == vel
+        if carry:
+            assert p.step_residual.dtype == torch.int16 and p.step_residual.tolist() == res
+            assert max(map(abs, res)) <= 1 << (fv - 1)
+        else:
+            assert p.step_residual is None
+
+
+def test_step_carry_applies_steps_that_pseudo_stochastic_rounding_drops() -> None:
+    """A constant step of 3/64 master unit: PSR (below 1/16 unit) never moves the weight; the carry moves it by
+    the steps' sum within one unit, with no random bits."""
+    from niti.optim import UpdateRule
+
+    moved = {}
+    for carry in (False, True):
+        p = IntParameter(torch.zeros(4, dtype=torch.int8), -7, accumulator_bits=16)  # master exponent -15
+        for _ in range(200):
+            # real step 2**(5 - 20) · grad · 2**grad_e; in master units (2**-15): grad · 2**grad_e = 3/64
+            p.grad, p.grad_e = torch.tensor([3, -3, 6, 0], dtype=torch.int32), -6
+            apply_update(p, 5, Runtime(RoundingPolicy(gradient="pseudo_stochastic")),
+                         UpdateRule(0, 0, 0, "exponent", step_carry=carry))
+        moved[carry] = (-p.master).tolist()
+    assert moved[False] == [0, 0, 0, 0]
+    assert moved[True] == [9, -9, 19, 0]  # 200 · 3/64 = 9.4, 200 · 6/64 = 18.75: within one unit
+
+
+def test_step_carry_is_checkpointed_and_old_configs_resume_without_it() -> None:
+    from niti.cli import _config_from_args, build_parser
+    from niti.optim import UpdateRule
+    from niti.train.config import TrainConfig
+
+    assert not UpdateRule().step_carry and not UpdateRule.paper().step_carry
+    on = TrainConfig(step_carry=True).to_dict()
+    assert TrainConfig.from_dict(on).rule.step_carry
+    del on["step_carry"]
+    assert not TrainConfig.from_dict(on).rule.step_carry
+    for flags, expected in (([], TrainConfig().step_carry), (["--step-carry"], True), (["--no-step-carry"], False)):
+        assert _config_from_args(build_parser().parse_args(["train", *flags])).step_carry is expected
+    with pytest.raises(ValueError, match="bool"):
+        UpdateRule(step_carry=1)
+    assert UpdateRule().step_frac_bits == UpdateRule.paper().step_frac_bits == 8
+    twelve = TrainConfig(step_frac_bits=12).to_dict()
+    assert TrainConfig.from_dict(twelve).rule.step_frac_bits == 12
+    del twelve["step_frac_bits"]
+    assert TrainConfig.from_dict(twelve).rule.step_frac_bits == 8
+    assert _config_from_args(build_parser().parse_args(["train", "--step-frac-bits", "11"])).rule.step_frac_bits == 11
+    for bad in (7, 13, True):
+        with pytest.raises(ValueError, match="step_frac_bits"):
+            UpdateRule(step_frac_bits=bad)
+
+    model = niti.build("lenet", seed=0, total_steps=10, rule=UpdateRule(step_carry=True))
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (16, 28, 28, 1), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (16,), generator=g)
+    model.train_step(images, labels)
+    state = model.state_dict()
+    assert all(p["step_residual"].dtype == torch.int16 for p in state["params"].values())
+    twin = niti.build("lenet", seed=5, total_steps=10, rule=UpdateRule(step_carry=True))
+    twin.load_state_dict(state)
+    model.train_step(images, labels)
+    twin.train_step(images, labels)
+    assert model.weights_sha256() == twin.weights_sha256()
+    bad = {**state, "params": {n: {**p, "step_residual": p["step_residual"].to(torch.int32)}
+                               for n, p in state["params"].items()}}
+    with pytest.raises(ValueError, match="step_residual must be int16"):
+        twin.load_state_dict(bad)

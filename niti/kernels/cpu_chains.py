@@ -35,12 +35,12 @@ class _SgdArgs(ctypes.Structure):
     _fields_ = [("grad_down", ctypes.c_int), ("g_shift", ctypes.c_int), ("g_limit", ctypes.c_int64),
                 ("decay", ctypes.c_int), ("decay_shift", ctypes.c_int), ("mult", ctypes.c_int64),
                 ("mult_shift", ctypes.c_int), ("momentum", ctypes.c_int), ("m_shift", ctypes.c_int),
-                ("fv", ctypes.c_int), ("w_limit", ctypes.c_int64)]
+                ("fv", ctypes.c_int), ("w_limit", ctypes.c_int64), ("carry", ctypes.c_int)]
 
 
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    sgd = (None, [PTR, PTR, PTR, LONG, ctypes.POINTER(_SgdArgs), INT, PTR, PTR, PTR, PTR, INT])
+    sgd = (None, [PTR, PTR, PTR, LONG, ctypes.POINTER(_SgdArgs), INT, PTR, PTR, PTR, PTR, INT, PTR, PTR])
     return bind_library(SOURCE, {
         "niti_relu_backward_i8": (None, [PTR, PTR, LONG, PTR, INT]),
         "niti_col2im_i32": (None, [PTR, LONG, LONG, LONG, INT, INT, LONG, INT, INT, PTR, INT]),
@@ -102,32 +102,42 @@ def col2im(cols: Tensor, kernel: tuple[int, int], padding: tuple[int, int], out:
 
 def sgd_update(grad: Tensor, w: Tensor, v: Tensor | None, *, grad_shift: int, grad_limit: int, decay_shift: int | None,
                mult: int, mult_shift: int, momentum_shift: int, frac_bits: int, weight_limit: int, mode: str,
-               grad_noise: Tensor | None, step_noise: Tensor | None) -> tuple[Tensor, Tensor | None] | None:
+               grad_noise: Tensor | None, step_noise: Tensor | None,
+               residual: Tensor | None = None) -> tuple[Tensor, ...] | None:
     """``fused.sgd_update`` (its arguments, ``grad_limit`` = 2**grad_bits − 1) as one C pass: (new weight, new
-    velocity or None); None where the loop does not apply (dtypes, device, a missing draw)."""
+    velocity or None[, new residual with the step carry]); None where the loop does not apply (dtypes, device, a
+    missing draw)."""
     momentum = momentum_shift > 0
+    carry = residual is not None
     if momentum and v is None:  # a first step: the velocity starts at 0
         v = torch.zeros(w.shape, dtype=torch.int32, device=w.device)
     stochastic = mode == "stochastic"
+    if carry:
+        step_noise = None  # a carried step is rounded to nearest
+        if residual.dtype != torch.int16 or residual.shape != w.shape or not available(residual):
+            return None
     draws = [t for t in (grad_noise, step_noise) if t is not None]
     if (grad.dtype not in _GRAD or w.dtype not in _WEIGHT or mode not in MODES or grad.shape != w.shape
             or (momentum and (v is None or v.dtype != torch.int32 or v.shape != w.shape))
-            or (stochastic and (step_noise is None or (grad_shift > 0 and grad_noise is None)))
+            or (stochastic and ((step_noise is None and not carry) or (grad_shift > 0 and grad_noise is None)))
             or any(t.dtype != torch.int64 or t.shape != w.shape for t in draws)
             or not available(grad, w, *draws, *([v] if momentum and v is not None else []))):
         return None
     args = _SgdArgs(grad_down=int(grad_shift > 0), g_shift=abs(grad_shift), g_limit=grad_limit,
                     decay=0 if decay_shift is None else (1 if decay_shift > 0 else 2),
                     decay_shift=abs(decay_shift or 0), mult=mult, mult_shift=mult_shift, momentum=int(momentum),
-                    m_shift=momentum_shift, fv=frac_bits, w_limit=weight_limit)
+                    m_shift=momentum_shift, fv=frac_bits, w_limit=weight_limit, carry=int(carry))
     grad, w = grad.contiguous(), w.contiguous()
     v = v.contiguous() if momentum and v is not None else None
     g_noise = grad_noise.contiguous() if stochastic and grad_noise is not None and grad_shift > 0 else None
     s_noise = step_noise.contiguous() if stochastic and step_noise is not None else None
     new_w = torch.empty(w.shape, dtype=w.dtype)
     new_v = torch.empty(w.shape, dtype=torch.int32) if momentum else None
+    r_in = residual.contiguous() if carry else None
+    new_r = torch.empty(w.shape, dtype=torch.int16) if carry else None
     fn = getattr(_lib(), f"niti_sgd_update_{_GRAD[grad.dtype]}_{_WEIGHT[w.dtype]}")
     fn(grad.data_ptr(), w.data_ptr(), None if v is None else v.data_ptr(), w.numel(), ctypes.byref(args),
        MODES[mode], None if g_noise is None else g_noise.data_ptr(), None if s_noise is None else s_noise.data_ptr(),
-       new_w.data_ptr(), None if new_v is None else new_v.data_ptr(), torch.get_num_threads())
-    return new_w, new_v
+       new_w.data_ptr(), None if new_v is None else new_v.data_ptr(), torch.get_num_threads(),
+       None if r_in is None else r_in.data_ptr(), None if new_r is None else new_r.data_ptr())
+    return (new_w, new_v, new_r) if carry else (new_w, new_v)

@@ -327,8 +327,9 @@ def _signed_round(t: Tensor, shift: Tensor, mode: str, noise: Tensor | None = No
 
 def _sgd_update_chain(grad: Tensor, w: Tensor, v: Tensor, g_shift: Tensor, g_limit: Tensor, decay_shift: Tensor,
                       mult: Tensor, mult_shift: Tensor, m_shift: Tensor, fv: Tensor, w_limit: Tensor,
-                      g_noise: Tensor | None = None, s_noise: Tensor | None = None, *, mode: str, grad_down: bool,
-                      decay: str, momentum: bool) -> tuple[Tensor, Tensor]:
+                      g_noise: Tensor | None = None, s_noise: Tensor | None = None, r: Tensor | None = None, *,
+                      mode: str, grad_down: bool, decay: str, momentum: bool,
+                      carry: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     # docs/numerics.md §5, in int64: the gradient rescaled to fv fractional bits, weight decay, the fractional
     # step and batch scale, the velocity's moving average, the rounded step, the clipped weight.
     x = grad.to(torch.int64)
@@ -345,6 +346,11 @@ def _sgd_update_chain(grad: Tensor, w: Tensor, v: Tensor, g_shift: Tensor, g_lim
     if momentum:
         v64 = v.to(torch.int64)
         x = v64 + _signed_round(x - v64, m_shift, "nearest")
+    if carry:  # the step's remainder is kept for the next step (docs/numerics.md §5): nothing is lost to rounding
+        total = x + r.to(torch.int64)
+        step = _signed_round(total, fv, "nearest")
+        new = torch.minimum(torch.maximum(w64 - step, -w_limit), w_limit)
+        return new.to(w.dtype), x.to(torch.int32), (total - (step << fv)).to(torch.int16)
     step = _signed_round(x, fv, mode, s_noise)
     new = torch.minimum(torch.maximum(w64 - step, -w_limit), w_limit)
     return new.to(w.dtype), x.to(torch.int32)
@@ -355,7 +361,8 @@ _sgd_update = Fused(_sgd_update_chain)
 
 def sgd_update(grad: Tensor, w: Tensor, v: Tensor | None, *, grad_shift: int, grad_bits: int, decay_shift: int | None,
                mult: int, mult_shift: int, momentum_shift: int, frac_bits: int, weight_limit: int, mode: str,
-               grad_noise: Tensor | None = None, step_noise: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               grad_noise: Tensor | None = None, step_noise: Tensor | None = None,
+               residual: Tensor | None = None) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, Tensor]:
     """One momentum-SGD step of the integer weight ``w`` (docs/numerics.md §5) in one pass: ``(new w, new velocity)``.
 
     ``grad_shift`` > 0 rounds the gradient down by that many bits with ``mode`` (then clips it to ``grad_bits``),
@@ -363,26 +370,36 @@ def sgd_update(grad: Tensor, w: Tensor, v: Tensor | None, *, grad_shift: int, gr
     ``mult / 2**mult_shift`` (nearest), averaged into the int32 velocity ``v`` with weight ``2**-momentum_shift``
     (0: no velocity, ``None`` returned), rounded by ``frac_bits`` with ``mode`` and subtracted; the weight is
     clipped to ±``weight_limit``.  Stochastic rounding takes its draws as ``grad_noise`` and ``step_noise``.
+
+    ``residual`` (int16, ``|r| <= 2**(frac_bits - 1)``; given: the step carry) is added to the fractional step
+    before it is rounded to nearest, and what the rounding left is returned as a third result, the next step's
+    residual: the applied steps then sum to the fractional steps' sum within one master unit.
     """
     dev, i64 = w.device, torch.int64
     momentum = momentum_shift > 0
+    carry = residual is not None
+    if carry and (residual.dtype != torch.int16 or residual.shape != w.shape):
+        raise ValueError(f"the step residual must be int16 {tuple(w.shape)}, got {residual.dtype} "
+                         f"{tuple(residual.shape)}")
     if c_loops_allowed() and (done := cpu_chains.sgd_update(
             grad, w, v, grad_shift=grad_shift, grad_limit=(1 << grad_bits) - 1, decay_shift=decay_shift, mult=mult,
             mult_shift=mult_shift, momentum_shift=momentum_shift, frac_bits=frac_bits, weight_limit=weight_limit,
-            mode=mode, grad_noise=grad_noise, step_noise=step_noise)) is not None:
+            mode=mode, grad_noise=grad_noise, step_noise=step_noise, residual=residual)) is not None:
         return done
     if v is None or not momentum:
         v = torch.zeros(w.shape, dtype=torch.int32, device=dev) if momentum else w
     decay = "" if decay_shift is None else ("right" if decay_shift > 0 else "left")
-    new, vel = _sgd_update(
+    out = _sgd_update(
         grad.reshape(-1), w.reshape(-1), v.reshape(-1), _scalar(abs(grad_shift), i64, "sgd.g_shift", dev),
         _scalar((1 << grad_bits) - 1, i64, "sgd.g_limit", dev), _scalar(abs(decay_shift or 0), i64, "sgd.decay", dev),
         _scalar(mult, i64, "sgd.mult", dev), _scalar(mult_shift, i64, "sgd.mult_shift", dev),
         _scalar(momentum_shift, i64, "sgd.m_shift", dev), _scalar(frac_bits, i64, "sgd.fv", dev),
         _scalar(weight_limit, i64, "sgd.w_limit", dev),
         None if grad_noise is None else grad_noise.reshape(-1), None if step_noise is None else step_noise.reshape(-1),
-        mode=mode, grad_down=grad_shift > 0, decay=decay, momentum=momentum)
-    return new.view(w.shape), (vel.view(w.shape) if momentum else None)
+        residual.reshape(-1) if carry else None, mode=mode, grad_down=grad_shift > 0, decay=decay,
+        momentum=momentum, carry=carry)
+    new, vel = out[0].view(w.shape), (out[1].view(w.shape) if momentum else None)
+    return (new, vel, out[2].view(w.shape)) if carry else (new, vel)
 
 
 # ------------------------------------------------------------------ ReLU

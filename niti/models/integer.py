@@ -434,7 +434,8 @@ class IntegerModel:
         params = {}
         for name, p in self.named_parameters():
             params[name] = {"m": p.m.cpu(), "e": p.e, "master": None if p.master is None else p.master.cpu(),
-                            "master_e": p.master_e, "velocity": None if p.velocity is None else p.velocity.cpu()}
+                            "master_e": p.master_e, "velocity": None if p.velocity is None else p.velocity.cpu(),
+                            "step_residual": None if p.step_residual is None else p.step_residual.cpu()}
         return {"arch": self.arch.name, "step": self.step, "total_steps": self.total_steps,
                 "params": params, "runtime": self.runtime.state_dict(), "mean": self.mean.cpu(),
                 "scale": self.scale.cpu(), "calibration": self.calibration_state(),
@@ -480,6 +481,12 @@ class IntegerModel:
             if velocity is not None and (velocity.dtype != torch.int32 or velocity.shape != p.m.shape):
                 raise ValueError(f"{name}: velocity must be int32 {tuple(p.m.shape)}, got {velocity.dtype} "
                                  f"{tuple(velocity.shape)}")
+            residual = s.get("step_residual")  # checkpoints before the step carry have none
+            half = 1 << (self.rule.step_frac_bits - 1)  # |residual| <= half a master unit (docs/numerics.md §5)
+            if residual is not None and (residual.dtype != torch.int16 or residual.shape != p.m.shape
+                                         or bool((residual.abs() > half).any())):
+                raise ValueError(f"{name}: step_residual must be int16 {tuple(p.m.shape)} within ±{half}, got "
+                                 f"{residual.dtype} {tuple(residual.shape)}")
         buffers = state.get("buffers", {})  # checkpoints before normalisation layers have none
         if not isinstance(buffers, dict) or any(not isinstance(v, Tensor) for v in buffers.values()):
             raise ValueError("buffers must map names to integer tensors")
@@ -495,6 +502,8 @@ class IntegerModel:
                 p.master, p.master_e = s["master"].to(self.device), int(s["master_e"])
             velocity = s.get("velocity")
             p.velocity = None if velocity is None else velocity.to(self.device)
+            residual = s.get("step_residual")
+            p.step_residual = None if residual is None else residual.to(self.device)
             p.grad = None
         self._load_calibration(calibration)
         self.step = int(state["step"])

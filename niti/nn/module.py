@@ -54,6 +54,9 @@ class IntParameter:
         self._step_clips: Tensor | int = 0
         #: int32 momentum velocity (docs/numerics.md §5), created by the first update that uses momentum.
         self.velocity: Tensor | None = None
+        #: int16 remainder of the rounded steps, in ``2**-8`` master units (``UpdateRule.step_carry``,
+        #: docs/numerics.md §5), created by the first update that carries.
+        self.step_residual: Tensor | None = None
 
     @property
     def step_clips(self) -> int:
@@ -105,6 +108,8 @@ class IntParameter:
             out["master"] = self.master
         if self.velocity is not None:
             out["velocity"] = self.velocity
+        if self.step_residual is not None:
+            out["step_residual"] = self.step_residual
         return out
 
     def to(self, device: torch.device | str) -> "IntParameter":
@@ -115,6 +120,8 @@ class IntParameter:
             self.grad = self.grad.to(device)
         if self.velocity is not None:
             self.velocity = self.velocity.to(device)
+        if self.step_residual is not None:
+            self.step_residual = self.step_residual.to(device)
         return self
 
     def __repr__(self) -> str:

@@ -77,6 +77,12 @@ class TrainConfig:
     #: The velocity follows a gb change at once, as float SGD's buffer follows its lr (docs/numerics.md §5; off by
     #: default: level on VGG-small-7, results/velocity-rescale). Configs without the key ran without it.
     velocity_rescale: bool = False
+    #: Each weight carries what rounding its step left into the next step (docs/numerics.md §5); configs without
+    #: the key ran without it.
+    step_carry: bool = False
+    #: Fractional bits below one master unit of the scaled gradient, the velocity and the carried residual
+    #: (docs/numerics.md §5); configs without the key had 8.
+    step_frac_bits: int = 8
     #: Bits of room above their initial range for convolution and linear int16 masters (docs/numerics.md §6).
     weight_headroom: int = 0
     #: Bits more for the first and the last of them, the layers that read the input and write the logits
@@ -191,7 +197,8 @@ class TrainConfig:
 
     @property
     def rule(self) -> UpdateRule:
-        return UpdateRule(self.batch_ref, self.momentum_shift, self.decay_shift, self.step_scale, self.velocity_rescale)
+        return UpdateRule(self.batch_ref, self.momentum_shift, self.decay_shift, self.step_scale, self.velocity_rescale,
+                           self.step_carry, self.step_frac_bits)
 
     @property
     def schedule(self) -> GbSchedule:
@@ -222,6 +229,10 @@ class TrainConfig:
             d = {**d, "step_scale": "max"}
         if "velocity_rescale" not in d:  # written before the velocity followed gb changes
             d = {**d, "velocity_rescale": False}
+        if "step_carry" not in d:  # written before the step carry
+            d = {**d, "step_carry": False}
+        if "step_frac_bits" not in d:  # written when the velocity had 8 fractional bits
+            d = {**d, "step_frac_bits": 8}
         if "end_headroom" not in d:  # written before the end layers' headroom
             d = {**d, "end_headroom": 0}
         return cls(**d)

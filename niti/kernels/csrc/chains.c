@@ -100,12 +100,13 @@ typedef struct {
     int mult_shift;
     int momentum, m_shift, fv;
     int64_t w_limit;
+    int carry; /* the step carry: add the residual *r, round to nearest, keep what the rounding left in *r */
 } niti_sgd_args;
 
 /* One element of the momentum-SGD step (docs/numerics.md section 5), in int64; returns the new weight and sets *v
- * to the new velocity. */
-static inline int64_t sgd_element(int64_t x, int64_t w, int64_t *v, const niti_sgd_args *p, const int mode,
-                                  int64_t g_draw, int64_t s_draw) {
+ * to the new velocity (and *r to the new residual with the step carry). */
+static inline int64_t sgd_element(int64_t x, int64_t w, int64_t *v, int64_t *r, const niti_sgd_args *p,
+                                  const int mode, int64_t g_draw, int64_t s_draw) {
     if (p->grad_down) x = clamp(round_shift(x, p->g_shift, mode, g_draw), p->g_limit);
     else x = (int64_t)((uint64_t)x << p->g_shift);
     if (p->decay == 1) x += round_shift(w, p->decay_shift, 0, 0);
@@ -113,36 +114,46 @@ static inline int64_t sgd_element(int64_t x, int64_t w, int64_t *v, const niti_s
     x = round_shift(x * p->mult, p->mult_shift, 0, 0);
     if (p->momentum) x = *v + round_shift(x - *v, p->m_shift, 0, 0);
     *v = x;
+    if (p->carry) {
+        int64_t total = x + *r, step = round_shift(total, p->fv, 0, 0);
+        *r = total - (int64_t)((uint64_t)step << p->fv);
+        return clamp(w - step, p->w_limit);
+    }
     return clamp(w - round_shift(x, p->fv, mode, s_draw), p->w_limit);
 }
 
 /* One function per (gradient type, weight type): int32 or int64 gradients, int8 or int16 weights.  v_in / v_out
  * (int32) only with momentum; g_noise / s_noise (int64 draws) only for stochastic rounding (g_noise when the
- * gradient is rounded down). */
+ * gradient is rounded down; s_noise not with the carry); r_in / r_out (int16 residuals) only with the carry. */
 #define NITI_SGD(NAME, GT, WT)                                                                                       \
     static inline void NAME##_range(const GT *restrict grad, const WT *restrict w, const int32_t *restrict v_in,   \
                                     long lo, long hi, const niti_sgd_args *p, const int mode,                      \
                                     const int64_t *restrict g_noise, const int64_t *restrict s_noise,              \
-                                    WT *restrict w_out, int32_t *restrict v_out) {                                 \
+                                    WT *restrict w_out, int32_t *restrict v_out, const int16_t *restrict r_in,     \
+                                    int16_t *restrict r_out) {                                                     \
         for (long i = lo; i < hi; i++) {                                                                           \
-            int64_t v = p->momentum ? v_in[i] : 0;                                                                 \
-            int64_t nw = sgd_element(grad[i], w[i], &v, p, mode, mode == 4 && g_noise ? g_noise[i] : 0,            \
-                                     mode == 4 ? s_noise[i] : 0);                                                  \
+            int64_t v = p->momentum ? v_in[i] : 0, r = p->carry ? r_in[i] : 0;                                     \
+            int64_t nw = sgd_element(grad[i], w[i], &v, &r, p, mode, mode == 4 && g_noise ? g_noise[i] : 0,        \
+                                     mode == 4 && s_noise ? s_noise[i] : 0);                                       \
             w_out[i] = (WT)nw;                                                                                     \
             if (p->momentum) v_out[i] = (int32_t)v;                                                                \
+            if (p->carry) r_out[i] = (int16_t)r;                                                                   \
         }                                                                                                          \
     }                                                                                                              \
     void NAME(const GT *grad, const WT *w, const int32_t *v_in, long n, const niti_sgd_args *args, int mode,       \
-              const int64_t *g_noise, const int64_t *s_noise, WT *w_out, int32_t *v_out, int nt) {                 \
+              const int64_t *g_noise, const int64_t *s_noise, WT *w_out, int32_t *v_out, int nt,                   \
+              const int16_t *r_in, int16_t *r_out) {                                                               \
         niti_sgd_args p = *args;                                                                                   \
         if (n < NITI_SMALL) nt = 1;                                                                                \
         _Pragma("omp parallel num_threads(nt)") {                                                                  \
             int t = omp_get_thread_num(), k = omp_get_num_threads();                                               \
             long lo = n * t / k, hi = n * (t + 1) / k;                                                             \
-            if (mode == 0) NAME##_range(grad, w, v_in, lo, hi, &p, 0, g_noise, s_noise, w_out, v_out);             \
-            else if (mode == 1) NAME##_range(grad, w, v_in, lo, hi, &p, 1, g_noise, s_noise, w_out, v_out);        \
-            else if (mode == 2) NAME##_range(grad, w, v_in, lo, hi, &p, 2, g_noise, s_noise, w_out, v_out);        \
-            else NAME##_range(grad, w, v_in, lo, hi, &p, 4, g_noise, s_noise, w_out, v_out);                       \
+            const int16_t *ri = r_in;                                                                              \
+            int16_t *ro = r_out;                                                                                   \
+            if (mode == 0) NAME##_range(grad, w, v_in, lo, hi, &p, 0, g_noise, s_noise, w_out, v_out, ri, ro);     \
+            else if (mode == 1) NAME##_range(grad, w, v_in, lo, hi, &p, 1, g_noise, s_noise, w_out, v_out, ri, ro);\
+            else if (mode == 2) NAME##_range(grad, w, v_in, lo, hi, &p, 2, g_noise, s_noise, w_out, v_out, ri, ro);\
+            else NAME##_range(grad, w, v_in, lo, hi, &p, 4, g_noise, s_noise, w_out, v_out, ri, ro);               \
         }                                                                                                          \
     }
 
