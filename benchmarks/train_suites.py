@@ -171,6 +171,11 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
             (f"vgg7-int-carry-f12-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
                                           str(a.batch_size or 128), *SGD_DECAY_FLAGS, "--step-carry",
                                           "--step-frac-bits", "12", "--seed", str(s)])
+            for s in seeds] + [
+            # ... and without the weight decay: does the decay still cost the integer model at this length?
+            (f"vgg7-int-carry-nodecay-s{s}", ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size",
+                                              str(a.batch_size or 128), *SGD_STEP_FLAGS, "--step-carry",
+                                              "--seed", str(s)])
             for s in seeds]
     if name == "cifar-select":  # choose the int gb schedule / accumulator and the float lr on validation
         common = ["--model", "vgg-small-7", "--epochs", str(a.epochs), "--batch-size", str(a.batch_size or 128),
@@ -453,7 +458,9 @@ def _suite_runs(name: str, a: argparse.Namespace) -> list[tuple[str, list[str]]]
                 # The same items against the defaults since 2026-12-02 (float SGD's step, the twin's weight decay,
                 # stochastic errors), named flags so the arms keep their meaning if a default moves again.
                 + [(f"q-{tag}-s{s}", [*q, *SGD_DECAY_FLAGS, *extra, "--seed", str(s)])
-                   for tag, extra in _ABLATION_SGD_OFF.items() for s in seeds])
+                   for tag, extra in _ABLATION_SGD_OFF.items() for s in seeds]
+                # ... and the step carry on (an option since 2026-12-03, docs/numerics.md §5).
+                + [(f"q-sgd-carry-s{s}", [*q, *SGD_DECAY_FLAGS, "--step-carry", "--seed", str(s)]) for s in seeds])
     if name == "cifar-dropout":  # issue 12: a dropout mask per element (the float twin's) or per batch (validation)
         # Seed 0: sample is results/cifar-dropout/probe-sample-s0 (the same draws), batch err-round-check's
         # q-int-errsto-s0 (the same command).
