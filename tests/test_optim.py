@@ -685,13 +685,16 @@ def test_exponent_step_trains_every_model_under_the_audit() -> None:
     from niti.optim import UpdateRule
 
     g = torch.Generator().manual_seed(3)
-    for name, shape in (("lenet", (8, 28, 28, 1)), ("resnet-20", (4, 32, 32, 3))):
-        model = niti.build(name, seed=0, total_steps=4, rule=UpdateRule(step_scale="exponent"))
+    for (name, shape), carry in ((("lenet", (8, 28, 28, 1)), False), (("resnet-20", (4, 32, 32, 3)), False),
+                                 (("resnet-20", (4, 32, 32, 3)), True)):
+        model = niti.build(name, seed=0, total_steps=4, rule=UpdateRule(step_scale="exponent", step_carry=carry,
+                                                                        step_frac_bits=12 if carry else 8))
         images = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
         labels = torch.randint(0, 10, (shape[0],), generator=g)
         before = model.weights_sha256()
         with niti.integer_only():
             model.train_step(images, labels)
+            model.train_step(images, labels)  # the second step reads the residuals the first one left
         assert model.weights_sha256() != before
         assert all(p.grad is None for p in model.parameters())
 
