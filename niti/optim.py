@@ -11,13 +11,17 @@ largest element then moves ``2**gb`` int8 LSB).  On top of it (all integer):
   integer ``round(2**(8 + frac))`` and shifted right by 8, so a schedule can
   decay by less than x2;
 - momentum: an int32 velocity per weight, an exponential average with decay
-  ``1 - 2**-momentum_shift`` of the scaled gradient (with 8 fractional bits);
+  ``1 - 2**-momentum_shift`` of the scaled gradient (with ``UpdateRule.step_frac_bits``
+  fractional bits, 8 by default);
   the step is the velocity, so in steady state a gb means the same step with
   or without momentum; optionally (``UpdateRule.velocity_rescale``) a gb
   change first multiplies the velocity by ``2**(gb_new - gb_old)``, as float
   SGD's learning rate multiplies its whole buffer;
 - weight decay: ``2**(gb - decay_shift)`` of the weight joins the gradient
-  before the multipliers, so it scales with the step as float's ``lr · wd``.
+  before the multipliers, so it scales with the step as float's ``lr · wd``;
+- optionally (``UpdateRule.step_carry``) each weight keeps what rounding its
+  step to a master unit left and adds it to its next step, so sub-unit steps
+  add up instead of being rounded away.
 
 With 16-bit weight accumulators the step is in units of the int16 master
 weight (``2**-8`` int8 LSB), so ``gb`` may go down to -7.
@@ -139,9 +143,9 @@ class UpdateRule:
     #: (docs/numerics.md §5). Off by default: on VGG-small-7 / CIFAR-10 it removed the dip after the first decay
     #: but ended level (results/velocity-rescale). Off, the velocity decays into the new rate over ~2**k steps.
     velocity_rescale: bool = False
-    #: Each weight keeps what rounding its step to a master unit left (an int16 residual in ``2**-8`` master
+    #: Each weight keeps what rounding its step to a master unit left (an int16 residual in ``2**-F`` master
     #: units, ``IntParameter.step_residual``) and adds it to its next step, which is rounded to nearest: the
-    #: applied steps sum to the velocities' sum within one master unit, where pseudo-stochastic rounding never
+    #: applied steps sum to the velocities' sum within half a master unit, where pseudo-stochastic rounding never
     #: moves a weight whose step is below 1/16 unit and under-applies larger fractions (docs/numerics.md §5).
     step_carry: bool = False
     #: Fractional bits F of the scaled gradient, the velocity and the carried residual below one master unit

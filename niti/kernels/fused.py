@@ -373,7 +373,7 @@ def sgd_update(grad: Tensor, w: Tensor, v: Tensor | None, *, grad_shift: int, gr
 
     ``residual`` (int16, ``|r| <= 2**(frac_bits - 1)``; given: the step carry) is added to the fractional step
     before it is rounded to nearest, and what the rounding left is returned as a third result, the next step's
-    residual: the applied steps then sum to the fractional steps' sum within one master unit.
+    residual: the applied steps then sum to the fractional steps' sum within half a master unit.
     """
     dev, i64 = w.device, torch.int64
     momentum = momentum_shift > 0

@@ -54,8 +54,8 @@ class IntParameter:
         self._step_clips: Tensor | int = 0
         #: int32 momentum velocity (docs/numerics.md §5), created by the first update that uses momentum.
         self.velocity: Tensor | None = None
-        #: int16 remainder of the rounded steps, in ``2**-8`` master units (``UpdateRule.step_carry``,
-        #: docs/numerics.md §5), created by the first update that carries.
+        #: int16 remainder of the rounded steps, in ``2**-F`` master units (``UpdateRule.step_carry``, F its
+        #: ``step_frac_bits``; docs/numerics.md §5), created by the first update that carries.
         self.step_residual: Tensor | None = None
 
     @property
