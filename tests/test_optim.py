@@ -868,7 +868,7 @@ def test_step_carry_and_frac_bits_match_python_reference(gb, wide, k, d, grad_e,
 
 def test_step_carry_applies_steps_that_pseudo_stochastic_rounding_drops() -> None:
     """A constant step of 3/64 master unit: PSR (below 1/16 unit) never moves the weight; the carry moves it by
-    the steps' sum within one unit, with no random bits."""
+    the steps' sum rounded to the nearest unit, with no random bits."""
     from niti.optim import UpdateRule
 
     moved = {}
@@ -881,7 +881,7 @@ def test_step_carry_applies_steps_that_pseudo_stochastic_rounding_drops() -> Non
                          UpdateRule(0, 0, 0, "exponent", step_carry=carry))
         moved[carry] = (-p.master).tolist()
     assert moved[False] == [0, 0, 0, 0]
-    assert moved[True] == [9, -9, 19, 0]  # 200 · 3/64 = 9.4, 200 · 6/64 = 18.75: within one unit
+    assert moved[True] == [9, -9, 19, 0]  # 200 · 3/64 = 9.375, 200 · 6/64 = 18.75, to the nearest unit
 
 
 def test_step_carry_is_checkpointed_and_old_configs_resume_without_it() -> None:

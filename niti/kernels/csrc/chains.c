@@ -124,7 +124,7 @@ static inline int64_t sgd_element(int64_t x, int64_t w, int64_t *v, int64_t *r, 
 
 /* One function per (gradient type, weight type): int32 or int64 gradients, int8 or int16 weights.  v_in / v_out
  * (int32) only with momentum; g_noise / s_noise (int64 draws) only for stochastic rounding (g_noise when the
- * gradient is rounded down; s_noise not with the carry); r_in / r_out (int16 residuals) only with the carry. */
+ * gradient is rounded down; s_noise not with the carry); ri / ro (int16 residuals in / out) only with the carry. */
 #define NITI_SGD(NAME, GT, WT)                                                                                       \
     static inline void NAME##_range(const GT *restrict grad, const WT *restrict w, const int32_t *restrict v_in,   \
                                     long lo, long hi, const niti_sgd_args *p, const int mode,                      \
@@ -142,14 +142,12 @@ static inline int64_t sgd_element(int64_t x, int64_t w, int64_t *v, int64_t *r, 
     }                                                                                                              \
     void NAME(const GT *grad, const WT *w, const int32_t *v_in, long n, const niti_sgd_args *args, int mode,       \
               const int64_t *g_noise, const int64_t *s_noise, WT *w_out, int32_t *v_out, int nt,                   \
-              const int16_t *r_in, int16_t *r_out) {                                                               \
+              const int16_t *ri, int16_t *ro) {                                                                    \
         niti_sgd_args p = *args;                                                                                   \
         if (n < NITI_SMALL) nt = 1;                                                                                \
         _Pragma("omp parallel num_threads(nt)") {                                                                  \
             int t = omp_get_thread_num(), k = omp_get_num_threads();                                               \
             long lo = n * t / k, hi = n * (t + 1) / k;                                                             \
-            const int16_t *ri = r_in;                                                                              \
-            int16_t *ro = r_out;                                                                                   \
             if (mode == 0) NAME##_range(grad, w, v_in, lo, hi, &p, 0, g_noise, s_noise, w_out, v_out, ri, ro);     \
             else if (mode == 1) NAME##_range(grad, w, v_in, lo, hi, &p, 1, g_noise, s_noise, w_out, v_out, ri, ro);\
             else if (mode == 2) NAME##_range(grad, w, v_in, lo, hi, &p, 2, g_noise, s_noise, w_out, v_out, ri, ro);\
