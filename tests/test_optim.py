@@ -460,6 +460,11 @@ def ref_update(w: list[int], grads: list[int], vel: list[int] | None, gb: Fracti
     """numerics.md §5 for one tensor with unbounded Python ints."""
     fv, limit = 8, (32767 if wide else 127)
     gi = gb.numerator // gb.denominator
+    if batch_ref == k == d == 0 and gb.denominator == 1:  # UpdateRule.paper(): the step is the gradient rescaled to
+        bits = gi + (8 if wide else 0)  # gb bits and clipped there (no fractional bits, so a rounding up to 2**gb
+        shift = max(0, max(abs(g) for g in grads).bit_length() - bits)  # is clipped to 2**gb - 1)
+        step = [max(1 - 2**bits, min(2**bits - 1, _py_round(g, shift, mode))) for g in grads]
+        return [max(-limit, min(limit, wi - si)) for wi, si in zip(w, step)], vel
     target = gi + (8 if wide else 0) + fv
     shift = max(0, max(abs(g) for g in grads).bit_length() - (target - fv)) - fv  # < 0: a left shift
     x = [max(-(2**target - 1), min(2**target - 1, _py_round(g, shift, mode))) for g in grads]

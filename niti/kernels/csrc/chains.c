@@ -74,9 +74,10 @@ void niti_col2im_i32(const int32_t *restrict cols, long n, long ho, long wo, int
     }
 }
 
-/* numerics.round_shift of t by s >= 1 bits, sign-magnitude: mode 0 nearest (ties away from zero), 1
+/* numerics.round_shift of t by s >= 0 bits (0: t itself), sign-magnitude: mode 0 nearest (ties away from zero), 1
  * pseudo-stochastic, 2 truncate, 4 stochastic (up when the draw, in [0, 2**s), is below the discarded bits). */
 static inline int64_t round_shift(int64_t t, int s, const int mode, int64_t draw) {
+    if (s == 0) return t; /* s is a loop constant: the branch is predicted (and a shift by s - 1 = -1 undefined) */
     uint64_t a = (uint64_t)(t < 0 ? -t : t), q = a >> s, low = a & (((uint64_t)1 << s) - 1);
     if (mode == 0) {
         q += (a >> (s - 1)) & 1;
@@ -103,57 +104,86 @@ typedef struct {
     int carry; /* the step carry: add the residual *r, round to nearest, keep what the rounding left in *r */
 } niti_sgd_args;
 
+/* The update's settings as loop constants (read once, so the compiler need not reload them after each store). */
+typedef struct {
+    int grad_down, gs, ds, decay, mult_shift, m_shift, fv;
+    int64_t g_limit, mult, w_limit;
+} niti_sgd_consts;
+
+static inline niti_sgd_consts sgd_consts(const niti_sgd_args *p) {
+    niti_sgd_consts k = {p->grad_down, p->g_shift, p->decay_shift, p->decay, p->mult_shift, p->m_shift, p->fv,
+                         p->g_limit, p->mult, p->w_limit};
+    return k;
+}
+
 /* One element of the momentum-SGD step (docs/numerics.md section 5), in int64; returns the new weight and sets *v
- * to the new velocity (and *r to the new residual with the step carry). */
-static inline int64_t sgd_element(int64_t x, int64_t w, int64_t *v, int64_t *r, const niti_sgd_args *p,
-                                  const int mode, int64_t g_draw, int64_t s_draw) {
-    if (p->grad_down) x = clamp(round_shift(x, p->g_shift, mode, g_draw), p->g_limit);
-    else x = (int64_t)((uint64_t)x << p->g_shift);
-    if (p->decay == 1) x += round_shift(w, p->decay_shift, 0, 0);
-    else if (p->decay == 2) x += (int64_t)((uint64_t)w << p->decay_shift);
-    x = round_shift(x * p->mult, p->mult_shift, 0, 0);
-    if (p->momentum) x = *v + round_shift(x - *v, p->m_shift, 0, 0);
+ * to the new velocity (and *r to the new residual with the step carry).  The rounding mode, the momentum and the
+ * carry are compile-time constants of each specialisation below; the gradient's shift direction and the decay are
+ * selected without branches (both sides computed, the unselected one discarded), so the loop has no control flow
+ * and vectorises. */
+static inline __attribute__((always_inline)) int64_t sgd_element(int64_t x, int64_t w, int64_t *v, int64_t *r,
+                                                                 const niti_sgd_consts k, const int mode,
+                                                                 const int momentum, const int carry, int64_t g_draw,
+                                                                 int64_t s_draw) {
+    int64_t down = clamp(round_shift(x, k.gs, mode, g_draw), k.g_limit);
+    int64_t up = (int64_t)((uint64_t)x << k.gs);
+    x = k.grad_down ? down : up;
+    int64_t d_near = round_shift(w, k.ds, 0, 0), d_up = (int64_t)((uint64_t)w << k.ds);
+    x += k.decay == 1 ? d_near : (k.decay == 2 ? d_up : 0);
+    x = round_shift(x * k.mult, k.mult_shift, 0, 0);
+    if (momentum) x = *v + round_shift(x - *v, k.m_shift, 0, 0);
     *v = x;
-    if (p->carry) {
-        int64_t total = x + *r, step = round_shift(total, p->fv, 0, 0);
-        *r = total - (int64_t)((uint64_t)step << p->fv);
-        return clamp(w - step, p->w_limit);
+    if (carry) {
+        int64_t total = x + *r, step = round_shift(total, k.fv, 0, 0);
+        *r = total - (int64_t)((uint64_t)step << k.fv);
+        return clamp(w - step, k.w_limit);
     }
-    return clamp(w - round_shift(x, p->fv, mode, s_draw), p->w_limit);
+    return clamp(w - round_shift(x, k.fv, mode, s_draw), k.w_limit);
 }
 
 /* One function per (gradient type, weight type): int32 or int64 gradients, int8 or int16 weights.  v_in / v_out
  * (int32) only with momentum; g_noise / s_noise (int64 draws) only for stochastic rounding (g_noise when the
  * gradient is rounded down; s_noise not with the carry); ri / ro (int16 residuals in / out) only with the carry. */
 #define NITI_SGD(NAME, GT, WT)                                                                                       \
-    static inline void NAME##_range(const GT *restrict grad, const WT *restrict w, const int32_t *restrict v_in,   \
-                                    long lo, long hi, const niti_sgd_args *p, const int mode,                      \
-                                    const int64_t *restrict g_noise, const int64_t *restrict s_noise,              \
-                                    WT *restrict w_out, int32_t *restrict v_out, const int16_t *restrict r_in,     \
-                                    int16_t *restrict r_out) {                                                     \
+    static inline __attribute__((always_inline)) void NAME##_range(                                               \
+        const GT *restrict grad, const WT *restrict w, const int32_t *restrict v_in, long lo, long hi,             \
+        const niti_sgd_consts k, const int mode, const int momentum, const int carry,                               \
+        const int64_t *restrict g_noise, const int64_t *restrict s_noise, WT *restrict w_out,                      \
+        int32_t *restrict v_out, const int16_t *restrict r_in, int16_t *restrict r_out) {                          \
         for (long i = lo; i < hi; i++) {                                                                           \
-            int64_t v = p->momentum ? v_in[i] : 0, r = p->carry ? r_in[i] : 0;                                     \
-            int64_t nw = sgd_element(grad[i], w[i], &v, &r, p, mode, mode == 4 && g_noise ? g_noise[i] : 0,        \
-                                     mode == 4 && s_noise ? s_noise[i] : 0);                                       \
+            int64_t v = momentum ? v_in[i] : 0, r = carry ? r_in[i] : 0;                                           \
+            int64_t nw = sgd_element(grad[i], w[i], &v, &r, k, mode, momentum, carry,                              \
+                                     mode == 4 && g_noise ? g_noise[i] : 0, mode == 4 && s_noise ? s_noise[i] : 0); \
             w_out[i] = (WT)nw;                                                                                     \
-            if (p->momentum) v_out[i] = (int32_t)v;                                                                \
-            if (p->carry) r_out[i] = (int16_t)r;                                                                   \
+            if (momentum) v_out[i] = (int32_t)v;                                                                   \
+            if (carry) r_out[i] = (int16_t)r;                                                                      \
         }                                                                                                          \
     }                                                                                                              \
     void NAME(const GT *grad, const WT *w, const int32_t *v_in, long n, const niti_sgd_args *args, int mode,       \
               const int64_t *g_noise, const int64_t *s_noise, WT *w_out, int32_t *v_out, int nt,                   \
               const int16_t *ri, int16_t *ro) {                                                                    \
         niti_sgd_args p = *args;                                                                                   \
+        const niti_sgd_consts consts = sgd_consts(&p);                                                             \
         if (n < NITI_SMALL) nt = 1;                                                                                \
+        int kind = (mode == 0 ? 0 : mode == 1 ? 1 : mode == 2 ? 2 : 3) * 4 + 2 * (p.momentum != 0) + (p.carry != 0); \
         _Pragma("omp parallel num_threads(nt)") {                                                                  \
-            int t = omp_get_thread_num(), k = omp_get_num_threads();                                               \
-            long lo = n * t / k, hi = n * (t + 1) / k;                                                             \
-            if (mode == 0) NAME##_range(grad, w, v_in, lo, hi, &p, 0, g_noise, s_noise, w_out, v_out, ri, ro);     \
-            else if (mode == 1) NAME##_range(grad, w, v_in, lo, hi, &p, 1, g_noise, s_noise, w_out, v_out, ri, ro);\
-            else if (mode == 2) NAME##_range(grad, w, v_in, lo, hi, &p, 2, g_noise, s_noise, w_out, v_out, ri, ro);\
-            else NAME##_range(grad, w, v_in, lo, hi, &p, 4, g_noise, s_noise, w_out, v_out, ri, ro);               \
+            int t = omp_get_thread_num(), nth = omp_get_num_threads();                                             \
+            long lo = n * t / nth, hi = n * (t + 1) / nth;                                                         \
+            switch (kind) {                                                                                        \
+                NITI_SGD_CASES(NAME, 0, 0) NITI_SGD_CASES(NAME, 1, 1) NITI_SGD_CASES(NAME, 2, 2)                    \
+                NITI_SGD_CASES(NAME, 3, 4)                                                                         \
+            }                                                                                                      \
         }                                                                                                          \
     }
+
+/* The four (momentum, carry) specialisations of one rounding mode (code M, case block B). */
+#define NITI_SGD_CASE(NAME, B, M, MOM, CARRY)                                                                        \
+    case (B) * 4 + 2 * (MOM) + (CARRY):                                                                              \
+        NAME##_range(grad, w, v_in, lo, hi, consts, M, MOM, CARRY, g_noise, s_noise, w_out, v_out, ri, ro);              \
+        break;
+#define NITI_SGD_CASES(NAME, B, M)                                                                                   \
+    NITI_SGD_CASE(NAME, B, M, 0, 0) NITI_SGD_CASE(NAME, B, M, 0, 1) NITI_SGD_CASE(NAME, B, M, 1, 0)                \
+    NITI_SGD_CASE(NAME, B, M, 1, 1)
 
 NITI_SGD(niti_sgd_update_i32_i8, int32_t, int8_t)
 NITI_SGD(niti_sgd_update_i32_i16, int32_t, int16_t)
