@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import counter_bits
-from .kernels import cpu_round, fused
+from .kernels import cpu_add, cpu_round, fused
 from .kernels.workspace import Workspace
 from .numerics import RoundingPolicy, clip_for_share, clip_thresholds, int_dtype_for_bits
 
@@ -212,14 +212,19 @@ class Runtime:
             noise = self.uniform(1 << shift, tuple(t.shape), batched=batched, device=t.device)
         return mode, shift, noise
 
-    def rescale(self, t: Tensor, target_bits: int, role: str, *, batched: bool = True,
+    def rescale(self, t: Tensor | cpu_add.AlignedPair, target_bits: int, role: str, *, batched: bool = True,
                 clip_bits: int = 0, clip_share: int = 0) -> tuple[Tensor, int]:
         """``numerics.rescale`` with this runtime's mode for ``role`` and whole-batch bit width.
 
         Bit-identical to ``numerics.rescale(t, target_bits, mode, bit_width=..., noise=...)`` (with
         ``bit_width`` lowered by ``clip_bits``, see ``rounding``); runs as one fused pass for the bit width and
-        one for rounding and clipping.
+        one for rounding and clipping.  ``t`` may be an ``AlignedPair`` (a sum of two int8 tensors not yet
+        formed): the C passes then read its terms, or where they do not apply the sum is formed first.
         """
+        if isinstance(t, cpu_add.AlignedPair):
+            if (done := self._rescale_pair(t, target_bits, role, batched, clip_bits, clip_share)) is not None:
+                return done
+            t = t.total()
         out_dtype = int_dtype_for_bits(target_bits)
         if self.mode(role) == "stochastic" and self.random_bits == "counter" and self.recorder is None \
                 and fused.c_loops_allowed() and cpu_round.applies_stochastic(t, 1, target_bits, out_dtype):
@@ -235,7 +240,24 @@ class Runtime:
                                            clip_share=clip_share)
         return fused.round_clip(t, shift, mode, target_bits, out_dtype, noise), shift
 
-    def rescale_static(self, t: Tensor, target_bits: int, shift: int, role: str) -> Tensor:
+    def _rescale_pair(self, t: cpu_add.AlignedPair, target_bits: int, role: str, batched: bool, clip_bits: int,
+                      clip_share: int) -> tuple[Tensor, int] | None:
+        """``rescale`` of an aligned pair by the C passes over its int8 terms, or None where they do not apply (a
+        trace, the share-bounded clip's counts, a generator's draws, the integer-only audit): the same shift, the
+        same draw (made in the same order) and the same bits as the int32 sum's rescale."""
+        mode = self.mode(role)
+        if (self.recorder is not None or (clip_bits and clip_share) or mode not in cpu_add.MODES
+                or (mode == "stochastic" and self.random_bits != "counter") or not 1 <= target_bits <= 7
+                or not fused.c_loops_allowed()):
+            return None
+        if clip_bits < 0 or clip_share < 0:
+            raise ValueError(f"clip_bits and clip_share must be >= 0, got {clip_bits} and {clip_share}")
+        shift = self.shift_for_width(cpu_add.pair_max_abs(t).bit_length(), target_bits + clip_bits, batched=batched)
+        keys = self.counter_keys("rounding", tuple(t.shape), batched=batched) if mode == "stochastic" and shift \
+            else None
+        return cpu_add.pair_round_clip(t, shift, mode, target_bits, keys), shift
+
+    def rescale_static(self, t: Tensor | cpu_add.AlignedPair, target_bits: int, shift: int, role: str) -> Tensor:
         """``t`` shifted right by a fixed ``shift`` (batch-independent inference, docs/numerics.md §12).
 
         The role's rounding mode, except that ``stochastic`` becomes ``nearest``: inference draws nothing,
@@ -244,6 +266,8 @@ class Runtime:
         mode = self.mode(role)
         if mode == "stochastic":
             mode = "nearest"
+        if isinstance(t, cpu_add.AlignedPair):
+            t = t.total()
         return fused.round_clip(t, shift, mode, target_bits, int_dtype_for_bits(target_bits))
 
     def state_dict(self) -> dict[str, Tensor]:

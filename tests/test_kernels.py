@@ -560,3 +560,37 @@ def test_c_aligned_pair_equals_aligned_sum(n: int, ea: int, gap: int) -> None:
         return
     want = aligned_sum([(a, ea, 7), (b, ea + gap, 7)])
     assert got is not None and got[1] == want[1] and got[0].dtype == want[0].dtype and torch.equal(got[0], want[0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 70000), gap=st.integers(-22, 22), mode=st.sampled_from(["nearest", "pseudo_stochastic",
+                                                                                   "truncate", "stochastic"]),
+       drop=st.integers(-3, 3), small=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_c_aligned_pair_rescale_equals_the_formed_sums(n: int, gap: int, mode: str, drop: int, small: bool,
+                                                       seed: int) -> None:
+    """The sum's bit width and its int8 rounding from the two int8 terms (no int32 tensor) equal the C passes over
+    the formed sum, for every mode (stochastic: the same counter words), shifts around the one that fits (0 clips
+    only, smaller ones saturate), sizes across the one-thread threshold, -128 and small values included."""
+    from niti.counter_bits import DrawKeys
+    from niti.kernels import cpu_add, cpu_round
+
+    g = torch.Generator().manual_seed(seed)
+    hi = 4 if small else 128
+    a = torch.randint(-hi, hi, (n,), generator=g, dtype=torch.int8)
+    b = torch.randint(-hi, hi, (n,), generator=g, dtype=torch.int8)
+    a[0] = -128
+    made = cpu_add.pair(a, 0, b, gap)
+    if made is None:
+        pytest.skip("the C aligned sum is not built here")
+    p, _ = made
+    total = p.total()
+    width = cpu_add.pair_max_abs(p).bit_length()
+    assert cpu_add.pair_max_abs(p) == int(total.abs().max())
+    shift = max(0, min(24, width - 7 + drop))
+    keys = DrawKeys.of(seed, "rounding", 3, 17)
+    got = cpu_add.pair_round_clip(p, shift, mode, 7, keys)
+    if mode == "stochastic" and shift:
+        want = cpu_round.round_clip_stochastic(total, shift, 7, keys.start, keys.k1, keys.k2)
+    else:
+        want = cpu_round.round_clip(total, shift, "nearest" if mode == "stochastic" else mode, 7)
+    assert got.dtype == torch.int8 and torch.equal(got, want)

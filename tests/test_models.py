@@ -236,6 +236,35 @@ def test_thread_count_does_not_change_bits(name: str, n: int) -> None:
     assert one == two
 
 
+@pytest.mark.parametrize("error_mode", ["stochastic", "pseudo_stochastic"])
+def test_residual_sums_rescaled_unformed_give_the_same_bits(error_mode: str) -> None:
+    """ResNet-20's residual adds and the backward's error sums at branch points are rescaled from their two int8
+    terms by the C passes (Runtime._rescale_pair); forming the int32 sum first gives the same bits."""
+    from unittest import mock
+
+    from niti.runtime import Runtime
+
+    calls = []
+    real = Runtime._rescale_pair
+
+    def counted(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        out = real(self, *args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    def trained(patch) -> str:  # noqa: ANN001
+        model = niti.build("resnet-20", seed=3, total_steps=2)
+        model.runtime.policy = niti.numerics.RoundingPolicy(error=error_mode)
+        with mock.patch.object(Runtime, "_rescale_pair", patch):
+            for i in range(2):
+                model.train_step(*_batch(model, 2, 40 + i))
+        return model.weights_sha256()
+
+    unformed = trained(counted)
+    assert calls and all(calls)  # the C passes did the rescales (9 adds, 9 error sums per step)
+    assert unformed == trained(lambda *args, **kwargs: None)
+
+
 def test_weights_sha256_sees_one_flipped_weight_and_exponents() -> None:
     model = niti.build("lenet", seed=8)
     sha = model.weights_sha256()

@@ -203,7 +203,7 @@ class Graph(Module):
         """One error from several readers of a value: their exact aligned sum, rescaled to int8."""
         if len(errs) == 1:
             return errs[0]
-        pair = cpu_add.aligned_pair(errs[0].m, errs[0].e, errs[1].m, errs[1].e) if len(errs) == 2 else None
+        pair = cpu_add.pair(errs[0].m, errs[0].e, errs[1].m, errs[1].e) if len(errs) == 2 else None  # unformed
         total, e = pair or aligned_sum([(t.m, t.e, 7) for t in errs])
         out, shift = self.runtime.rescale(total, 7, "error")
         return IntTensor(out, e + shift)

@@ -315,7 +315,7 @@ class Add(Module):
     def forward(self, a: IntTensor, b: IntTensor, ctx: dict | None = None) -> IntTensor:  # type: ignore[override]
         if a.m.shape != b.m.shape:
             raise ValueError(f"Add needs equal shapes, got {tuple(a.m.shape)} and {tuple(b.m.shape)}")
-        total, e = cpu_add.aligned_pair(a.m, a.e, b.m, b.e) or aligned_sum([(a.m, a.e, 7), (b.m, b.e, 7)])
+        total, e = cpu_add.pair(a.m, a.e, b.m, b.e) or aligned_sum([(a.m, a.e, 7), (b.m, b.e, 7)])  # see rescale
         if ctx is not None:
             ctx["seen"] = True
         out, shift = self.rescale_activation(total, ctx)

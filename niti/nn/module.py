@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..kernels import fused
+from ..kernels import cpu_add, fused
 from ..numerics import IntTensor, calibrate, static_shift
 from ..runtime import Runtime
 
@@ -154,11 +154,11 @@ class Module:
         #: k > 0: the clip is the largest up to ``clip_bits`` that saturates at most 2**-k of the batch (§2).
         self.clip_share = 0
 
-    def rescale_activation(self, t: Tensor, ctx: dict | None) -> tuple[Tensor, int]:
+    def rescale_activation(self, t: Tensor | cpu_add.AlignedPair, ctx: dict | None) -> tuple[Tensor, int]:
         """``rescale(t, 7, act_mode)``: whole-batch shift in training (which updates the calibration when
         ``ctx`` is given); the calibrated static shift in evaluation when ``static_inference`` is on.
         The batch's shift is ``clip_bits`` below the one that fits its largest value (fewer where ``clip_share``
-        bounds the saturated share)."""
+        bounds the saturated share).  ``t``: an int32 tensor or a sum not yet formed (``Runtime.rescale``)."""
         if self.training:
             out, shift = self.runtime.rescale(t, 7, "activation", clip_bits=self.clip_bits,
                                               clip_share=self.clip_share)

@@ -33,8 +33,12 @@ int64_t niti_bn_range_max(const int64_t *restrict t1, const int64_t *restrict m,
  * (nearest, ties away from zero), 1 (pseudo-stochastic: the discarded bits' high half against their low half) or
  * 2 (truncate) or 4 / 5 (stochastic with one / two counter words per draw, see niti_bn_error_round); shift 0 only
  * clips.  The int8 result of numerics.rescale for these modes (stochastic: with the draw's bits as its noise). */
+/* Channels per block of precomputed draws (the draws of a block are hashed in their own loop, which vectorises). */
+#define NITI_BN_BLOCK 256
+
 /* One row range of niti_bn_error_round with the mode a compile-time constant (inlined per mode below), so that the
- * inner loop carries no mode test. */
+ * inner loop carries no mode test.  The stochastic modes hash a block of channels' counter words first, in a loop of
+ * uint32 arithmetic alone (vectorised; ResNet-20's 16-channel batch norm, 2 threads: 5.3 -> 4.5 ms), then round. */
 static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *restrict x,
                                        const int64_t *restrict t1, const int64_t *restrict m, long r0, long r1,
                                        long C, int shift, const int mode, int64_t limit, int8_t *restrict out,
@@ -43,34 +47,38 @@ static inline void bn_error_round_rows(const int8_t *restrict g, const int8_t *r
     int h = shift >> 1, odd = shift & 1;
     uint64_t h_mask = ((uint64_t)1 << h) - 1;
     uint64_t word_hi_mask = shift > 32 ? ((uint64_t)1 << (shift - 32)) - 1 : 0;
+    uint32_t w0[NITI_BN_BLOCK], w1[NITI_BN_BLOCK];
     for (long r = r0; r < r1; r++) {
         const int8_t *restrict gr = g + r * C, *restrict xr = x + r * C;
         int8_t *restrict orow = out + r * C;
-        for (long c = 0; c < C; c++) {
-            int64_t w = t1[(xr[c] + 128) * C + c] + m[c] * gr[c];
-            uint64_t a = (uint64_t)(w < 0 ? -w : w);
-            uint64_t q = a;
-            if (mode == 0) {
-                q = (a >> shift) + ((a >> (shift - 1)) & 1);
-            } else if (mode == 1) {
-                uint64_t low = a & low_mask;
-                q = (a >> shift) + ((low >> h) > ((low & h_mask) << odd));
-            } else if (mode == 2) {
-                q = a >> shift;
-            } else if (mode == 4) { /* stochastic: up when the draw u in [0, 2**shift) is below the low bits */
-                uint32_t index = (uint32_t)(start + r * C + c);
-                uint64_t low = a & low_mask;
-                uint64_t u = niti_counter_word(index, keys[0], keys[1]) & low_mask;
-                q = (a >> shift) + (u < low);
-            } else if (mode == 5) { /* stochastic, shift > 32: u = (part-1 word's low bits << 32) | part-0 word */
-                uint32_t index = (uint32_t)(start + r * C + c);
-                uint64_t low = a & low_mask, lh = low >> 32;
-                uint64_t uh = niti_counter_word(index, keys[2], keys[3]) & word_hi_mask;
-                uint32_t w0 = niti_counter_word(index, keys[0], keys[1]);
-                q = (a >> shift) + ((uh < lh) | ((uh == lh) & (w0 < (uint32_t)low)));
+        for (long c0 = 0; c0 < C; c0 += NITI_BN_BLOCK) {
+            long c1 = c0 + NITI_BN_BLOCK < C ? c0 + NITI_BN_BLOCK : C;
+            uint32_t base = (uint32_t)(start + r * C + c0);
+            if (mode == 4 || mode == 5)
+                for (long j = 0; j < c1 - c0; j++) w0[j] = niti_counter_word(base + (uint32_t)j, keys[0], keys[1]);
+            if (mode == 5)
+                for (long j = 0; j < c1 - c0; j++) w1[j] = niti_counter_word(base + (uint32_t)j, keys[2], keys[3]);
+            for (long c = c0; c < c1; c++) {
+                int64_t w = t1[(xr[c] + 128) * C + c] + m[c] * gr[c];
+                uint64_t a = (uint64_t)(w < 0 ? -w : w);
+                uint64_t q = a;
+                if (mode == 0) {
+                    q = (a >> shift) + ((a >> (shift - 1)) & 1);
+                } else if (mode == 1) {
+                    uint64_t low = a & low_mask;
+                    q = (a >> shift) + ((low >> h) > ((low & h_mask) << odd));
+                } else if (mode == 2) {
+                    q = a >> shift;
+                } else if (mode == 4) { /* stochastic: up when the draw u in [0, 2**shift) is below the low bits */
+                    uint64_t low = a & low_mask, u = w0[c - c0] & low_mask;
+                    q = (a >> shift) + (u < low);
+                } else if (mode == 5) { /* stochastic, shift > 32: u = (part-1 word's low bits << 32) | part-0 word */
+                    uint64_t low = a & low_mask, lh = low >> 32, uh = w1[c - c0] & word_hi_mask;
+                    q = (a >> shift) + ((uh < lh) | ((uh == lh) & (w0[c - c0] < (uint32_t)low)));
+                }
+                int64_t s = q > (uint64_t)limit ? limit : (int64_t)q;
+                orow[c] = (int8_t)(w < 0 ? -s : s);
             }
-            int64_t s = q > (uint64_t)limit ? limit : (int64_t)q;
-            orow[c] = (int8_t)(w < 0 ? -s : s);
         }
     }
 }
