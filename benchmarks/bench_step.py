@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement (median reported)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat each model's measurements in turn this many times (medians: a drifting machine)")
     p.add_argument("--bf16", choices=("auto", "always", "never"), default="auto")
     p.add_argument("--omp-wait-policy", choices=("active", "passive"), default=None,
                    help="OMP_WAIT_POLICY for every measurement ('passive' if the machine is not idle)")
@@ -89,9 +91,11 @@ def summary_markdown(results: list[dict], command: str) -> str:
         f"native bf16 {first['machine']['native_bf16']}); "
         f"{first['machine']['platform']}",
         f"- threads: {first['threads']}; OMP_WAIT_POLICY {first.get('omp_wait_policy') or 'unset'}; timed steps "
-        f"{first['steps']} after {first['warmup']} warm-up steps; median step time",
-        "- each measurement ran in its own fresh process, one after another; the float baseline imports torch "
-        "only (fp32, channels_last, oneDNN, autograd, SGD with momentum)",
+        f"{first['steps']} after {first['warmup']} warm-up steps; median step time"
+        + (f", then the median over {first['rounds']} rounds" if first.get("rounds", 1) > 1 else ""),
+        "- each measurement ran in its own fresh process, one after another"
+        + (" (integer, fp32, bf16, then again, round after round)" if first.get("rounds", 1) > 1 else "")
+        + "; the float baseline imports torch only (fp32, channels_last, oneDNN, autograd, SGD with momentum)",
         "- memory: VmHWM (peak mark reset after warm-up) minus VmRSS before the model was built",
         "",
         "| model | batch | integer ms/step | fp32 ms/step | bf16 ms/step | speed-up vs fp32 | target | "
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in models:
         r = run_bench(model, CONFIGS[model], args.threads, args.steps, args.warmup, bf16=args.bf16,
-                      omp_wait_policy=args.omp_wait_policy)
+                      omp_wait_policy=args.omp_wait_policy, rounds=args.rounds)
         r["command"] = command
         path = out / f"{model}-b{CONFIGS[model]}-t{args.threads}.json"
         path.write_text(json.dumps(r, indent=2) + "\n")

@@ -273,8 +273,9 @@ def _integer_worker(req: dict) -> dict:
         times.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     peak = mem.peak_rss_bytes() - rss0
-    breakdown = _profile_step(model, images, labels)
-    peak_ops = int8_peak(req["threads"])
+    profile = req.get("profile", True)  # later rounds time the step only
+    breakdown = _profile_step(model, images, labels) if profile else None
+    peak_ops = int8_peak(req["threads"]) if profile else None
     broken = {n: f.broken for n, f in vars(fused).items() if isinstance(f, fused.Fused) and f.broken}
     return {"step_s": statistics.median(times), "step_times_s": times, "step_cpu_s": statistics.median(cpu),
             "peak_bytes": peak,
@@ -339,20 +340,24 @@ def _float_spec(model_name: str, input_shape: tuple[int, int, int] | None = None
 
 def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 10, warmup: int = 3, *,
               bf16: str = "auto", omp_wait_policy: str | None = None, timeout: float = 3600.0,
-              input_shape: tuple[int, int, int] | None = None) -> dict:
+              input_shape: tuple[int, int, int] | None = None, rounds: int = 1) -> dict:
     """Median steady-state training-step time, memory and breakdown: integer vs fp32 (and bf16) PyTorch.
 
     ``bf16``: "auto" runs bf16 autocast only where the CPU has native bf16,
     "always" runs it anyway (emulated: slow), "never" skips it.
+    ``rounds`` > 1 repeats the fresh-process measurements in turn (integer, fp32, bf16, integer, ...): on a
+    machine whose speed drifts (a shared host), every side then sees the same stretches of time.  Each side's
+    step time is the median of its rounds' medians, and the paired per-round speed-ups are kept
+    (``summary["speedup_vs_fp32_rounds"]``); memory is the rounds' median, the profile the first round's.
     ``omp_wait_policy`` ("active"/"passive") is set as ``OMP_WAIT_POLICY`` for
     every worker alike.  On a machine busy with other work, "passive" keeps
     waiting OpenMP threads from spinning on the cores the working ones need:
     measured on 2 busy cores, LeNet's integer step took 530 ms spinning and
     69 ms passive (fp32: 233 and 102 ms).  On an idle machine leave it unset.
     """
-    if batch_size < 1 or threads < 1 or steps < 1 or warmup < 0:
-        raise ValueError(f"batch_size, threads and steps must be >= 1 and warmup >= 0, got batch_size={batch_size}, "
-                         f"threads={threads}, steps={steps}, warmup={warmup}")
+    if batch_size < 1 or threads < 1 or steps < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"batch_size, threads, steps and rounds must be >= 1 and warmup >= 0, got batch_size="
+                         f"{batch_size}, threads={threads}, steps={steps}, rounds={rounds}, warmup={warmup}")
     if bf16 not in ("auto", "always", "never"):
         raise ValueError(f"bf16 must be 'auto', 'always' or 'never', got {bf16!r}")
     if omp_wait_policy not in (None, "active", "passive"):
@@ -363,26 +368,46 @@ def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 1
            "input_shape": list(input_shape) if input_shape else None}
     load_before = os.getloadavg()
     started = _dt.datetime.now(_dt.timezone.utc)
-    integer = _run_worker([sys.executable, "-c", "from niti.bench import _integer_worker_main as m; m()",
-                           json.dumps(req)], timeout, omp_wait_policy)
-    floats: dict[str, dict] = {}
-    for precision in ("fp32", "bf16"):
-        if precision == "bf16" and (bf16 == "never" or (bf16 == "auto" and not native_bf16())):
-            floats[precision] = {"skipped": "no native bf16 on this CPU (avx512_bf16/amx_bf16 absent); "
-                                            "autocast would emulate it" if bf16 == "auto" else "--bf16 never"}
-            continue
-        freq = {**req, "spec": spec, "precision": precision}
-        # -P: do not put niti/ (the script's folder) on sys.path; the twin imports torch only.
-        floats[precision] = _run_worker([sys.executable, "-P", str(_FLOAT_TWIN), json.dumps(freq)], timeout,
-                                        omp_wait_policy)
+    runs: dict[str, list[dict]] = {"integer": [], "fp32": [], "bf16": []}
+    skipped_bf16 = None
+    if bf16 == "never" or (bf16 == "auto" and not native_bf16()):
+        skipped_bf16 = {"skipped": "no native bf16 on this CPU (avx512_bf16/amx_bf16 absent); autocast would "
+                                   "emulate it" if bf16 == "auto" else "--bf16 never"}
+    for k in range(rounds):
+        runs["integer"].append(_run_worker([sys.executable, "-c", "from niti.bench import _integer_worker_main as m; "
+                                            "m()", json.dumps({**req, "profile": k == 0})], timeout, omp_wait_policy))
+        for precision in ("fp32",) if skipped_bf16 else ("fp32", "bf16"):
+            freq = {**req, "spec": spec, "precision": precision}
+            # -P: do not put niti/ (the script's folder) on sys.path; the twin imports torch only.
+            runs[precision].append(_run_worker([sys.executable, "-P", str(_FLOAT_TWIN), json.dumps(freq)], timeout,
+                                               omp_wait_policy))
     result = {
         "model": model_name, "batch_size": batch_size, "threads": threads, "steps": steps, "warmup": warmup,
-        "date": started.isoformat(timespec="seconds"), "machine": machine_info(), "omp_wait_policy": policy,
-        "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
-        "integer": integer, "fp32": floats["fp32"], "bf16": floats["bf16"],
+        "rounds": rounds, "date": started.isoformat(timespec="seconds"), "machine": machine_info(),
+        "omp_wait_policy": policy, "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+        "integer": _over_rounds(runs["integer"]), "fp32": _over_rounds(runs["fp32"]),
+        "bf16": skipped_bf16 or _over_rounds(runs["bf16"]),
     }
     result["summary"] = _summary(result)
+    if rounds > 1 and all("step_s" in r for side in ("integer", "fp32") for r in runs[side]):
+        for key in ("fp32", "bf16"):
+            if runs[key] and all("step_s" in r for r in runs[key]):
+                result["summary"][f"speedup_vs_{key}_rounds"] = [f["step_s"] / i["step_s"]
+                                                                 for i, f in zip(runs["integer"], runs[key])]
     return result
+
+
+def _over_rounds(rounds: list[dict]) -> dict:
+    """One side's result over its rounds: the first round's (its profile), with the step time, CPU time and peak
+    memory the rounds' medians and each round's step time kept (``round_step_s``); an error stays an error."""
+    first = dict(rounds[0])
+    if any("step_s" not in r for r in rounds):
+        return first if "step_s" not in first else next(r for r in rounds if "step_s" not in r)
+    if len(rounds) > 1:
+        first["round_step_s"] = [r["step_s"] for r in rounds]
+        for key in ("step_s", "step_cpu_s", "peak_bytes"):
+            first[key] = statistics.median(r[key] for r in rounds)
+    return first
 
 
 def _summary(r: dict) -> dict:
@@ -425,6 +450,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for every measurement")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the measurements in turn this many times (medians; for a drifting machine)")
     parser.add_argument("--bf16", choices=("auto", "always", "never"), default="auto",
                         help="bf16 autocast baseline: auto = only with native bf16 on this CPU")
     parser.add_argument("--omp-wait-policy", choices=("active", "passive"), default=None,
@@ -452,13 +479,18 @@ def _fmt_row(name: str, d: dict, bs: int) -> str:
 def format_report(r: dict) -> str:
     s, bs = r["summary"], r["batch_size"]
     policy = f", OMP_WAIT_POLICY={r['omp_wait_policy']}" if r.get("omp_wait_policy") else ""
-    lines = [f"niti bench: {r['model']} batch {bs}, {r['threads']} threads{policy}, median of {r['steps']} steps "
+    rounds = r.get("rounds", 1)
+    median = (f"median over {rounds} interleaved rounds of the median of {r['steps']} steps" if rounds > 1
+              else f"median of {r['steps']} steps")
+    lines = [f"niti bench: {r['model']} batch {bs}, {r['threads']} threads{policy}, {median} "
              f"({r['machine']['cpu']}; load {r['load_average_before'][0]:.2f} -> {r['load_average_after'][0]:.2f})"]
     for key in ("integer", "fp32", "bf16"):
         lines.append(_fmt_row(key, r[key], bs))
     for key in ("fp32", "bf16"):
         if f"speedup_vs_{key}" in s:
-            lines.append(f"  integer is {s[f'speedup_vs_{key}']:.2f}x {key}")
+            per_round = s.get(f"speedup_vs_{key}_rounds")
+            paired = f" (rounds: {', '.join(f'{v:.2f}' for v in per_round)})" if per_round else ""
+            lines.append(f"  integer is {s[f'speedup_vs_{key}']:.2f}x {key}{paired}")
     if "memory_integer_over_fp32" in s:
         lines.append(f"  integer peak memory = {s['memory_integer_over_fp32']:.2f} x fp32")
     if "int8_peak_ops_per_s" in s:
@@ -478,7 +510,7 @@ def format_report(r: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     result = run_bench(args.model, args.batch_size, args.threads, args.steps, args.warmup, bf16=args.bf16,
-                       omp_wait_policy=args.omp_wait_policy, input_shape=args.input_shape)
+                       omp_wait_policy=args.omp_wait_policy, input_shape=args.input_shape, rounds=args.rounds)
     print(json.dumps(result) if args.json else format_report(result))
     return 0 if "step_s" in result["integer"] else 1
 

@@ -83,6 +83,20 @@ def test_cli_pair_prints_json(capsys: pytest.CaptureFixture, monkeypatch: pytest
     assert seen["call"][0][:3] == ("lenet", 8, 1)
 
 
+def test_rounds_interleave_the_measurements_and_keep_each() -> None:
+    """Two rounds: each side's step time is the median of its rounds', the paired per-round speed-ups are kept and
+    only the first integer round is profiled (no timing assertion)."""
+    import statistics
+
+    r = bench.run_bench("lenet", 4, threads=1, steps=1, warmup=0, bf16="never", rounds=2)
+    integer, fp32 = r["integer"], r["fp32"]
+    assert r["rounds"] == 2 and len(integer["round_step_s"]) == len(fp32["round_step_s"]) == 2
+    assert integer["step_s"] == statistics.median(integer["round_step_s"])
+    assert r["summary"]["speedup_vs_fp32_rounds"] == pytest.approx(
+        [f / i for i, f in zip(integer["round_step_s"], fp32["round_step_s"])])
+    assert integer["breakdown"]["int_mm_calls"] > 0 and "2 interleaved rounds" in bench.format_report(r)
+
+
 def test_bench_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="unknown model"):
         bench.run_bench("resnet", 8)
@@ -90,6 +104,8 @@ def test_bench_rejects_bad_arguments() -> None:
         bench.run_bench("lenet", 0)
     with pytest.raises(ValueError, match="omp_wait_policy"):
         bench.run_bench("lenet", 8, omp_wait_policy="spin")
+    with pytest.raises(ValueError, match="rounds"):
+        bench.run_bench("lenet", 8, rounds=0)
 
 
 def test_bench_step_writes_markdown_summary(tiny: dict) -> None:
