@@ -112,9 +112,10 @@ _SHORT_ROW = 16
 #: threads: 918 ms with 16 MB chunks, 688 ms with 48 MB, 585 ms whole; on one thread all within 5 %);
 #: smaller ones less memory (VGG-small-7 batch 128 step peak: 248 / 271 / 295 MiB for 16 / 32 / 48 MB).
 _CHUNK_BYTES = 32 * 2**20
-#: col2im's int32 products are summed while still in cache: chunks of about this many bytes (LeNet's
-#: second layer, one thread: 12.4 ms against 17.7 ms unchunked).
-_COL2IM_CHUNK_BYTES = 4 * 2**20
+#: col2im's int32 products are summed while still in cache: chunks of about this many bytes, half of them per
+#: thread on 2 threads (LeNet's second layer: one thread on the EPYC, 12.4 ms with 4 MB against 17.7 ms
+#: unchunked; 2 threads on the Xeon with 2 MB of L2 per core, 2.9 ms with 2 MB against 3.9 ms with 4 MB).
+_COL2IM_CHUNK_BYTES = 2 * 2**20
 
 
 def _image_chunks(n: int, bytes_per_image: int, budget: int | None = None) -> list[tuple[int, int]]:
