@@ -384,7 +384,8 @@ def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 1
     result = {
         "model": model_name, "batch_size": batch_size, "threads": threads, "steps": steps, "warmup": warmup,
         "rounds": rounds, "date": started.isoformat(timespec="seconds"), "machine": machine_info(),
-        "omp_wait_policy": policy, "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
+        "omp_wait_policy": policy, "load_average_before": list(load_before),
+        "load_average_after": list(os.getloadavg()),
         "integer": _over_rounds(runs["integer"]), "fp32": _over_rounds(runs["fp32"]),
         "bf16": skipped_bf16 or _over_rounds(runs["bf16"]),
     }

@@ -460,7 +460,7 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
         from niti import counter_bits
 
         for mode in cpu_bn.MODES:
-            for shift in (0, 1, 17, 32, 33, 40):
+            for shift in (0, 1, 17, 23, 24, 25, 31, 32, 33, 40, 49, 50):
                 keys, noise = None, None
                 if mode == "stochastic" and shift:
                     keys = counter_bits.DrawKeys.of(seed, "rounding", 3, 5)
@@ -469,6 +469,65 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
                                    fused.round_clip(wide, shift, mode, 7, torch.int8, noise))
         with pytest.raises(ValueError, match="keys"):
             cpu_bn.error_round(g, x, table, mult, 3, "stochastic")
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 3000), ch=st.sampled_from([1, 2, 16, 32, 64]), shift=st.integers(24, 49),
+       mode=st.sampled_from(["nearest", "pseudo_stochastic", "truncate", "stochastic"]), seed=st.integers(0, 2**16))
+def test_error_rounding_in_32_bit_lanes_equals_the_64_bit_loop(rows: int, ch: int, shift: int, mode: str,
+                                                              seed: int) -> None:
+    """Batch norm's error rounding with its own operands (multipliers k · 2**24, shifts 24-49, a power of two of
+    channels) runs in 32-bit lanes; the 64-bit loop, itself pinned to the PyTorch rescale above, gives the same bits
+    for every mode, across blocks and threads, with the stochastic ties of the part-1 bits (shift > 32) included."""
+    from unittest import mock
+
+    from niti import counter_bits
+    from niti.kernels import cpu_bn
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-128, 128, (rows, ch), dtype=torch.int8, generator=g)
+    err = torch.randint(-128, 128, (rows, ch), dtype=torch.int8, generator=g)
+    if not cpu_bn.available(err):
+        pytest.skip("batch norm's C loops are not built here")
+    k = torch.randint(-2**15, 2**15 + 1, (ch,), dtype=torch.int64, generator=g)
+    table = torch.randint(-2**(shift + 3), 2**(shift + 3), (256, ch), dtype=torch.int64, generator=g)
+    mult = k << 24
+    keys = counter_bits.DrawKeys.of(seed, "rounding", 2, 7) if mode == "stochastic" else None
+    assert cpu_bn._split_24(table, mult, shift) is not None  # the 32-bit loop applies
+    fast = cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys)
+    with mock.patch.object(cpu_bn, "_split_24", lambda *args: None):
+        assert torch.equal(fast, cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys))
+
+
+@pytest.mark.parametrize("shift", [24, 25, 33, 38, 39, 49])
+def test_error_rounding_in_32_bit_lanes_at_the_rounding_boundaries(shift: int) -> None:
+    """Values on every rounding boundary: discarded bits exactly half (nearest), high half equal to the (doubled)
+    low half (pseudo-stochastic), multiples of 2**24 (R = 0) and their neighbours, both signs."""
+    from unittest import mock
+
+    from niti import counter_bits
+    from niti.kernels import cpu_bn
+
+    h, odd = shift >> 1, shift & 1
+    values = []
+    for q in [q for q in (0, 1, 5, 31, 126, 127, 128) if (q + 1) << (shift - 24) < 1 << 30]:  # |T| < 2**30
+        for low in (0, 1, 1 << (shift - 1), (1 << (shift - 1)) - 1, (1 << (shift - 1)) + 1, (1 << shift) - 1,
+                    (37 << odd << h) | 37, (1 << 24), (3 << 24) - 1, 5 << 24):
+            a = (q << shift) + (low & ((1 << shift) - 1))
+            values += [a, -a]
+    ch = 16
+    table = torch.tensor((values * (256 * ch // len(values) + 1))[:256 * ch], dtype=torch.int64).view(256, ch)
+    x = torch.arange(-128, 128, dtype=torch.int8).repeat_interleave(ch).view(256, ch)
+    err = torch.zeros((256, ch), dtype=torch.int8)  # the value is the table entry itself
+    mult = torch.full((ch,), 3 << 24, dtype=torch.int64)
+    if not cpu_bn.available(err):
+        pytest.skip("batch norm's C loops are not built here")
+    assert cpu_bn._split_24(table, mult, shift) is not None
+    keys = counter_bits.DrawKeys.of(1, "rounding", 0, 0)
+    for mode in cpu_bn.MODES:
+        fast = cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys)
+        with mock.patch.object(cpu_bn, "_split_24", lambda *args: None):
+            assert torch.equal(fast, cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys)), mode
 
 
 class _Collect:

@@ -119,6 +119,135 @@ void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, co
     }
 }
 
+/* niti_bn_error_round in 32-bit lanes, for the batch norm's own operands: multipliers m[c] = k[c] * 2**24 and a
+ * shift of 24 to 49 bits.  With t1 = T * 2**24 + R (T = floor(t1 / 2**24), 0 <= R < 2**24) the value is
+ * w = H * 2**24 + R, H = T + k * g, and its magnitude a = A * 2**24 + L with
+ *   H >= 0: A = H, L = R;   H < 0: A = -H - 1, L = 2**24 - R (R > 0) or A = -H, L = 0 (R = 0),
+ * so a >> shift = A >> d (d = shift - 24) and the discarded bits are (A mod 2**d) * 2**24 + L: every rounding of
+ * niti_bn_error_round from uint32 arithmetic (twice the lanes, no 64-bit multiply).  The caller guarantees
+ * |T| + |k| * 128 < 2**31 and 256 * C < 2**31.  Inputs: T (int32) and R (uint32) (256, C) tables, k (int32 (C,)). */
+/* niti_bn_error_round in 32-bit lanes, for the batch norm's own operands: multipliers m[c] = k[c] * 2**24 and a
+ * shift of 24 to 49 bits.  With t1 = T * 2**24 + R (T = floor(t1 / 2**24), 0 <= R < 2**24) the value is
+ * w = H * 2**24 + R, H = T + k * g, and its magnitude a = A * 2**24 + L with
+ *   H >= 0: A = H, L = R;   H < 0: A = -H - 1, L = 2**24 - R (R > 0) or A = -H, L = 0 (R = 0),
+ * so a >> shift = A >> d (d = shift - 24) and the discarded bits are (A mod 2**d) * 2**24 + L: every rounding of
+ * niti_bn_error_round from uint32 arithmetic (twice the lanes, no 64-bit multiply).  The caller guarantees
+ * |T| + |k| * 128 < 2**31 and 256 * C < 2**31.  Inputs: T (int32) and R (uint32) (256, C) tables, k (int32 (C,)). */
+/* The tied elements of one block [b0, b1) of bn_error_round32_range (mode 5), rounded again with their part-0 word.
+ * A function of its own, kept scalar: vectorised (masked, every lane hashing) it would cost as much as the whole
+ * rounding, for about one element in 2**(shift - 32). */
+__attribute__((noinline, optimize("no-tree-vectorize"))) static void bn_round32_ties(
+    const int8_t *restrict g, const int8_t *restrict x, const int32_t *restrict tt, const uint32_t *restrict rt,
+    const int32_t *restrict k, long b0, long b1, long C, int d, uint32_t limit, int8_t *restrict out, long start,
+    const uint32_t *restrict keys, const uint32_t *restrict tie) {
+    const uint32_t d_mask = (uint32_t)(((uint64_t)1 << d) - 1);
+    for (long i = b0; i < b1; i++) {
+        if (!tie[i - b0]) continue;
+        long c = i % C, e = (x[i] + 128) * C + c;
+        int32_t hv = tt[e] + k[c] * g[i];
+        uint32_t rv = rt[e], neg = hv < 0;
+        uint32_t A = neg ? (uint32_t)(-(int64_t)hv) - (rv != 0) : (uint32_t)hv;
+        uint32_t L = neg && rv ? ((uint32_t)1 << 24) - rv : rv;
+        uint32_t q = (A >> d) + (niti_counter_word((uint32_t)(start + i), keys[0], keys[1]) <
+                                 (((A & d_mask & 0xFF) << 24) | L));
+        uint32_t sv = q > limit ? limit : q;
+        out[i] = (int8_t)(neg ? -(int32_t)sv : (int32_t)sv);
+    }
+}
+
+/* niti_bn_error_round in 32-bit lanes, for the batch norm's own operands: multipliers m[c] = k[c] * 2**24 and a
+ * shift of 24 to 49 bits.  With t1 = T * 2**24 + R (T = floor(t1 / 2**24), 0 <= R < 2**24) the value is
+ * w = H * 2**24 + R, H = T + k * g, and its magnitude a = A * 2**24 + L with
+ *   H >= 0: A = H, L = R;   H < 0: A = -H - 1, L = 2**24 - R (R > 0) or A = -H, L = 0 (R = 0),
+ * so a >> shift = A >> d (d = shift - 24) and the discarded bits are (A mod 2**d) * 2**24 + L: every rounding of
+ * niti_bn_error_round from uint32 arithmetic (twice the lanes, no 64-bit multiply).  One flat loop over elements
+ * [i0, i1) in blocks (channel c = i mod C, a mask: C is a power of two), so that narrow rows (ResNet's 16 channels)
+ * still fill the vectors.  Mode 5 marks a tie of the part-1 bits with the discarded bits' high part (about one
+ * element in 2**(shift - 32)) as -128 in the vector loop, and a scalar loop rounds those with their part-0 word.
+ * The caller guarantees |T| + |k| * 128 < 2**31, 256 * C < 2**31 and limit <= 127 (-128 is never a result).
+ * Inputs: T (int32) and R (uint32 in an int32 tensor) (256, C) tables, k (int32 (C,)). */
+static inline __attribute__((always_inline)) void bn_error_round32_range(
+    const int8_t *restrict g, const int8_t *restrict x, const int32_t *restrict tt, const uint32_t *restrict rt,
+    const int32_t *restrict k, long i0, long i1, long C, int shift, const int mode, uint32_t limit,
+    int8_t *restrict out, long start, const uint32_t *restrict keys) {
+    const int d = shift - 24, h = shift >> 1, odd = shift & 1;
+    const uint32_t d_mask = (uint32_t)(((uint64_t)1 << d) - 1), h_mask = ((uint32_t)1 << h) - 1;
+    const uint32_t s_mask = shift >= 32 ? 0xFFFFFFFFu : ((uint32_t)1 << shift) - 1; /* mode 4: shift <= 32 */
+    const uint32_t word_hi_mask = shift > 32 ? ((uint32_t)1 << (shift - 32)) - 1 : 0;
+    const int round_bit = d ? d - 1 : 0; /* nearest: bit shift - 1 of a, in A (d >= 1) or L (d = 0: bit 23) */
+    const int ci = (int)C, cmask = ci - 1;
+    uint32_t w0[NITI_BN_BLOCK], w1[NITI_BN_BLOCK];
+    for (long b0 = i0; b0 < i1; b0 += NITI_BN_BLOCK) {
+        long b1 = b0 + NITI_BN_BLOCK < i1 ? b0 + NITI_BN_BLOCK : i1;
+        int n = (int)(b1 - b0), c0 = (int)(b0 % C);
+        uint32_t base = (uint32_t)(start + b0);
+        if (mode == 4)
+            for (int j = 0; j < n; j++) w0[j] = niti_counter_word(base + (uint32_t)j, keys[0], keys[1]);
+        if (mode == 5)
+            for (int j = 0; j < n; j++) w1[j] = niti_counter_word(base + (uint32_t)j, keys[2], keys[3]);
+        for (int j = 0; j < n; j++) {
+            int c = (c0 + j) & cmask;
+            int e = (x[b0 + j] + 128) * ci + c; /* int32 indices: the loads vectorise as gathers */
+            int32_t hv = tt[e] + k[c] * g[b0 + j];
+            uint32_t rv = rt[e], neg = hv < 0;
+            uint32_t A = neg ? (uint32_t)(-(int64_t)hv) - (rv != 0) : (uint32_t)hv;
+            uint32_t L = neg && rv ? ((uint32_t)1 << 24) - rv : rv;
+            uint32_t Ad = A & d_mask, q = A >> d;
+            if (mode == 0) {
+                q += d ? (A >> round_bit) & 1 : (L >> 23) & 1;
+            } else if (mode == 1) { /* the discarded s bits: high half (low >> h) against low half (h <= 24) */
+                uint32_t hi = (Ad << (24 - h)) | (L >> h);
+                q += hi > ((L & h_mask) << odd);
+            } else if (mode == 4) { /* shift <= 32: the discarded bits fit 32 bits */
+                q += (w0[j] & s_mask) < ((Ad << 24) | L);
+            }
+            uint32_t sv = q > limit ? limit : q;
+            int8_t v = (int8_t)(neg ? -(int32_t)sv : (int32_t)sv);
+            if (mode == 5) { /* shift > 32: the part-1 word's bits against the discarded bits' high part */
+                uint32_t lh = Ad >> 8, uh = w1[j] & word_hi_mask;
+                sv = q + (uh < lh);
+                sv = sv > limit ? limit : sv;
+                v = uh == lh ? (int8_t)-128 : (int8_t)(neg ? -(int32_t)sv : (int32_t)sv); /* -128: a tie, below */
+            }
+            out[b0 + j] = v;
+        }
+        if (mode == 5) /* the few ties (-128, never a result: limit <= 127): the part-0 word decides */
+            for (int j = 0; j < n; j++) {
+                if (out[b0 + j] != -128) continue;
+                /* A compiler barrier: this loop stays scalar (vectorised, masked, every lane would hash). */
+                __asm__ volatile("" ::: "memory");
+                int c = (c0 + j) & cmask, e = (x[b0 + j] + 128) * ci + c;
+                int32_t hv = tt[e] + k[c] * g[b0 + j];
+                uint32_t rv = rt[e], neg = hv < 0;
+                uint32_t A = neg ? (uint32_t)(-(int64_t)hv) - (rv != 0) : (uint32_t)hv;
+                uint32_t L = neg && rv ? ((uint32_t)1 << 24) - rv : rv;
+                uint32_t q = (A >> d) + (niti_counter_word(base + (uint32_t)j, keys[0], keys[1]) <
+                                         (((A & d_mask & 0xFF) << 24) | L));
+                uint32_t sv = q > limit ? limit : q;
+                out[b0 + j] = (int8_t)(neg ? -(int32_t)sv : (int32_t)sv);
+            }
+    }
+}
+
+/* 24 <= shift <= 49, C a power of two below 2**23 (mode 4: draws as niti_bn_error_round's); the tables as
+ * bn_error_round32_range. */
+void niti_bn_error_round32(const int8_t *g, const int8_t *x, const int32_t *tt, const uint32_t *rt, const int32_t *k,
+                           long rows, long C, int shift, int mode, int32_t limit, int8_t *out, long start,
+                           const uint32_t *keys, int nt) {
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        long i0 = rows * t / n * C, i1 = rows * (t + 1) / n * C; /* whole rows each */
+        uint32_t lim = (uint32_t)limit;
+        if (mode == 0) bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 0, lim, out, start, keys);
+        else if (mode == 1) bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 1, lim, out, start, keys);
+        else if (mode == 2) bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 2, lim, out, start, keys);
+        else if (mode == 4 && shift <= 32)
+            bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 4, lim, out, start, keys);
+        else bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 5, lim, out, start, keys);
+    }
+}
+
 /* out[(x + 128) * C + c] = sum of g (or the count, g NULL) over the elements of channel c with input value x: exact
  * int64 sums, one private (256, C) histogram per thread.  With lo and hi (int8 (256, C), g given) also the smallest
  * and largest g of each entry (lo 127 > hi -128 where no element has it).  Returns 1 when a scratch allocation

@@ -179,7 +179,7 @@ static inline __attribute__((always_inline)) int64_t sgd_element(int64_t x, int6
 /* The four (momentum, carry) specialisations of one rounding mode (code M, case block B). */
 #define NITI_SGD_CASE(NAME, B, M, MOM, CARRY)                                                                        \
     case (B) * 4 + 2 * (MOM) + (CARRY):                                                                              \
-        NAME##_range(grad, w, v_in, lo, hi, consts, M, MOM, CARRY, g_noise, s_noise, w_out, v_out, ri, ro);              \
+        NAME##_range(grad, w, v_in, lo, hi, consts, M, MOM, CARRY, g_noise, s_noise, w_out, v_out, ri, ro);          \
         break;
 #define NITI_SGD_CASES(NAME, B, M)                                                                                   \
     NITI_SGD_CASE(NAME, B, M, 0, 0) NITI_SGD_CASE(NAME, B, M, 0, 1) NITI_SGD_CASE(NAME, B, M, 1, 0)                \
