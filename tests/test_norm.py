@@ -471,6 +471,50 @@ def test_value_tables_match_elementwise_references(rows: int, ch: int, seed: int
             cpu_bn.error_round(g, x, table, mult, 3, "stochastic")
 
 
+def _both_error_loops(err: torch.Tensor, x: torch.Tensor, table: torch.Tensor, mult: torch.Tensor, shift: int,
+                      mode: str, keys) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+    """``cpu_bn.error_round``'s 32-bit loop (asserted to accept) and its 64-bit loop on the same operands."""
+    import ctypes
+
+    from niti.kernels import cpu_bn
+
+    rows, ch = err.shape
+    words = None if keys is None else (ctypes.c_uint32 * 4)(keys.k1, keys.k2, keys.hi1, keys.hi2)
+    outs = []
+    for name in ("niti_bn_error_round32", "niti_bn_error_round"):
+        out = torch.empty((rows, ch), dtype=torch.int8)
+        declined = getattr(cpu_bn._lib(), name)(err.data_ptr(), x.data_ptr(), table.data_ptr(), mult.data_ptr(),
+                                                rows, ch, shift, cpu_bn.MODES[mode], 127, out.data_ptr(),
+                                                0 if keys is None else keys.start, words, torch.get_num_threads())
+        assert not declined
+        outs.append(out)
+    assert torch.equal(outs[0], cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys))
+    return outs[0], outs[1]
+
+
+def test_error_rounding_32_bit_loop_declines_other_operands() -> None:
+    """A shift outside 24-49, a limit above 127, channels not a power of two, a multiplier not a multiple of
+    2**24 or a table past the int32 bound: the 32-bit loop declines (and error_round takes the 64-bit loop)."""
+    from niti.kernels import cpu_bn
+
+    err = torch.ones((4, 8), dtype=torch.int8)
+    if not cpu_bn.available(err):
+        pytest.skip("batch norm's C loops are not built here")
+
+    def declined(table, mult, shift, limit=127, e=err):  # noqa: ANN001, ANN202
+        out = torch.empty(e.shape, dtype=torch.int8)
+        return cpu_bn._lib().niti_bn_error_round32(e.data_ptr(), e.data_ptr(), table.data_ptr(), mult.data_ptr(),
+                                                   e.shape[0], e.shape[1], shift, 0, limit, out.data_ptr(), 0, None, 1)
+
+    table, mult = torch.zeros((256, 8), dtype=torch.int64), torch.full((8,), 5 << 24, dtype=torch.int64)
+    assert declined(table, mult, 30) == 0
+    assert declined(table, mult, 23) == 1 and declined(table, mult, 50) == 1 and declined(table, mult, 30, 128) == 1
+    assert declined(table, mult + 1, 30) == 1
+    assert declined(table + (1 << 55), mult, 30) == 1
+    odd = torch.ones((4, 6), dtype=torch.int8)
+    assert declined(torch.zeros((256, 6), dtype=torch.int64), mult[:6], 30, e=odd) == 1
+
+
 @settings(max_examples=25, deadline=None)
 @given(rows=st.integers(1, 3000), ch=st.sampled_from([1, 2, 16, 32, 64]), shift=st.integers(24, 49),
        mode=st.sampled_from(["nearest", "pseudo_stochastic", "truncate", "stochastic"]), seed=st.integers(0, 2**16))
@@ -479,8 +523,6 @@ def test_error_rounding_in_32_bit_lanes_equals_the_64_bit_loop(rows: int, ch: in
     """Batch norm's error rounding with its own operands (multipliers k · 2**24, shifts 24-49, a power of two of
     channels) runs in 32-bit lanes; the 64-bit loop, itself pinned to the PyTorch rescale above, gives the same bits
     for every mode, across blocks and threads, with the stochastic ties of the part-1 bits (shift > 32) included."""
-    from unittest import mock
-
     from niti import counter_bits
     from niti.kernels import cpu_bn
 
@@ -493,18 +535,14 @@ def test_error_rounding_in_32_bit_lanes_equals_the_64_bit_loop(rows: int, ch: in
     table = torch.randint(-2**(shift + 3), 2**(shift + 3), (256, ch), dtype=torch.int64, generator=g)
     mult = k << 24
     keys = counter_bits.DrawKeys.of(seed, "rounding", 2, 7) if mode == "stochastic" else None
-    assert cpu_bn._split_24(table, mult, shift) is not None  # the 32-bit loop applies
-    fast = cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys)
-    with mock.patch.object(cpu_bn, "_split_24", lambda *args: None):
-        assert torch.equal(fast, cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys))
+    fast, wide = _both_error_loops(err, x, table, mult, shift, mode, keys)
+    assert torch.equal(fast, wide)
 
 
 @pytest.mark.parametrize("shift", [24, 25, 33, 38, 39, 49])
 def test_error_rounding_in_32_bit_lanes_at_the_rounding_boundaries(shift: int) -> None:
     """Values on every rounding boundary: discarded bits exactly half (nearest), high half equal to the (doubled)
     low half (pseudo-stochastic), multiples of 2**24 (R = 0) and their neighbours, both signs."""
-    from unittest import mock
-
     from niti import counter_bits
     from niti.kernels import cpu_bn
 
@@ -522,12 +560,10 @@ def test_error_rounding_in_32_bit_lanes_at_the_rounding_boundaries(shift: int) -
     mult = torch.full((ch,), 3 << 24, dtype=torch.int64)
     if not cpu_bn.available(err):
         pytest.skip("batch norm's C loops are not built here")
-    assert cpu_bn._split_24(table, mult, shift) is not None
     keys = counter_bits.DrawKeys.of(1, "rounding", 0, 0)
     for mode in cpu_bn.MODES:
-        fast = cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys)
-        with mock.patch.object(cpu_bn, "_split_24", lambda *args: None):
-            assert torch.equal(fast, cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys)), mode
+        fast, wide = _both_error_loops(err, x, table, mult, shift, mode, keys if mode == "stochastic" else None)
+        assert torch.equal(fast, wide), mode
 
 
 class _Collect:

@@ -36,8 +36,8 @@ def _lib() -> ctypes.CDLL | None:
         "niti_bn_range_max": (ctypes.c_int64, [PTR, PTR, PTR, PTR, LONG]),
         "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, LONG, PTR,
                                         INT]),
-        "niti_bn_error_round32": (None, [PTR, PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int32, PTR, LONG,
-                                          PTR, INT]),
+        "niti_bn_error_round32": (ctypes.c_int, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR,
+                                                  LONG, PTR, INT]),
         "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, PTR, PTR, INT]),
         "niti_bn_gather_int8": (None, [PTR, PTR, LONG, LONG, PTR, INT]),
     })
@@ -90,29 +90,13 @@ def error_round(g: Tensor, x: Tensor, table: Tensor, mult: Tensor, shift: int, m
         if not 0 <= start <= start + rows * ch <= 1 << 32:
             raise ValueError(f"a draw covers element indices [0, 2**32); asked for start {start}")
     out = torch.empty((rows, ch), dtype=torch.int8)
-    if limit <= 127 and (split := _split_24(table, mult, shift)) is not None:  # batch norm's operands: 32 bits
-        high, low, k = split
-        _library().niti_bn_error_round32(g.data_ptr(), x.data_ptr(), high.data_ptr(), low.data_ptr(), k.data_ptr(),
-                                         rows, ch, shift, MODES[mode], limit, out.data_ptr(), start, words,
-                                         torch.get_num_threads())
-        return out
-    _library().niti_bn_error_round(g.data_ptr(), x.data_ptr(), table.data_ptr(), mult.data_ptr(), rows, ch, shift,
-                                   MODES[mode], limit, out.data_ptr(), start, words, torch.get_num_threads())
+    args = (g.data_ptr(), x.data_ptr(), table.data_ptr(), mult.data_ptr(), rows, ch, shift, MODES[mode], limit,
+            out.data_ptr(), start, words, torch.get_num_threads())
+    # Batch norm's own operands (multipliers k · 2**24, shifts 24-49) round in 32-bit lanes; the C function checks
+    # that itself (no read of a tensor here) and declines anything else, which the 64-bit loop then rounds.
+    if _library().niti_bn_error_round32(*args):
+        _library().niti_bn_error_round(*args)
     return out
-
-
-def _split_24(table: Tensor, mult: Tensor, shift: int) -> tuple[Tensor, Tensor, Tensor] | None:
-    """``table = high · 2**24 + low`` (int32 ``high``, ``0 <= low < 2**24`` as int32) and ``mult = k · 2**24``
-    (int32 ``k``) when the 32-bit loop applies: every multiplier a multiple of 2**24 (batch norm's are, its error
-    term being ``k · 2**24 · g``), a shift of 24 to 49 bits, ``|high| + |k| · 128 < 2**31`` and a power of two of
-    channels (the loop's channel index is a mask); else None."""
-    ch = table.shape[1]
-    if not 24 <= shift <= 49 or ch & (ch - 1) or ch >= 1 << 23 or bool((mult & ((1 << 24) - 1)).any()):
-        return None
-    high, k = table >> 24, mult >> 24
-    if table.numel() == 0 or int(high.abs().max()) + int(k.abs().max()) * 128 >= 1 << 31:
-        return None
-    return high.to(torch.int32), (table & ((1 << 24) - 1)).to(torch.int32), k.to(torch.int32)
 
 
 def value_sums(x: Tensor, g: Tensor | None) -> Tensor | None:

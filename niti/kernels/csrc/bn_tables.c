@@ -165,7 +165,7 @@ __attribute__((noinline, optimize("no-tree-vectorize"))) static void bn_round32_
  * still fill the vectors.  Mode 5 marks a tie of the part-1 bits with the discarded bits' high part (about one
  * element in 2**(shift - 32)) as -128 in the vector loop, and a scalar loop rounds those with their part-0 word.
  * The caller guarantees |T| + |k| * 128 < 2**31, 256 * C < 2**31 and limit <= 127 (-128 is never a result).
- * Inputs: T (int32) and R (uint32 in an int32 tensor) (256, C) tables, k (int32 (C,)). */
+ * Inputs: T (int32) and R (uint32) (256, C) tables, k (int32 (C,)) (niti_bn_error_round32 makes them). */
 static inline __attribute__((always_inline)) void bn_error_round32_range(
     const int8_t *restrict g, const int8_t *restrict x, const int32_t *restrict tt, const uint32_t *restrict rt,
     const int32_t *restrict k, long i0, long i1, long C, int shift, const int mode, uint32_t limit,
@@ -229,11 +229,39 @@ static inline __attribute__((always_inline)) void bn_error_round32_range(
     }
 }
 
-/* 24 <= shift <= 49, C a power of two below 2**23 (mode 4: draws as niti_bn_error_round's); the tables as
- * bn_error_round32_range. */
-void niti_bn_error_round32(const int8_t *g, const int8_t *x, const int32_t *tt, const uint32_t *rt, const int32_t *k,
-                           long rows, long C, int shift, int mode, int32_t limit, int8_t *out, long start,
-                           const uint32_t *keys, int nt) {
+/* niti_bn_error_round's result through bn_error_round32_range where it applies: returns 0 when it wrote `out`, 1
+ * when it declined (the caller takes niti_bn_error_round): a shift outside 24..49, a limit above 127, C not a power of
+ * two (or 256 * C >= 2**31), a multiplier not a multiple of 2**24, |t1 >> 24| + |m >> 24| * 128 >= 2**31, or no
+ * scratch memory.  It splits the tables itself (no pass over the elements), so deciding costs the caller nothing. */
+int niti_bn_error_round32(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *m, long rows, long C,
+                          int shift, int mode, int64_t limit, int8_t *out, long start, const uint32_t *keys, int nt) {
+    if (shift < 24 || shift > 49 || limit > 127 || limit < 0 || C < 1 || (C & (C - 1)) || C >= (1L << 23)) return 1;
+    int64_t kmax = 0, tmax = 0;
+    for (long c = 0; c < C; c++) {
+        if (m[c] & ((1 << 24) - 1)) return 1;
+        int64_t k = m[c] >> 24;
+        k = k < 0 ? -k : k;
+        kmax = k > kmax ? k : kmax;
+    }
+    for (long b = 0; b < 256 * C; b++) {
+        int64_t t = t1[b] >> 24; /* arithmetic: floor */
+        t = t < 0 ? -t : t;
+        tmax = t > tmax ? t : tmax;
+    }
+    if (kmax >= (1L << 23) || tmax + kmax * 128 >= ((int64_t)1 << 31)) return 1;
+    int32_t *tt = (int32_t *)malloc(sizeof(int32_t) * (256 * C + C));
+    uint32_t *rt = (uint32_t *)malloc(sizeof(uint32_t) * 256 * C);
+    if (!tt || !rt) {
+        free(tt);
+        free(rt);
+        return 1;
+    }
+    int32_t *k = tt + 256 * C;
+    for (long b = 0; b < 256 * C; b++) {
+        tt[b] = (int32_t)(t1[b] >> 24);
+        rt[b] = (uint32_t)(t1[b] & ((1 << 24) - 1));
+    }
+    for (long c = 0; c < C; c++) k[c] = (int32_t)(m[c] >> 24);
 #pragma omp parallel num_threads(nt)
     {
         int t = omp_get_thread_num(), n = omp_get_num_threads();
@@ -246,6 +274,9 @@ void niti_bn_error_round32(const int8_t *g, const int8_t *x, const int32_t *tt, 
             bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 4, lim, out, start, keys);
         else bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 5, lim, out, start, keys);
     }
+    free(tt);
+    free(rt);
+    return 0;
 }
 
 /* out[(x + 128) * C + c] = sum of g (or the count, g NULL) over the elements of channel c with input value x: exact
