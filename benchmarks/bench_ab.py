@@ -31,8 +31,9 @@ from niti.bench import machine_info  # noqa: E402
 BATCH = {"lenet": 256, "vgg-small-7": 128, "resnet-20": 128}
 
 
-def step_seconds(checkout: Path, model: str, threads: int, steps: int, warmup: int) -> float:
-    """The median integer step time of ``checkout``'s ``niti`` in a fresh process (its own worker)."""
+def measure(checkout: Path, model: str, threads: int, steps: int, warmup: int) -> tuple[float, int]:
+    """The median integer step time and the peak memory (bytes, ``niti bench``'s measure) of ``checkout``'s ``niti``
+    in a fresh process (its own worker)."""
     req = {"model": model, "batch_size": BATCH[model], "threads": threads, "steps": steps, "warmup": warmup,
            "input_shape": None, "profile": False}
     env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
@@ -40,7 +41,8 @@ def step_seconds(checkout: Path, model: str, threads: int, steps: int, warmup: i
                            json.dumps(req)], capture_output=True, text=True, env=env, cwd=checkout, timeout=3600)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("NITI_BENCH_RESULT "):
-            return json.loads(line[len("NITI_BENCH_RESULT "):])["step_s"]
+            result = json.loads(line[len("NITI_BENCH_RESULT "):])
+            return result["step_s"], result["peak_bytes"]
     raise RuntimeError(f"{checkout}: worker exited with status {proc.returncode}: {proc.stderr.strip()[-2000:]}")
 
 
@@ -79,13 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in models:
         times: dict[str, list[float]] = {"a": [], "b": []}
+        peaks: dict[str, list[int]] = {"a": [], "b": []}
         for r in range(args.rounds):
             for key, side in (("a", a), ("b", b)):
-                times[key].append(step_seconds(side, model, args.threads, args.steps, args.warmup))
+                step, peak = measure(side, model, args.threads, args.steps, args.warmup)
+                times[key].append(step)
+                peaks[key].append(peak)
             print(f"{model} round {r + 1}: A {times['a'][-1] * 1e3:.1f} ms, B {times['b'][-1] * 1e3:.1f} ms",
                   flush=True)
         ratios = [x / y for x, y in zip(times["a"], times["b"])]
-        rows.append((model, statistics.median(times["a"]), statistics.median(times["b"]), ratios))
+        rows.append((model, statistics.median(times["a"]), statistics.median(times["b"]), ratios,
+                     statistics.median(peaks["a"]), statistics.median(peaks["b"])))
     info = machine_info()
     lines = ["# Integer training step: checkout A against checkout B, in turn", "",
              f"- command: `python {' '.join([str(Path(__file__).relative_to(ROOT)), *given])}`",
@@ -94,12 +100,15 @@ def main(argv: list[str] | None = None) -> int:
              f"- A: {describe(a)}; B: {describe(b)}",
              f"- each round: A's integer worker, then B's, each a fresh process timing {args.steps} steps after "
              f"{args.warmup} warm-up steps (median); below, the median over {args.rounds} rounds and every "
-             "round's ratio A / B (> 1: B is faster)", "",
-             "| model | batch | A ms/step | B ms/step | A / B (median of rounds) | A / B per round |",
-             "|---|---|---|---|---|---|"]
-    for model, ta, tb, ratios in rows:
+             "round's ratio A / B (> 1: B is faster), and the median peak memory (`niti bench`'s: VmHWM after "
+             "warm-up less the RSS before the model)", "",
+             "| model | batch | A ms/step | B ms/step | A / B (median of rounds) | A / B per round | "
+             "A peak MiB | B peak MiB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for model, ta, tb, ratios, pa, pb in rows:
         lines.append(f"| {model} | {BATCH[model]} | {ta * 1e3:.1f} | {tb * 1e3:.1f} | "
-                     f"{statistics.median(ratios):.2f} | {', '.join(f'{v:.2f}' for v in ratios)} |")
+                     f"{statistics.median(ratios):.2f} | {', '.join(f'{v:.2f}' for v in ratios)} | "
+                     f"{pa / 2**20:.1f} | {pb / 2**20:.1f} |")
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:

@@ -108,10 +108,12 @@ def im2col(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding:
 _SHORT_ROW = 16
 #: Columns are built and multiplied a group of images at a time, at most about this many bytes of columns
 #: each, so the workspace stays a fraction of the columns of a whole batch (VGG-small-7: 151 MB).  Fewer,
-#: larger chunks mean fewer fork-joins of the thread pool, which matter on busy cores (one VGG layer, 2
-#: threads: 918 ms with 16 MB chunks, 688 ms with 48 MB, 585 ms whole; on one thread all within 5 %);
-#: smaller ones less memory (VGG-small-7 batch 128 step peak: 248 / 271 / 295 MiB for 16 / 32 / 48 MB).
-_CHUNK_BYTES = 32 * 2**20
+#: larger chunks mean fewer fork-joins of the thread pool, which mattered on the EPYC's busy cores (one VGG
+#: layer, 2 threads: 918 ms with 16 MB chunks, 688 ms with 48 MB, 585 ms whole; on one thread all within 5 %);
+#: smaller ones less memory (VGG-small-7 batch 128 step peak: 248 / 271 / 295 MiB for 16 / 32 / 48 MB).  On the
+#: Xeon with AMX, 16 MB against 32 MB, in turn over 5 rounds: the VGG-small-7 step 1.05x faster (every round
+#: 1.01-1.07x) and its peak 12 MiB lower (results/bench-xeon-amx-v2/ab-chunk16.md): 16 MB.
+_CHUNK_BYTES = 16 * 2**20
 #: col2im's int32 products are summed while still in cache: chunks of about this many bytes, half of them per
 #: thread on 2 threads (LeNet's second layer: one thread on the EPYC, 12.4 ms with 4 MB against 17.7 ms
 #: unchunked; 2 threads on the Xeon with 2 MB of L2 per core, 2.9 ms with 2 MB against 3.9 ms with 4 MB).
