@@ -3,11 +3,12 @@
 A residual ``Add`` and the backward's sum of two errors at a branch point are
 ``numerics.aligned_sum`` of two int8 terms: when the exponents differ by at
 most 22 that sum is exact, at the smaller exponent, in int32.  PyTorch forms it
-in five passes (two widenings, two shifts, an add); this is one.  Anything else
-(a larger gap, other dtypes, another device) returns None and the caller takes
-``aligned_sum``, the reference it is pinned against in ``tests/test_kernels.py``.
+in five passes (two widenings, two shifts, an add); ``AlignedPair.total`` is one.
+Anything else (a larger gap, other dtypes, another device) makes ``pair`` return
+None and the caller takes ``aligned_sum``, the reference it is pinned against in
+``tests/test_kernels.py``.
 
-Both sums are rescaled to int8 at once, so ``pair`` hands the caller an
+Both sums are rescaled to int8 right after they are formed, so ``pair`` hands the caller an
 ``AlignedPair``: the sum not yet formed.  ``Runtime.rescale`` takes it as it
 takes a tensor and, where the C passes apply, narrows it without an int32
 tensor (``pair_max_abs`` for the bit width, ``pair_round_clip`` for the
@@ -27,7 +28,7 @@ from torch import Tensor
 from ..counter_bits import DrawKeys
 from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
-__all__ = ["MAX_GAP", "MODES", "SOURCE", "AlignedPair", "aligned_pair", "pair", "pair_max_abs", "pair_round_clip"]
+__all__ = ["MAX_GAP", "MODES", "SOURCE", "AlignedPair", "pair", "pair_max_abs", "pair_round_clip"]
 
 SOURCE = csrc("add_shifted.c")
 #: Exponent gaps up to this keep ``aligned_sum`` of two int8 terms exact at the smaller exponent (30 - 7 - 1).
@@ -110,10 +111,3 @@ def pair_round_clip(p: AlignedPair, shift: int, mode: str, target_bits: int, key
                                          MODES[mode], (1 << target_bits) - 1, start, k1, k2, out.data_ptr(),
                                          torch.get_num_threads())
     return out
-
-
-def aligned_pair(a: Tensor, ea: int, b: Tensor, eb: int) -> tuple[Tensor, int] | None:
-    """``aligned_sum([(a, ea, 7), (b, eb, 7)])`` for int8 ``a``, ``b`` of one shape on the CPU with
-    ``|ea - eb| <= MAX_GAP`` (int32, the smaller exponent); None where it does not apply."""
-    made = pair(a, ea, b, eb)
-    return None if made is None else (made[0].total(), made[1])

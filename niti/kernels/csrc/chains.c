@@ -119,8 +119,8 @@ static inline niti_sgd_consts sgd_consts(const niti_sgd_args *p) {
 /* One element of the momentum-SGD step (docs/numerics.md section 5), in int64; returns the new weight and sets *v
  * to the new velocity (and *r to the new residual with the step carry).  The rounding mode, the momentum and the
  * carry are compile-time constants of each specialisation below; the gradient's shift direction and the decay are
- * selected without branches (both sides computed, the unselected one discarded), so the loop has no control flow
- * and vectorises. */
+ * selected without branches (both sides computed, the unselected one discarded).  The loop still runs scalar (GCC
+ * does not vectorise its int64 arithmetic here); the specialisation alone made it about 1.7x faster. */
 static inline __attribute__((always_inline)) int64_t sgd_element(int64_t x, int64_t w, int64_t *v, int64_t *r,
                                                                  const niti_sgd_consts k, const int mode,
                                                                  const int momentum, const int carry, int64_t g_draw,
