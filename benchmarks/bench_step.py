@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", choices=("auto", "always", "never"), default="auto")
     p.add_argument("--omp-wait-policy", choices=("active", "passive"), default=None,
                    help="OMP_WAIT_POLICY for every measurement ('passive' if the machine is not idle)")
+    p.add_argument("--heap", choices=("release", "keep"), default="release",
+                   help="glibc's policy for freed memory, every measurement alike (niti/heap.py)")
     p.add_argument("--out", default=str(ROOT / "results" / "bench"))
     p.add_argument("--report-only", action="store_true",
                    help="rewrite <out>/README.md from the JSON files already there (no measurement)")
@@ -90,7 +92,8 @@ def summary_markdown(results: list[dict], command: str) -> str:
         f"AVX512-VNNI {first['machine']['avx512_vnni']}, AMX-INT8 {first['machine'].get('amx_int8', 'not recorded')}, "
         f"native bf16 {first['machine']['native_bf16']}); "
         f"{first['machine']['platform']}",
-        f"- threads: {first['threads']}; OMP_WAIT_POLICY {first.get('omp_wait_policy') or 'unset'}; timed steps "
+        f"- threads: {first['threads']}; OMP_WAIT_POLICY {first.get('omp_wait_policy') or 'unset'}; "
+        f"heap {first.get('heap', 'release')} (glibc's freed memory, both sides: niti/heap.py); timed steps "
         f"{first['steps']} after {first['warmup']} warm-up steps; median step time"
         + (f", then the median over {first['rounds']} rounds" if first.get("rounds", 1) > 1 else ""),
         "- each measurement ran in its own fresh process, one after another"
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for model in models:
         r = run_bench(model, CONFIGS[model], args.threads, args.steps, args.warmup, bf16=args.bf16,
-                      omp_wait_policy=args.omp_wait_policy, rounds=args.rounds)
+                      omp_wait_policy=args.omp_wait_policy, rounds=args.rounds, heap=args.heap)
         r["command"] = command
         path = out / f"{model}-b{CONFIGS[model]}-t{args.threads}.json"
         path.write_text(json.dumps(r, indent=2) + "\n")

@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from .heap import child_env as heap_child_env
+
 __all__ = ["run_bench", "add_arguments", "main", "machine_info", "int8_peak"]
 
 _FLOAT_TWIN = Path(__file__).with_name("_float_twin.py")
@@ -313,8 +315,9 @@ def _integer_worker_main() -> None:
 # -------------------------------------------------------------- orchestration
 
 
-def _run_worker(cmd: list[str], timeout: float, omp_wait_policy: str | None) -> dict:
-    env = dict(os.environ)
+def _run_worker(cmd: list[str], timeout: float, omp_wait_policy: str | None, heap: str = "release") -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")}
+    env.update(heap_child_env(heap))
     if omp_wait_policy:
         env["OMP_WAIT_POLICY"] = omp_wait_policy.upper()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -340,7 +343,7 @@ def _float_spec(model_name: str, input_shape: tuple[int, int, int] | None = None
 
 def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 10, warmup: int = 3, *,
               bf16: str = "auto", omp_wait_policy: str | None = None, timeout: float = 3600.0,
-              input_shape: tuple[int, int, int] | None = None, rounds: int = 1) -> dict:
+              input_shape: tuple[int, int, int] | None = None, rounds: int = 1, heap: str = "release") -> dict:
     """Median steady-state training-step time, memory and breakdown: integer vs fp32 (and bf16) PyTorch.
 
     ``bf16``: "auto" runs bf16 autocast only where the CPU has native bf16,
@@ -354,6 +357,10 @@ def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 1
     waiting OpenMP threads from spinning on the cores the working ones need:
     measured on 2 busy cores, LeNet's integer step took 530 ms spinning and
     69 ms passive (fp32: 233 and 102 ms).  On an idle machine leave it unset.
+    ``heap`` is glibc's policy for freed memory in every worker alike (``niti/heap.py``): "release", glibc's
+    defaults (the default here, as PyTorch runs unless told otherwise), or "keep", what ``niti train`` sets
+    for itself.  Both sides speed up with "keep" (they allocate and free the same tensors every step), so the
+    speed-ups compare arithmetic only when both run under one policy.
     """
     if batch_size < 1 or threads < 1 or steps < 1 or warmup < 0 or rounds < 1:
         raise ValueError(f"batch_size, threads, steps and rounds must be >= 1 and warmup >= 0, got batch_size="
@@ -363,6 +370,7 @@ def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 1
     if omp_wait_policy not in (None, "active", "passive"):
         raise ValueError(f"omp_wait_policy must be None, 'active' or 'passive', got {omp_wait_policy!r}")
     policy = omp_wait_policy or os.environ.get("OMP_WAIT_POLICY") or None
+    heap_child_env(heap)  # validates
     spec = _float_spec(model_name, input_shape)  # validates the name
     req = {"model": model_name, "batch_size": batch_size, "threads": threads, "steps": steps, "warmup": warmup,
            "input_shape": list(input_shape) if input_shape else None}
@@ -375,16 +383,16 @@ def run_bench(model_name: str, batch_size: int, threads: int = 2, steps: int = 1
                                    "emulate it" if bf16 == "auto" else "--bf16 never"}
     for k in range(rounds):
         runs["integer"].append(_run_worker([sys.executable, "-c", "from niti.bench import _integer_worker_main as m; "
-                                            "m()", json.dumps({**req, "profile": k == 0})], timeout, omp_wait_policy))
+                                            "m()", json.dumps({**req, "profile": k == 0})], timeout, omp_wait_policy, heap))
         for precision in ("fp32",) if skipped_bf16 else ("fp32", "bf16"):
             freq = {**req, "spec": spec, "precision": precision}
             # -P: do not put niti/ (the script's folder) on sys.path; the twin imports torch only.
             runs[precision].append(_run_worker([sys.executable, "-P", str(_FLOAT_TWIN), json.dumps(freq)], timeout,
-                                               omp_wait_policy))
+                                               omp_wait_policy, heap))
     result = {
         "model": model_name, "batch_size": batch_size, "threads": threads, "steps": steps, "warmup": warmup,
         "rounds": rounds, "date": started.isoformat(timespec="seconds"), "machine": machine_info(),
-        "omp_wait_policy": policy, "load_average_before": list(load_before),
+        "omp_wait_policy": policy, "heap": heap, "load_average_before": list(load_before),
         "load_average_after": list(os.getloadavg()),
         "integer": _over_rounds(runs["integer"]), "fp32": _over_rounds(runs["fp32"]),
         "bf16": skipped_bf16 or _over_rounds(runs["bf16"]),
@@ -457,6 +465,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bf16 autocast baseline: auto = only with native bf16 on this CPU")
     parser.add_argument("--omp-wait-policy", choices=("active", "passive"), default=None,
                         help="OMP_WAIT_POLICY for every measurement; 'passive' on a machine busy with other work")
+    parser.add_argument("--heap", choices=("release", "keep"), default="release",
+                        help="glibc's policy for freed memory in every measurement: release (glibc's defaults, as "
+                             "PyTorch runs) or keep (what niti train sets for itself; niti/heap.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -480,6 +491,7 @@ def _fmt_row(name: str, d: dict, bs: int) -> str:
 def format_report(r: dict) -> str:
     s, bs = r["summary"], r["batch_size"]
     policy = f", OMP_WAIT_POLICY={r['omp_wait_policy']}" if r.get("omp_wait_policy") else ""
+    policy += f", heap {r['heap']} (both sides)" if r.get("heap", "release") != "release" else ""
     rounds = r.get("rounds", 1)
     median = (f"median over {rounds} interleaved rounds of the median of {r['steps']} steps" if rounds > 1
               else f"median of {r['steps']} steps")
@@ -511,7 +523,8 @@ def format_report(r: dict) -> str:
 
 def main(args: argparse.Namespace) -> int:
     result = run_bench(args.model, args.batch_size, args.threads, args.steps, args.warmup, bf16=args.bf16,
-                       omp_wait_policy=args.omp_wait_policy, input_shape=args.input_shape, rounds=args.rounds)
+                       omp_wait_policy=args.omp_wait_policy, input_shape=args.input_shape, rounds=args.rounds,
+                       heap=args.heap)
     print(json.dumps(result) if args.json else format_report(result))
     return 0 if "step_s" in result["integer"] else 1
 

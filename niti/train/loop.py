@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 import torch
 
 from .. import data as niti_data
+from ..heap import keep_freed_memory
 from ..kernels import fused
 from ..models import build, get_architecture, is_factory_path
 from ..numerics import INPUT_SCALE_BITS
@@ -235,6 +236,7 @@ def fit(config: TrainConfig, *, resume: bool = False, stop_after_steps: int | No
     _check_device_available(config.device)
     if config.threads:
         torch.set_num_threads(config.threads)
+    keep_freed_memory()  # the steps reuse freed blocks instead of faulting fresh pages (niti/heap.py)
     dist = None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun or `niti train --nproc`
         from .. import distributed
