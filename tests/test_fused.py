@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -28,18 +29,34 @@ def _compiling(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(fused.COMPILE_ENV, raising=False)
 
 
-@pytest.fixture(params=["c", "chain"])
-def chain_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test on the C loops (``cpu_chains``, the pool's) where built, and on the chains (compiled)."""
+def _use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from niti.kernels import cpu_chains
 
-    if request.param == "c" and not cpu_chains.available(torch.zeros(1)):
+    if path != "chain" and not cpu_chains.available(torch.zeros(1)):
         pytest.skip("the C loops cannot be built here (no AVX2 or no C compiler)")
-    if request.param == "chain":
+    if path == "chain":
         monkeypatch.setattr(fused, "c_loops_allowed", lambda: False)
     else:  # the C path must not fall back to a chain unnoticed
         monkeypatch.setattr(fused.Fused, "__call__", _no_chain)
+
+
+@pytest.fixture(params=["c", "chain"])
+def chain_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the C loops (``cpu_chains``, the pool's) where built, and on the chains (compiled)."""
+    _use_path(request.param, monkeypatch)
     return request.param
+
+
+@pytest.fixture(params=["c", "c-avx2", "chain"])
+def sgd_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``chain_path`` for the update, whose C loop has an AVX-512 build the CPU may choose: "c-avx2" keeps it on the
+    AVX2 one (on a CPU without AVX-512 "c" runs that too)."""
+    from niti.kernels import cpu_chains
+
+    _use_path("c" if request.param == "c-avx2" else request.param, monkeypatch)
+    cpu_chains.set_avx512(request.param != "c-avx2")
+    yield request.param
+    cpu_chains.set_avx512(True)
 
 
 def _no_chain(self: fused.Fused, *args: object, **kwargs: object) -> None:
@@ -446,12 +463,12 @@ def _sgd_reference(grad, w, v, grad_shift, grad_bits, decay_shift, mult, mult_sh
 
 
 @pytest.mark.parametrize("mode", ["nearest", "pseudo_stochastic", "truncate", "stochastic"])
-@pytest.mark.parametrize("grad_shift,decay_shift,k", [(6, 3, 3), (-2, -1, 0), (1, None, 2), (12, 0, 1)])
+@pytest.mark.parametrize("grad_shift,decay_shift,k", [(6, 3, 3), (-2, -1, 0), (1, None, 2), (12, 0, 1), (0, 2, 1)])
 @pytest.mark.parametrize("grad_dtype,w_dtype", [(torch.int32, torch.int16), (torch.int64, torch.int8)])
 def test_sgd_update_matches_the_step_by_step_reference(mode: str, grad_shift: int, decay_shift: int | None,
                                                        k: int, grad_dtype: torch.dtype, w_dtype: torch.dtype,
-                                                       chain_path: str) -> None:
-    if chain_path == "chain" and grad_dtype == torch.int64:
+                                                       sgd_path: str) -> None:
+    if sgd_path == "chain" and grad_dtype == torch.int64:
         pytest.skip("the compiled chain is checked on one dtype pair (each pair compiles afresh); the C loop on both")
     g = torch.Generator().manual_seed(grad_shift + 7 * k)
     n = 3000
@@ -477,7 +494,7 @@ def test_sgd_update_matches_the_step_by_step_reference(mode: str, grad_shift: in
 @pytest.mark.parametrize("grad_shift,decay_shift,k", [(6, 3, 3), (-2, -1, 0), (12, 0, 1)])
 def test_sgd_update_with_step_carry_matches_the_step_by_step_reference(mode: str, grad_shift: int,
                                                                        decay_shift: int | None, k: int,
-                                                                       chain_path: str) -> None:
+                                                                       sgd_path: str) -> None:
     """The step carry (docs/numerics.md §5): the fractional step x plus the residual r, rounded to nearest; the
     new residual is what that rounding left (x + r = 2**8 · step + new r, exactly); the velocity is unchanged."""
     from niti.numerics import round_shift

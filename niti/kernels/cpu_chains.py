@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
-__all__ = ["MODES", "SOURCE", "available", "col2im", "count_at_least", "relu_backward", "sgd_update"]
+__all__ = ["MODES", "SOURCE", "available", "col2im", "count_at_least", "relu_backward", "set_avx512", "sgd_update"]
 
 SOURCE = csrc("chains.c")
 #: Rounding modes of the update's loop, by their code in the C source.
@@ -47,6 +47,14 @@ def _lib() -> ctypes.CDLL | None:
         "niti_count_at_least_i32": (None, [PTR, LONG, PTR, PTR, INT]),
         **{f"niti_sgd_update_{g}_{w}": sgd for g in _GRAD.values() for w in _WEIGHT.values()},
     })
+
+
+def set_avx512(allowed: bool) -> None:
+    """Let the update's loops use their AVX-512 build where the CPU has it (the default), or keep them on AVX2 (tests
+    pin both builds; the bits are the same)."""
+    lib = _lib()
+    if lib is not None:
+        ctypes.c_int.in_dll(lib, "niti_chains_avx512").value = -1 if allowed else 0
 
 
 def available(*tensors: Tensor) -> bool:
