@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -414,15 +417,36 @@ _ROUND_CASES = [(n, shift, target, mode) for n in (1, 1000, (1 << 16) + 5) for t
                 for shift in (0, 1, 2, 13, 31 - target) for mode in ("nearest", "pseudo_stochastic", "truncate")]
 
 
+@contextlib.contextmanager
+def _round_build(avx512: bool) -> Iterator[None]:
+    """The C rounding loops on their AVX-512 build (where the CPU has it) or on AVX2 (csrc/isa.h)."""
+    from niti.kernels import cpu_round
+
+    cpu_round.set_avx512(avx512)
+    try:
+        yield
+    finally:
+        cpu_round.set_avx512(True)
+
+
+@pytest.mark.parametrize("avx512", [True, False], ids=["avx512", "avx2"])
 @pytest.mark.parametrize("n,shift,target,mode", _ROUND_CASES)
-def test_c_round_clip_equals_round_shift(n: int, shift: int, target: int, mode: str) -> None:
+def test_c_round_clip_equals_round_shift(n: int, shift: int, target: int, mode: str, avx512: bool) -> None:
     """int32 → int8 as ``numerics.round_shift`` then the clip, bit for bit, across the one-thread threshold, at
-    shifts 0 and 31 - target, with |x| up to 2**31 - 1 (the bit width the caller guarantees) and ties."""
+    shifts 0 and 31 - target, with |x| up to 2**31 - 1 (the bit width the caller guarantees) and ties; in both
+    builds of the loop."""
     from niti.kernels import cpu_round
     from niti.numerics import round_shift
 
     if not cpu_round.applies(torch.zeros(1, dtype=torch.int32), shift, mode, target, torch.int8):
         pytest.skip("the C rounding pass is not built here")
+    with _round_build(avx512):
+        _check_round_clip(n, shift, target, mode, round_shift)
+
+
+def _check_round_clip(n: int, shift: int, target: int, mode: str, round_shift) -> None:  # noqa: ANN001
+    from niti.kernels import cpu_round
+
     g = torch.Generator().manual_seed(n + shift)
     top = min(1 << (shift + target), (1 << 31) - 1)
     x = torch.randint(-top, top + 1, (n,), generator=g, dtype=torch.int64)
@@ -476,11 +500,13 @@ def test_c_round_clip_takes_only_what_it_can_do_exactly() -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(values=st.lists(st.integers(-(2**31) + 1, 2**31 - 1), min_size=1, max_size=40), target=st.integers(1, 7),
-       data=st.data(), start=st.integers(0, 2**32 - 64), seed=st.integers(0, 2**64 - 1), draw=st.integers(0, 2**40))
+       data=st.data(), start=st.integers(0, 2**32 - 64), seed=st.integers(0, 2**64 - 1), draw=st.integers(0, 2**40),
+       avx512=st.booleans())
 def test_c_stochastic_round_clip_hashes_the_words_it_rounds_with(values: list[int], target: int, data,  # noqa: ANN001
-                                                                 start: int, seed: int, draw: int) -> None:
+                                                                 start: int, seed: int, draw: int,
+                                                                 avx512: bool) -> None:
     """Element i rounds up when the low ``shift`` bits of word ``start + i`` (``counter_bits.word_reference``)
-    are below its discarded bits: pure Python against the C loop that hashes inside the rounding."""
+    are below its discarded bits: pure Python against the C loop that hashes inside the rounding (either build)."""
     from niti import counter_bits
     from niti.kernels import cpu_round
 
@@ -494,7 +520,8 @@ def test_c_stochastic_round_clip_hashes_the_words_it_rounds_with(values: list[in
         a, u = abs(v), counter_bits.word_reference(seed, "rounding", draw, start + i) % (1 << shift)
         q = (a >> shift) + (u < a % (1 << shift))
         want.append((-1 if v < 0 else 1) * min(q, limit))
-    assert cpu_round.round_clip_stochastic(x, shift, target, start, k1, k2).tolist() == want
+    with _round_build(avx512):
+        assert cpu_round.round_clip_stochastic(x, shift, target, start, k1, k2).tolist() == want
 
 
 @pytest.mark.parametrize("world_size", [1, 2])

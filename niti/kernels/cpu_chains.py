@@ -18,7 +18,7 @@ import functools
 import torch
 from torch import Tensor
 
-from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
+from .cpu_gemm import INT, LONG, PTR, allow_avx512, bind_library, csrc
 
 __all__ = ["MODES", "SOURCE", "available", "col2im", "count_at_least", "relu_backward", "set_avx512", "sgd_update"]
 
@@ -50,11 +50,8 @@ def _lib() -> ctypes.CDLL | None:
 
 
 def set_avx512(allowed: bool) -> None:
-    """Let the update's loops use their AVX-512 build where the CPU has it (the default), or keep them on AVX2 (tests
-    pin both builds; the bits are the same)."""
-    lib = _lib()
-    if lib is not None:
-        ctypes.c_int.in_dll(lib, "niti_chains_avx512").value = -1 if allowed else 0
+    """The update's loops on their AVX-512 build where the CPU has it (the default), or on AVX2 (``allow_avx512``)."""
+    allow_avx512(_lib(), "niti_chains_avx512", allowed)
 
 
 def available(*tensors: Tensor) -> bool:

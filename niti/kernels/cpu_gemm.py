@@ -95,6 +95,14 @@ def bind_library(source_path: Path, signatures: dict[str, tuple[object, list]]) 
     return lib
 
 
+def allow_avx512(lib: ctypes.CDLL | None, flag: str, allowed: bool) -> None:
+    """Let a library's loops with an AVX-512 build (csrc/isa.h) use it where the CPU has it (the default), or keep
+    them on AVX2: ``flag`` is the library's ``int`` that records the choice.  The bits are the same either way; the
+    tests pin both builds."""
+    if lib is not None:
+        ctypes.c_int.in_dll(lib, flag).value = -1 if allowed else 0
+
+
 @functools.lru_cache(maxsize=1)
 def load() -> Callable | None:
     """The compiled ``niti_int8_gemm`` function, or None where it cannot be had (no AVX2, no compiler, build error)."""

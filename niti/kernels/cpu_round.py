@@ -18,9 +18,9 @@ import functools
 import torch
 from torch import Tensor
 
-from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
+from .cpu_gemm import INT, LONG, PTR, allow_avx512, bind_library, csrc
 
-__all__ = ["MODES", "SOURCE", "applies", "applies_stochastic", "round_clip", "round_clip_stochastic"]
+__all__ = ["MODES", "SOURCE", "applies", "applies_stochastic", "round_clip", "round_clip_stochastic", "set_avx512"]
 
 SOURCE = csrc("round_clip.c")
 #: Rounding modes the C loop implements (value-only: no random draws), by their code in the C source.
@@ -34,6 +34,11 @@ def _lib() -> ctypes.CDLL | None:
         "niti_round_clip_stochastic_i32_i8": (None, [PTR, LONG, INT, ctypes.c_int32, LONG, ctypes.c_uint32,
                                                      ctypes.c_uint32, PTR, INT]),
     })
+
+
+def set_avx512(allowed: bool) -> None:
+    """Both rounding loops on their AVX-512 build where the CPU has it (the default), or on AVX2 (``allow_avx512``)."""
+    allow_avx512(_lib(), "niti_round_avx512", allowed)
 
 
 def applies(t: Tensor, shift: int, mode: str, target_bits: int, out_dtype: torch.dtype) -> bool:

@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "isa.h"
+
 /* Below this many elements a parallel region costs more than it saves. */
 #define NITI_SMALL (1L << 16)
 
@@ -144,21 +146,8 @@ static inline __attribute__((always_inline)) int64_t sgd_element(int64_t x, int6
 
 /* The SGD loops are also compiled for AVX-512 (F, DQ, VL, BW: 64-bit lanes with shifts, abs and multiplies; GCC
  * vectorises the int64 element eight lanes wide, against four with AVX2's emulated ones) and chosen at run time where
- * the CPU has it: LeNet's 400k-weight layer, one core, 3.5 ms scalar, 1.75 ms AVX2, 0.9 ms AVX-512.  The same integer
- * operations in every path, so the bits do not depend on it; niti_chains_avx512 = 0 (set from Python: the tests)
- * keeps the AVX2 loops. */
-int niti_chains_avx512 = -1; /* -1: not yet probed */
-
-static int use_avx512(void) {
-    if (niti_chains_avx512 < 0) {
-        __builtin_cpu_init();
-        niti_chains_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-                             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
-    }
-    return niti_chains_avx512 > 0;
-}
-
-#define NITI_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw")))
+ * the CPU has it (isa.h): LeNet's 400k-weight layer, one core, 3.5 ms scalar, 1.75 ms AVX2, 0.9 ms AVX-512. */
+int niti_chains_avx512 = -1; /* isa.h */
 
 /* One function per (gradient type, weight type): int32 or int64 gradients, int8 or int16 weights.  v_in / v_out
  * (int32) only with momentum; g_noise / s_noise (int64 draws) only for stochastic rounding (g_noise when the
@@ -189,7 +178,7 @@ static int use_avx512(void) {
         const niti_sgd_consts consts = sgd_consts(&p);                                                             \
         if (n < NITI_SMALL) nt = 1;                                                                                \
         int kind = (mode == 0 ? 0 : mode == 1 ? 1 : mode == 2 ? 2 : 3) * 4 + 2 * (p.momentum != 0) + (p.carry != 0); \
-        int wide = use_avx512();                                                                                   \
+        int wide = niti_use_avx512(&niti_chains_avx512);                                                           \
         _Pragma("omp parallel num_threads(nt)") {                                                                  \
             int t = omp_get_thread_num(), nth = omp_get_num_threads();                                             \
             long lo = n * t / nth, hi = n * (t + 1) / nth;                                                         \
