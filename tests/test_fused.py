@@ -126,6 +126,26 @@ def test_int32_minimum_keeps_its_sign(mode: str) -> None:
         assert int(fused.round_clip(t, shift, mode, 7, torch.int8, noise)[0]) < 0
 
 
+@pytest.mark.parametrize("avx512", [True, False], ids=["avx512", "avx2"])
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16, torch.int8])
+def test_max_abs_is_exact(dtype: torch.dtype, avx512: bool) -> None:
+    """``max_abs`` equals a Python max of magnitudes (the C loop for int32 in either build, ``aminmax`` else), with
+    -2**31, sizes across the one-thread threshold, a non-contiguous view and an empty tensor."""
+    cpu_chains.set_avx512(avx512)
+    try:
+        for seed, n in enumerate((1, 17, 5000, (1 << 16) + 3)):
+            t = _wide_values(dtype, n, seed) if dtype != torch.int8 else torch.randint(-128, 128, (n,), dtype=dtype)
+            assert fused.max_abs(t) == max(abs(v) for v in t.tolist())
+            assert fused.max_abs(t[::2]) == max(abs(v) for v in t[::2].tolist())
+            if dtype == torch.int32:
+                assert cpu_chains.max_abs(t) in (None, fused.max_abs(t))
+                t[n // 2] = -(2**31)
+                assert fused.max_abs(t) == 2**31
+        assert fused.max_abs(torch.zeros(0, dtype=dtype)) == 0
+    finally:
+        cpu_chains.set_avx512(True)
+
+
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.int16])
 def test_count_at_least_is_exact(dtype: torch.dtype) -> None:
     """``count_at_least`` (the share-bounded clip's counts, docs/numerics.md §2) equals a Python count of

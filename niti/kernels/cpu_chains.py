@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .cpu_gemm import INT, LONG, PTR, allow_avx512, bind_library, csrc
 
-__all__ = ["MODES", "SOURCE", "available", "col2im", "count_at_least", "relu_backward", "set_avx512", "sgd_update"]
+__all__ = ["MODES", "SOURCE", "available", "col2im", "count_at_least", "max_abs", "relu_backward", "set_avx512", "sgd_update"]
 
 SOURCE = csrc("chains.c")
 #: Rounding modes of the update's loop, by their code in the C source.
@@ -45,6 +45,7 @@ def _lib() -> ctypes.CDLL | None:
         "niti_relu_backward_i8": (None, [PTR, PTR, LONG, PTR, INT]),
         "niti_col2im_i32": (None, [PTR, LONG, LONG, LONG, INT, INT, LONG, INT, INT, PTR, INT]),
         "niti_count_at_least_i32": (None, [PTR, LONG, PTR, PTR, INT]),
+        "niti_max_abs_i32": (ctypes.c_uint32, [PTR, LONG, INT]),
         **{f"niti_sgd_update_{g}_{w}": sgd for g in _GRAD.values() for w in _WEIGHT.values()},
     })
 
@@ -57,6 +58,13 @@ def set_avx512(allowed: bool) -> None:
 def available(*tensors: Tensor) -> bool:
     """Whether the C loops can run on these tensors (all on the CPU, the library built)."""
     return all(t.device.type == "cpu" for t in tensors) and _lib() is not None
+
+
+def max_abs(t: Tensor) -> int | None:
+    """The largest magnitude in a contiguous CPU int32 ``t`` (one pass; 2**31 for -2**31), or None elsewhere."""
+    if t.dtype != torch.int32 or not t.is_contiguous() or not available(t):
+        return None
+    return int(_lib().niti_max_abs_i32(t.data_ptr(), t.numel(), torch.get_num_threads()))
 
 
 def relu_backward(err: Tensor, y: Tensor) -> Tensor | None:

@@ -174,10 +174,14 @@ def max_abs(t: Tensor) -> int:
 
     Eager ``aminmax`` is already one vectorised pass over memory; measured faster
     than the compiled equivalent, so it is not a ``Fused`` chain.  Both ends come
-    back in one read (one host synchronisation on a GPU, not two).
+    back in one read (one host synchronisation on a GPU, not two).  A contiguous
+    CPU int32 tensor takes the C loop (``cpu_chains.max_abs``; 2.9 M values on one
+    core 1.0 -> 0.6 ms with its AVX-512 build).
     """
     if t.numel() == 0:
         return 0
+    if c_loops_allowed() and (m := cpu_chains.max_abs(t)) is not None:
+        return m
     lo, hi = torch.stack(torch.aminmax(t)).tolist()
     return max(hi, -lo)
 

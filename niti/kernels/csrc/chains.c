@@ -13,6 +13,8 @@
 
 #include "isa.h"
 
+int niti_chains_avx512 = -1; /* the AVX-512 builds' switch (isa.h) */
+
 /* Below this many elements a parallel region costs more than it saves. */
 #define NITI_SMALL (1L << 16)
 
@@ -45,6 +47,34 @@ void niti_count_at_least_i32(const int32_t *restrict x, long n, const uint32_t *
     out[1] = c1;
     out[2] = c2;
     out[3] = c3;
+}
+
+/* The largest magnitude among x's n int32 values, as uint32 (|-2**31| = 2**31 is exact): the rescale's bit width
+ * (docs/numerics.md section 2).  A maximum is the same for any thread count.  AVX-512 build at run time (isa.h). */
+#define NITI_MAX_ABS(NAME, ATTR)                                                                                    \
+    static ATTR __attribute__((noinline)) uint32_t NAME(const int32_t *restrict x, long lo, long hi) {            \
+        uint32_t m = 0;                                                                                            \
+        for (long i = lo; i < hi; i++) {                                                                           \
+            int32_t v = x[i];                                                                                      \
+            uint32_t a = v < 0 ? (uint32_t)0 - (uint32_t)v : (uint32_t)v;                                         \
+            m = a > m ? a : m;                                                                                     \
+        }                                                                                                          \
+        return m;                                                                                                  \
+    }
+NITI_MAX_ABS(max_abs_range, )
+NITI_MAX_ABS(max_abs_range512, NITI_AVX512)
+
+uint32_t niti_max_abs_i32(const int32_t *restrict x, long n, int nt) {
+    uint32_t m = 0;
+    int wide = niti_use_avx512(&niti_chains_avx512);
+    if (n < NITI_SMALL) nt = 1;
+#pragma omp parallel num_threads(nt) reduction(max : m)
+    {
+        int t = omp_get_thread_num(), nth = omp_get_num_threads();
+        long lo = n * t / nth, hi = n * (t + 1) / nth;
+        m = wide ? max_abs_range512(x, lo, hi) : max_abs_range(x, lo, hi);
+    }
+    return m;
 }
 
 /* Stride-1 col2im: cols (n, ho, wo, kh, kw, c) int32, out (n, h, w, c) with h = ho + kh - 1 - 2 ph and
@@ -147,8 +177,6 @@ static inline __attribute__((always_inline)) int64_t sgd_element(int64_t x, int6
 /* The SGD loops are also compiled for AVX-512 (F, DQ, VL, BW: 64-bit lanes with shifts, abs and multiplies; GCC
  * vectorises the int64 element eight lanes wide, against four with AVX2's emulated ones) and chosen at run time where
  * the CPU has it (isa.h): LeNet's 400k-weight layer, one core, 3.5 ms scalar, 1.75 ms AVX2, 0.9 ms AVX-512. */
-int niti_chains_avx512 = -1; /* isa.h */
-
 /* One function per (gradient type, weight type): int32 or int64 gradients, int8 or int16 weights.  v_in / v_out
  * (int32) only with momentum; g_noise / s_noise (int64 draws) only for stochastic rounding (g_noise when the
  * gradient is rounded down; s_noise not with the carry); ri / ro (int16 residuals in / out) only with the carry.
