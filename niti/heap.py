@@ -17,7 +17,6 @@ musl) it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 __all__ = ["KEEP_THRESHOLD", "keep_freed_memory", "child_env"]
@@ -48,11 +47,9 @@ def keep_freed_memory() -> bool:
         return True
     if _opted_out():
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        mallopt = ctypes.CDLL(None).mallopt  # the process's own symbols: libc's where it has mallopt
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
