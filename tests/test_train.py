@@ -20,8 +20,14 @@ def _config(tmp_path: Path, mnist_small_npz: Path, **kw: object) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def test_fit_writes_metrics_summary_and_checkpoint(tmp_path: Path, mnist_small_npz: Path) -> None:
+def test_fit_writes_metrics_summary_and_checkpoint(tmp_path: Path, mnist_small_npz: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from niti.train import loop
+
+    kept = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: kept.append(True))  # training keeps its heap (niti/heap.py)
     summary = fit(_config(tmp_path, mnist_small_npz))
+    assert kept == [True]
     run = tmp_path / "run"
     for name in ("checkpoint.pt", "metrics.jsonl", "steps.jsonl", "summary.json"):
         assert (run / name).exists(), name
