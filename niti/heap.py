@@ -3,11 +3,10 @@
 glibc returns large freed blocks to the kernel: a block above the mmap threshold (dynamic, at most 32 MiB) is
 unmapped on ``free``, and the heap's free top is trimmed once it exceeds the trim threshold.  A training step
 allocates and frees the same large tensors every step, so the next step maps them again and the kernel zeroes
-every page on first touch.  Measured on the 2-core Xeon of these sessions (2 threads, steady state): LeNet batch 256
-took ~2,400 page faults a step and 23.9 ms, 0 faults and 20.5 ms with the heap kept; VGG-small-7 batch 128 ~11,000
-faults and 427 ms, 0 and 390 ms; the integer model's peak memory did not change (308 against 307-317 MiB).  Float
-PyTorch gains as much (fp32 LeNet 41 -> 31 ms), so ``niti bench`` applies one policy to both sides
-(``--heap``).
+every page on first touch.  Measured (``results/heap-faults/``, one thread): LeNet batch 256 2,289 page faults a
+step with glibc's defaults, 90 kept; VGG-small-7 batch 128 15,444 and 512; the integer model's peak memory the same.
+Float PyTorch gains as much (and more faults: 212,975 a VGG step, 0 kept, but its peak grows by 300 MiB), so
+``niti bench`` applies one policy to both sides (``--heap``; ``results/bench-xeon-amx-v4/heap-keep/``).
 
 Raising the two thresholds keeps freed blocks for reuse instead.  This only changes where glibc takes memory from;
 no value computed changes.  Set ``NITI_HEAP=release`` to keep glibc's defaults.  Elsewhere than glibc (macOS,
