@@ -568,6 +568,24 @@ def test_c_im2col_equals_the_strided_copy(n: int, h: int, w: int, c: int, kh: in
     assert torch.equal(got, want)
 
 
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 12), w=st.integers(1, 40), c=st.integers(1, 5), kh=st.integers(1, 5),
+       kw=st.integers(1, 5), sh=st.integers(1, 3), sw=st.integers(1, 3), ph=st.integers(0, 3), pw=st.integers(0, 3))
+def test_c_im2col_t_equals_the_tap_copies(n: int, h: int, w: int, c: int, kh: int, kw: int, sh: int, sw: int,
+                                          ph: int, pw: int) -> None:
+    """The transposed columns (first layers): the C loop equals PyTorch's per-tap copies of the padded input, for
+    every shape, stride and padding, output rows of 1-40 bytes (the inlined short copies and memcpy)."""
+    from niti.kernels import conv, cpu_im2col
+
+    if h + 2 * ph < kh or w + 2 * pw < kw:
+        return
+    x = torch.randint(-128, 128, (n, h, w, c), dtype=torch.int8, generator=torch.Generator().manual_seed(h * w + c))
+    if not cpu_im2col.applies(x, (ph, pw)):
+        pytest.skip("the C im2col is not built here")
+    assert torch.equal(conv.im2col_t(x, (kh, kw), (sh, sw), (ph, pw)),
+                       conv._im2col_t_torch(x, (kh, kw), (sh, sw), (ph, pw)))
+
+
 # ----------------------------------------------------------------------------- the C aligned pair sum
 @settings(max_examples=80, deadline=None)
 @given(n=st.integers(1, 70000), ea=st.integers(-40, 10), gap=st.integers(-25, 25))

@@ -143,7 +143,23 @@ def im2col_t(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], paddin
 
     For small C (first layers) the row-major columns copy a few bytes at a
     time; transposed, each kernel tap is one copy with contiguous runs of Wo.
+    On the CPU a C loop builds them (``cpu_im2col.im2col_t_into``: padding read
+    as zeros, no padded copy; LeNet's first layer 1.0 -> 0.2 ms on one core);
+    ``_im2col_t_torch`` is the reference and the fallback.
     """
+    if cpu_im2col.applies(x, padding):
+        n, h, w, c = x.shape
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if ho <= 0 or wo <= 0:
+            raise ValueError(f"kernel {kernel} larger than padded input {(h + 2 * ph, w + 2 * pw)}")
+        cols_t = x.new_empty((kh * kw * c, n * ho * wo))
+        return cpu_im2col.im2col_t_into(x, kernel, stride, padding, (ho, wo), cols_t)
+    return _im2col_t_torch(x, kernel, stride, padding)
+
+
+def _im2col_t_torch(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> Tensor:
+    """``im2col_t`` by PyTorch copies of a padded input, one per kernel tap (the reference)."""
     kh, kw = kernel
     sh, sw = stride
     ph, pw = padding

@@ -18,15 +18,15 @@ from torch import Tensor
 
 from .cpu_gemm import INT, LONG, PTR, bind_library, csrc
 
-__all__ = ["SOURCE", "applies", "im2col_into"]
+__all__ = ["SOURCE", "applies", "im2col_into", "im2col_t_into"]
 
 SOURCE = csrc("im2col.c")
 
 
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
-    return bind_library(SOURCE, {"niti_im2col_nhwc": (None, [PTR, LONG, LONG, LONG, LONG, INT, INT, INT, INT, INT, INT,
-                                                             LONG, LONG, PTR, INT])})
+    args = [PTR, LONG, LONG, LONG, LONG, INT, INT, INT, INT, INT, INT, LONG, LONG, PTR, INT]
+    return bind_library(SOURCE, {"niti_im2col_nhwc": (None, args), "niti_im2col_t_nhwc": (None, args)})
 
 
 def applies(x: Tensor, padding: tuple[int, int]) -> bool:
@@ -49,3 +49,20 @@ def im2col_into(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], pad
     lib.niti_im2col_nhwc(x.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, cols.data_ptr(),
                          torch.get_num_threads())
     return cols
+
+
+def im2col_t_into(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+                  out_hw: tuple[int, int], cols_t: Tensor) -> Tensor:
+    """Fill ``cols_t`` (kh·kw·C, N·Ho·Wo) int8, contiguous, with the transposed columns of NHWC int8 ``x``."""
+    lib = _lib()
+    if lib is None or not applies(x, padding):
+        raise RuntimeError("the C im2col does not apply here (check cpu_im2col.applies first)")
+    x = x.contiguous()
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
+    if tuple(cols_t.shape) != (kh * kw * c, n * ho * wo) or cols_t.dtype != torch.int8 or not cols_t.is_contiguous():
+        raise ValueError(f"cols_t must be contiguous int8 {(kh * kw * c, n * ho * wo)}, got {cols_t.dtype} "
+                         f"{tuple(cols_t.shape)}")
+    lib.niti_im2col_t_nhwc(x.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, cols_t.data_ptr(),
+                           torch.get_num_threads())
+    return cols_t
