@@ -37,32 +37,27 @@ def applies(x: Tensor, padding: tuple[int, int]) -> bool:
 def im2col_into(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                 out_hw: tuple[int, int], cols: Tensor) -> Tensor:
     """Fill ``cols`` (N·Ho·Wo, kh·kw·C) int8, contiguous, with the columns of NHWC int8 ``x``; returns it."""
-    lib = _lib()
-    if lib is None or not applies(x, padding):
-        raise RuntimeError("the C im2col does not apply here (check cpu_im2col.applies first)")
-    x = x.contiguous()
-    n, h, w, c = x.shape
-    (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
-    if tuple(cols.shape) != (n * ho * wo, kh * kw * c) or cols.dtype != torch.int8 or not cols.is_contiguous():
-        raise ValueError(f"cols must be contiguous int8 {(n * ho * wo, kh * kw * c)}, got {cols.dtype} "
-                         f"{tuple(cols.shape)}")
-    lib.niti_im2col_nhwc(x.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, cols.data_ptr(),
-                         torch.get_num_threads())
-    return cols
+    return _fill("niti_im2col_nhwc", False, x, kernel, stride, padding, out_hw, cols)
 
 
 def im2col_t_into(x: Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
                   out_hw: tuple[int, int], cols_t: Tensor) -> Tensor:
     """Fill ``cols_t`` (kh·kw·C, N·Ho·Wo) int8, contiguous, with the transposed columns of NHWC int8 ``x``."""
+    return _fill("niti_im2col_t_nhwc", True, x, kernel, stride, padding, out_hw, cols_t)
+
+
+def _fill(name: str, transposed: bool, x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+          padding: tuple[int, int], out_hw: tuple[int, int], out: Tensor) -> Tensor:
     lib = _lib()
     if lib is None or not applies(x, padding):
         raise RuntimeError("the C im2col does not apply here (check cpu_im2col.applies first)")
     x = x.contiguous()
     n, h, w, c = x.shape
     (kh, kw), (sh, sw), (ph, pw), (ho, wo) = kernel, stride, padding, out_hw
-    if tuple(cols_t.shape) != (kh * kw * c, n * ho * wo) or cols_t.dtype != torch.int8 or not cols_t.is_contiguous():
-        raise ValueError(f"cols_t must be contiguous int8 {(kh * kw * c, n * ho * wo)}, got {cols_t.dtype} "
-                         f"{tuple(cols_t.shape)}")
-    lib.niti_im2col_t_nhwc(x.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, cols_t.data_ptr(),
-                           torch.get_num_threads())
-    return cols_t
+    shape = (kh * kw * c, n * ho * wo) if transposed else (n * ho * wo, kh * kw * c)
+    if tuple(out.shape) != shape or out.dtype != torch.int8 or not out.is_contiguous():
+        raise ValueError(f"{'cols_t' if transposed else 'cols'} must be contiguous int8 {shape}, got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    getattr(lib, name)(x.data_ptr(), n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo, out.data_ptr(),
+                       torch.get_num_threads())
+    return out
