@@ -586,6 +586,18 @@ def test_c_im2col_t_equals_the_tap_copies(n: int, h: int, w: int, c: int, kh: in
                        conv._im2col_t_torch(x, (kh, kw), (sh, sw), (ph, pw)))
 
 
+def test_c_im2col_refuses_a_wrong_output() -> None:
+    from niti.kernels import cpu_im2col
+
+    x = torch.zeros(1, 4, 4, 1, dtype=torch.int8)
+    if not cpu_im2col.applies(x, (0, 0)):
+        pytest.skip("the C im2col is not built here")
+    with pytest.raises(ValueError, match=r"cols must be contiguous int8 \(4, 9\)"):
+        cpu_im2col.im2col_into(x, (3, 3), (1, 1), (0, 0), (2, 2), torch.zeros(9, 4, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"cols_t must be contiguous int8 \(9, 4\)"):
+        cpu_im2col.im2col_t_into(x, (3, 3), (1, 1), (0, 0), (2, 2), torch.zeros(4, 9, dtype=torch.int8))
+
+
 # ----------------------------------------------------------------------------- the C aligned pair sum
 @settings(max_examples=80, deadline=None)
 @given(n=st.integers(1, 70000), ea=st.integers(-40, 10), gap=st.integers(-25, 25))
