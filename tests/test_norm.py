@@ -592,26 +592,90 @@ def test_table_rescale_equals_rescaling_every_element(mode: str) -> None:
         assert a.e == b.e and torch.equal(a.m, b.m)
 
 
+@pytest.mark.parametrize("channels", [6, 16])
 @pytest.mark.parametrize("mode", ["nearest", "pseudo_stochastic", "truncate", "stochastic"])
-def test_c_table_loops_equal_the_pytorch_path(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_c_table_loops_equal_the_pytorch_path(mode: str, channels: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C loops against the PyTorch path through a whole forward and backward; at 16 channels (a power of two)
+    the error rounding selects each element's entry by its sign (``error_round_signs``), at 6 it gathers."""
     from niti.kernels import cpu_bn
 
     if not cpu_bn.available(torch.zeros(1)):
         pytest.skip("the C loops cannot be built here (no AVX2 or no C compiler)")
-    x = IntTensor(_x((12, 5, 5, 6), 41, -128, 127), -3)
+    shape = (12, 5, 5, channels)
+    x = IntTensor(_x(shape, 41, -128, 127), -3)
+    by_signs = []
+    signs_loop = cpu_bn.error_round_signs
+    monkeypatch.setattr(cpu_bn, "error_round_signs", lambda *a, **k: by_signs.append(out := signs_loop(*a, **k)) or out)
     results = []
     for use_c in (True, False):
         monkeypatch.setattr(cpu_bn, "available", lambda *t, _on=use_c: _on)
-        bn = _layer(6)
+        bn = _layer(channels)
         bn.set_runtime(Runtime(policy=RoundingPolicy.all(mode), seed=0))
         bn.propagate_error = True
         ctx: dict = {}
         y = bn.forward(x, ctx)
         # Errors of every magnitude, -128 included: shifts from 0 (small errors) up.
         for scale in (1, 127):
-            err = IntTensor(torch.clamp(_x((12, 5, 5, 6), 42, -128, 127) * scale // 127, -128, 127).to(torch.int8), -9)
+            err = IntTensor(torch.clamp(_x(shape, 42, -128, 127) * scale // 127, -128, 127).to(torch.int8), -9)
             dx = bn.backward(err, ctx)
             results.append((y.e, y.m, dx.e, dx.m, bn.weight.grad, bn.bias.grad))
     half = len(results) // 2
     for got, want in zip(results[:half], results[half:]):
         assert all((a == b) if isinstance(a, int) else torch.equal(a, b) for a, b in zip(got, want))
+    assert len(by_signs) == 2 and all((out is not None) == (channels == 16) for out in by_signs)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 700), ch=st.sampled_from([1, 2, 16, 32, 64, 512]), shift=st.integers(24, 49),
+       mode=st.sampled_from(["nearest", "pseudo_stochastic", "truncate", "stochastic"]),
+       cuts=st.tuples(st.integers(-129, 127), st.integers(-129, 127)), seed=st.integers(0, 2**16))
+def test_error_rounding_by_sign_equals_the_table_loop(rows: int, ch: int, shift: int, mode: str,
+                                                      cuts: tuple[int, int], seed: int) -> None:
+    """``error_round_signs`` (three rows and two thresholds per channel, no gather) gives the bits of
+    ``error_round`` on the (256, C) table they describe: every mode, blocks of 256 elements against rows of 1-512
+    channels, thresholds anywhere in and just outside the int8 range (all one sign, no zeros)."""
+    from niti import counter_bits
+    from niti.kernels import cpu_bn
+    from niti.nn.norm import _sign_thresholds
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(-128, 128, (rows, ch), dtype=torch.int8, generator=g)
+    err = torch.randint(-128, 128, (rows, ch), dtype=torch.int8, generator=g)
+    if not cpu_bn.available(err):
+        pytest.skip("batch norm's C loops are not built here")
+    lo, hi = min(cuts), max(cuts)
+    # Per channel its own sign boundaries around the drawn ones (a monotone column: -1s, 0s, +1s).
+    below = torch.clamp(lo + torch.randint(-3, 4, (ch,), generator=g), -128, 128)
+    above = torch.maximum(below - 1, torch.clamp(hi + torch.randint(-3, 4, (ch,), generator=g), -129, 127))
+    values = torch.arange(-128, 128).view(256, 1)
+    sign = ((values > above).to(torch.int8) - (values < below).to(torch.int8))
+    got_above, got_below = _sign_thresholds(sign)
+    assert torch.equal(sign, (values > got_above).to(torch.int8) - (values < got_below).to(torch.int8))
+    rows3 = torch.randint(-2**(shift + 3), 2**(shift + 3), (3, ch), dtype=torch.int64, generator=g)
+    table = rows3.gather(0, sign.to(torch.int64) + 1)
+    mult = torch.randint(-2**15, 2**15 + 1, (ch,), dtype=torch.int64, generator=g) << 24
+    keys = counter_bits.DrawKeys.of(seed, "rounding", 2, 7) if mode == "stochastic" else None
+    fast = cpu_bn.error_round_signs(err, x, rows3, got_above, got_below, mult, shift, mode, keys=keys)
+    assert fast is not None
+    assert torch.equal(fast, cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys))
+
+
+def test_error_rounding_by_sign_declines_what_the_32_bit_loop_declines() -> None:
+    from niti.kernels import cpu_bn
+
+    err = torch.ones((4, 8), dtype=torch.int8)
+    if not cpu_bn.available(err):
+        pytest.skip("batch norm's C loops are not built here")
+    rows3, mult = torch.zeros((3, 8), dtype=torch.int64), torch.full((8,), 5 << 24, dtype=torch.int64)
+    above, below = torch.zeros(8, dtype=torch.int32), torch.zeros(8, dtype=torch.int32)
+
+    def run(rows3=rows3, mult=mult, shift=30, e=err, above=above, below=below):  # noqa: ANN001, ANN202
+        return cpu_bn.error_round_signs(e, e, rows3, above, below, mult, shift, "nearest")
+
+    assert run() is not None
+    assert run(shift=23) is None and run(shift=50) is None
+    assert run(mult=mult + 1) is None and run(rows3=rows3 + (1 << 55)) is None
+    odd = torch.ones((4, 6), dtype=torch.int8)
+    assert run(rows3=rows3[:, :6], mult=mult[:6], e=odd, above=above[:6], below=below[:6]) is None
+    with pytest.raises(ValueError, match="rows3"):
+        run(rows3=rows3[:2])

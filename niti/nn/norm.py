@@ -81,6 +81,18 @@ def _value_sums(rows: Tensor, g: Tensor | None = None) -> Tensor:
     return fused.bn_value_counts(index, rows.shape[-1]) if g is None else fused.bn_value_sums(index, g)
 
 
+#: The signs of c = n·x − S, as the rows of the backward's (3, C) table.
+_SIGNS = torch.tensor([[-1], [0], [1]], dtype=torch.int64)
+
+
+def _sign_thresholds(sign: Tensor) -> tuple[Tensor, Tensor]:
+    """int32 (C,) ``above`` and ``below`` of a (256, C) table of sign(n·x − S) by input value (ascending, n > 0: each
+    column is −1s, then 0s, then +1s): the sign is +1 exactly where ``x > above``, −1 exactly where ``x < below``."""
+    above = 127 - (sign > 0).sum(dim=0)
+    below = (sign < 0).sum(dim=0) - 128
+    return above.to(torch.int32), below.to(torch.int32)
+
+
 def _channel_tensor(values: list[int], like: Tensor) -> Tensor:
     return torch.tensor(values, dtype=torch.int64, device=like.device)
 
@@ -285,14 +297,22 @@ class BatchNorm2d(Module):
         # z = ((g·2**q − mean_g)·2**q) − slope·(sign·2**q − mean_sign), |z| < 2**40, times k (|k| ≤ 2**15),
         # expanded as (k·2**2q)·g + t(value), t = −k·mean_g·2**q − k·slope·(sign·2**q − mean_sign): the same integer.
         kt = _channel_tensor(k, g)
-        table = -kt * (mean_g << q) - kt * slope * ((sign.to(torch.int64) << q) - mean_sign)
+        # t depends on the input value only through sign(c): its three rows (sign −1, 0, +1), and per value the row
+        # of that value's sign.
+        rows3 = -kt * (mean_g << q) - kt * slope * ((_SIGNS.to(g.device) << q) - mean_sign)
+        table = rows3.gather(0, sign.to(torch.int64) + 1)
         mult = kt << (2 * q)  # k_c · 2**2q per unit of the int8 error
         if ranges is not None:
             # The same rescale without an int64 tensor: the bit width from the ranges, the rounding in one pass
-            # (a stochastic one hashes the draw rt.rescale would make inside the loop).
+            # (a stochastic one hashes the draw rt.rescale would make inside the loop), each element's entry
+            # selected by its sign where the 32-bit loop applies, else gathered from the table.
             shift = rt.shift_for_width(cpu_bn.error_max(table, mult, ranges[1], ranges[2]).bit_length(), 7)
             keys = rt.counter_keys("rounding", ctx["shape"], batched=True) if mode == "stochastic" and shift else None
-            out = cpu_bn.error_round(g, rows, table, mult, shift, mode, keys=keys).reshape(ctx["shape"])
+            above, below = _sign_thresholds(sign)
+            out = cpu_bn.error_round_signs(g, rows, rows3, above, below, mult, shift, mode, keys=keys)
+            if out is None:
+                out = cpu_bn.error_round(g, rows, table, mult, shift, mode, keys=keys)
+            out = out.reshape(ctx["shape"])
         else:
             wide = fused.bn_error(g, fused.bn_value_index(rows), table, fused.VALUES.to(g.device) * mult)
             out, shift = rt.rescale(wide.reshape(ctx["shape"]), 7, "error")

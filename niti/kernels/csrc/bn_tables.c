@@ -124,58 +124,57 @@ void niti_bn_error_round(const int8_t *g, const int8_t *x, const int64_t *t1, co
  * w = H * 2**24 + R, H = T + k * g, and its magnitude a = A * 2**24 + L with
  *   H >= 0: A = H, L = R;   H < 0: A = -H - 1, L = 2**24 - R (R > 0) or A = -H, L = 0 (R = 0),
  * so a >> shift = A >> d (d = shift - 24) and the discarded bits are (A mod 2**d) * 2**24 + L: every rounding of
- * niti_bn_error_round from uint32 arithmetic (twice the lanes, no 64-bit multiply).  The caller guarantees
- * |T| + |k| * 128 < 2**31 and 256 * C < 2**31.  Inputs: T (int32) and R (uint32) (256, C) tables, k (int32 (C,)). */
-/* niti_bn_error_round in 32-bit lanes, for the batch norm's own operands: multipliers m[c] = k[c] * 2**24 and a
- * shift of 24 to 49 bits.  With t1 = T * 2**24 + R (T = floor(t1 / 2**24), 0 <= R < 2**24) the value is
- * w = H * 2**24 + R, H = T + k * g, and its magnitude a = A * 2**24 + L with
- *   H >= 0: A = H, L = R;   H < 0: A = -H - 1, L = 2**24 - R (R > 0) or A = -H, L = 0 (R = 0),
- * so a >> shift = A >> d (d = shift - 24) and the discarded bits are (A mod 2**d) * 2**24 + L: every rounding of
- * niti_bn_error_round from uint32 arithmetic (twice the lanes, no 64-bit multiply).  The caller guarantees
- * |T| + |k| * 128 < 2**31 and 256 * C < 2**31.  Inputs: T (int32) and R (uint32) (256, C) tables, k (int32 (C,)). */
-/* The tied elements of one block [b0, b1) of bn_error_round32_range (mode 5), rounded again with their part-0 word.
- * A function of its own, kept scalar: vectorised (masked, every lane hashing) it would cost as much as the whole
- * rounding, for about one element in 2**(shift - 32). */
-__attribute__((noinline, optimize("no-tree-vectorize"))) static void bn_round32_ties(
-    const int8_t *restrict g, const int8_t *restrict x, const int32_t *restrict tt, const uint32_t *restrict rt,
-    const int32_t *restrict k, long b0, long b1, long C, int d, uint32_t limit, int8_t *restrict out, long start,
-    const uint32_t *restrict keys, const uint32_t *restrict tie) {
-    const uint32_t d_mask = (uint32_t)(((uint64_t)1 << d) - 1);
-    for (long i = b0; i < b1; i++) {
-        if (!tie[i - b0]) continue;
-        long c = i % C, e = (x[i] + 128) * C + c;
-        int32_t hv = tt[e] + k[c] * g[i];
-        uint32_t rv = rt[e], neg = hv < 0;
-        uint32_t A = neg ? (uint32_t)(-(int64_t)hv) - (rv != 0) : (uint32_t)hv;
-        uint32_t L = neg && rv ? ((uint32_t)1 << 24) - rv : rv;
-        uint32_t q = (A >> d) + (niti_counter_word((uint32_t)(start + i), keys[0], keys[1]) <
-                                 (((A & d_mask & 0xFF) << 24) | L));
-        uint32_t sv = q > limit ? limit : q;
-        out[i] = (int8_t)(neg ? -(int32_t)sv : (int32_t)sv);
-    }
-}
+ * niti_bn_error_round from uint32 arithmetic (twice the lanes, no 64-bit multiply).
+ *
+ * An element's T and R come from one of two table forms (`signs`, a compile-time constant of each build):
+ *   0: its (value, channel) entry of (256, C) tables, gathered (the loads vectorise as gathers);
+ *   1: batch norm's backward table, whose entry depends on the value x only through the sign of n x - s
+ *      (docs/numerics.md section 13): three rows (sign -1, 0, +1) and per channel the thresholds P (sign +1 iff
+ *      x > P) and Q (sign -1 iff x < Q), selected by masks.  Every operand is then a contiguous load of a channel
+ *      array expanded to the block (length L = max(256, C), channel (c0 + j) mod C at index c0 + j), no gather. */
+typedef struct {
+    const int32_t *tt; /* signs 0: T (256, C); signs 1: T rows for sign -1, 0, +1, each of length L */
+    const uint32_t *rt;
+    const int32_t *k;  /* signs 0: (C,); signs 1: expanded, L */
+    const int32_t *p, *q; /* signs 1: thresholds, expanded, L */
+    long L;
+} bn_entries32;
 
-/* niti_bn_error_round in 32-bit lanes, for the batch norm's own operands: multipliers m[c] = k[c] * 2**24 and a
- * shift of 24 to 49 bits.  With t1 = T * 2**24 + R (T = floor(t1 / 2**24), 0 <= R < 2**24) the value is
- * w = H * 2**24 + R, H = T + k * g, and its magnitude a = A * 2**24 + L with
- *   H >= 0: A = H, L = R;   H < 0: A = -H - 1, L = 2**24 - R (R > 0) or A = -H, L = 0 (R = 0),
- * so a >> shift = A >> d (d = shift - 24) and the discarded bits are (A mod 2**d) * 2**24 + L: every rounding of
- * niti_bn_error_round from uint32 arithmetic (twice the lanes, no 64-bit multiply).  One flat loop over elements
- * [i0, i1) in blocks (channel c = i mod C, a mask: C is a power of two), so that narrow rows (ResNet's 16 channels)
- * still fill the vectors.  Mode 5 marks a tie of the part-1 bits with the discarded bits' high part (about one
- * element in 2**(shift - 32)) as -128 in the vector loop, and a scalar loop rounds those with their part-0 word.
- * The caller guarantees |T| + |k| * 128 < 2**31, 256 * C < 2**31 and limit <= 127 (-128 is never a result).
- * Inputs: T (int32) and R (uint32) (256, C) tables, k (int32 (C,)) (niti_bn_error_round32 makes them). */
+/* An element's H = T + k g (hv) and R (rv) from either table form (`signs`), inline in the loops: as a function
+ * returning through pointers the gathering loop ran 4.5x slower (GCC vectorised it differently). */
+#define NITI_BN_ENTRY32(hv, rv, j)                                                                                   \
+    do {                                                                                                             \
+        if (signs) {                                                                                                 \
+            int32_t xi_ = x[b0 + (j)], cj_ = c0 + (j);                                                               \
+            int32_t mp_ = -(int32_t)(xi_ > p[cj_]), mn_ = -(int32_t)(xi_ < q[cj_]), mz_ = ~(mp_ | mn_);              \
+            hv = ((tt[cj_] & mn_) | (tt[L + cj_] & mz_) | (tt[2 * L + cj_] & mp_)) + k[cj_] * g[b0 + (j)];            \
+            rv = (rt[cj_] & (uint32_t)mn_) | (rt[L + cj_] & (uint32_t)mz_) | (rt[2 * L + cj_] & (uint32_t)mp_);      \
+        } else {                                                                                                     \
+            int c_ = (c0 + (j)) & cmask, e_ = (x[b0 + (j)] + 128) * ci + c_; /* int32: vectorised gathers */         \
+            hv = tt[e_] + k[c_] * g[b0 + (j)];                                                                       \
+            rv = rt[e_];                                                                                             \
+        }                                                                                                            \
+    } while (0)
+
+/* One flat range of elements [i0, i1) (whole rows) in blocks (channel c = i mod C, a mask: C is a power of two), so
+ * that narrow rows (ResNet's 16 channels) still fill the vectors.  Mode 5 marks a tie of the part-1 bits with the
+ * discarded bits' high part (about one element in 2**(shift - 32)) as -128 in the vector loop, and a scalar loop
+ * rounds those with their part-0 word.  The caller guarantees |T| + |k| * 128 < 2**31, 256 * C < 2**31 and
+ * limit <= 127 (-128 is never a result). */
 static inline __attribute__((always_inline)) void bn_error_round32_range(
-    const int8_t *restrict g, const int8_t *restrict x, const int32_t *restrict tt, const uint32_t *restrict rt,
-    const int32_t *restrict k, long i0, long i1, long C, int shift, const int mode, uint32_t limit,
-    int8_t *restrict out, long start, const uint32_t *restrict keys) {
+    const int8_t *restrict g, const int8_t *restrict x, const int signs, const bn_entries32 *e, long i0, long i1,
+    long C, int shift, const int mode, uint32_t limit, int8_t *restrict out, long start,
+    const uint32_t *restrict keys) {
     const int d = shift - 24, h = shift >> 1, odd = shift & 1;
     const uint32_t d_mask = (uint32_t)(((uint64_t)1 << d) - 1), h_mask = ((uint32_t)1 << h) - 1;
     const uint32_t s_mask = shift >= 32 ? 0xFFFFFFFFu : ((uint32_t)1 << shift) - 1; /* mode 4: shift <= 32 */
     const uint32_t word_hi_mask = shift > 32 ? ((uint32_t)1 << (shift - 32)) - 1 : 0;
     const int round_bit = d ? d - 1 : 0; /* nearest: bit shift - 1 of a, in A (d >= 1) or L (d = 0: bit 23) */
     const int ci = (int)C, cmask = ci - 1;
+    /* The tables in restrict locals: read through the struct, every int8 store may alias them (no vectorising). */
+    const int32_t *restrict tt = e->tt, *restrict k = e->k, *restrict p = e->p, *restrict q = e->q;
+    const uint32_t *restrict rt = e->rt;
+    const long L = e->L;
     uint32_t w0[NITI_BN_BLOCK], w1[NITI_BN_BLOCK];
     for (long b0 = i0; b0 < i1; b0 += NITI_BN_BLOCK) {
         long b1 = b0 + NITI_BN_BLOCK < i1 ? b0 + NITI_BN_BLOCK : i1;
@@ -186,10 +185,10 @@ static inline __attribute__((always_inline)) void bn_error_round32_range(
         if (mode == 5)
             for (int j = 0; j < n; j++) w1[j] = niti_counter_word(base + (uint32_t)j, keys[2], keys[3]);
         for (int j = 0; j < n; j++) {
-            int c = (c0 + j) & cmask;
-            int e = (x[b0 + j] + 128) * ci + c; /* int32 indices: the loads vectorise as gathers */
-            int32_t hv = tt[e] + k[c] * g[b0 + j];
-            uint32_t rv = rt[e], neg = hv < 0;
+            int32_t hv;
+            uint32_t rv;
+            NITI_BN_ENTRY32(hv, rv, j);
+            uint32_t neg = hv < 0;
             uint32_t A = neg ? (uint32_t)(-(int64_t)hv) - (rv != 0) : (uint32_t)hv;
             uint32_t L = neg && rv ? ((uint32_t)1 << 24) - rv : rv;
             uint32_t Ad = A & d_mask, q = A >> d;
@@ -216,9 +215,10 @@ static inline __attribute__((always_inline)) void bn_error_round32_range(
                 if (out[b0 + j] != -128) continue;
                 /* A compiler barrier: this loop stays scalar (vectorised, masked, every lane would hash). */
                 __asm__ volatile("" ::: "memory");
-                int c = (c0 + j) & cmask, e = (x[b0 + j] + 128) * ci + c;
-                int32_t hv = tt[e] + k[c] * g[b0 + j];
-                uint32_t rv = rt[e], neg = hv < 0;
+                int32_t hv;
+                uint32_t rv;
+                NITI_BN_ENTRY32(hv, rv, j);
+                uint32_t neg = hv < 0;
                 uint32_t A = neg ? (uint32_t)(-(int64_t)hv) - (rv != 0) : (uint32_t)hv;
                 uint32_t L = neg && rv ? ((uint32_t)1 << 24) - rv : rv;
                 uint32_t q = (A >> d) + (niti_counter_word(base + (uint32_t)j, keys[0], keys[1]) <
@@ -229,12 +229,10 @@ static inline __attribute__((always_inline)) void bn_error_round32_range(
     }
 }
 
-/* niti_bn_error_round's result through bn_error_round32_range where it applies: returns 0 when it wrote `out`, 1
- * when it declined (the caller takes niti_bn_error_round): a shift outside 24..49, a limit above 127, C not a power of
- * two (or 256 * C >= 2**31), a multiplier not a multiple of 2**24, |t1 >> 24| + |m >> 24| * 128 >= 2**31, or no
- * scratch memory.  It splits the tables itself (no pass over the elements), so deciding costs the caller nothing. */
-int niti_bn_error_round32(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *m, long rows, long C,
-                          int shift, int mode, int64_t limit, int8_t *out, long start, const uint32_t *keys, int nt) {
+/* Whether the 32-bit loop applies to these operands (0: it does): a shift of 24..49, a limit of 0..127, C a power of
+ * two below 2**23, multipliers that are multiples of 2**24 and |t1 >> 24| + |m >> 24| * 128 < 2**31 over the
+ * `entries` table entries t1. */
+static int bn_round32_declines(const int64_t *t1, long entries, const int64_t *m, long C, int shift, int64_t limit) {
     if (shift < 24 || shift > 49 || limit > 127 || limit < 0 || C < 1 || (C & (C - 1)) || C >= (1L << 23)) return 1;
     int64_t kmax = 0, tmax = 0;
     for (long c = 0; c < C; c++) {
@@ -243,12 +241,44 @@ int niti_bn_error_round32(const int8_t *g, const int8_t *x, const int64_t *t1, c
         k = k < 0 ? -k : k;
         kmax = k > kmax ? k : kmax;
     }
-    for (long b = 0; b < 256 * C; b++) {
+    for (long b = 0; b < entries; b++) {
         int64_t t = t1[b] >> 24; /* arithmetic: floor */
         t = t < 0 ? -t : t;
         tmax = t > tmax ? t : tmax;
     }
-    if (kmax >= (1L << 23) || tmax + kmax * 128 >= ((int64_t)1 << 31)) return 1;
+    return kmax >= (1L << 23) || tmax + kmax * 128 >= ((int64_t)1 << 31);
+}
+
+/* The 32-bit loop over every row, its threads each taking whole rows. */
+static void bn_round32_run(const int8_t *g, const int8_t *x, const int signs, const bn_entries32 *e, long rows,
+                           long C, int shift, int mode, int64_t limit, int8_t *out, long start,
+                           const uint32_t *keys, int nt) {
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), n = omp_get_num_threads();
+        long i0 = rows * t / n * C, i1 = rows * (t + 1) / n * C; /* whole rows each */
+        uint32_t lim = (uint32_t)limit;
+#define NITI_BN_RUN(S)                                                                                               \
+    do {                                                                                                             \
+        if (mode == 0) bn_error_round32_range(g, x, S, e, i0, i1, C, shift, 0, lim, out, start, keys);               \
+        else if (mode == 1) bn_error_round32_range(g, x, S, e, i0, i1, C, shift, 1, lim, out, start, keys);          \
+        else if (mode == 2) bn_error_round32_range(g, x, S, e, i0, i1, C, shift, 2, lim, out, start, keys);          \
+        else if (mode == 4 && shift <= 32) bn_error_round32_range(g, x, S, e, i0, i1, C, shift, 4, lim, out, start,  \
+                                                                  keys);                                             \
+        else bn_error_round32_range(g, x, S, e, i0, i1, C, shift, 5, lim, out, start, keys);                         \
+    } while (0)
+        if (signs) NITI_BN_RUN(1);
+        else NITI_BN_RUN(0);
+#undef NITI_BN_RUN
+    }
+}
+
+/* niti_bn_error_round's result through the 32-bit loop where it applies (bn_round32_declines): returns 0 when it
+ * wrote `out`, 1 when it declined (the caller takes niti_bn_error_round) or had no scratch memory.  It splits the
+ * table itself (no pass over the elements), so deciding costs the caller nothing. */
+int niti_bn_error_round32(const int8_t *g, const int8_t *x, const int64_t *t1, const int64_t *m, long rows, long C,
+                          int shift, int mode, int64_t limit, int8_t *out, long start, const uint32_t *keys, int nt) {
+    if (bn_round32_declines(t1, 256 * C, m, C, shift, limit)) return 1;
     int32_t *tt = (int32_t *)malloc(sizeof(int32_t) * (256 * C + C));
     uint32_t *rt = (uint32_t *)malloc(sizeof(uint32_t) * 256 * C);
     if (!tt || !rt) {
@@ -262,19 +292,43 @@ int niti_bn_error_round32(const int8_t *g, const int8_t *x, const int64_t *t1, c
         rt[b] = (uint32_t)(t1[b] & ((1 << 24) - 1));
     }
     for (long c = 0; c < C; c++) k[c] = (int32_t)(m[c] >> 24);
-#pragma omp parallel num_threads(nt)
-    {
-        int t = omp_get_thread_num(), n = omp_get_num_threads();
-        long i0 = rows * t / n * C, i1 = rows * (t + 1) / n * C; /* whole rows each */
-        uint32_t lim = (uint32_t)limit;
-        if (mode == 0) bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 0, lim, out, start, keys);
-        else if (mode == 1) bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 1, lim, out, start, keys);
-        else if (mode == 2) bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 2, lim, out, start, keys);
-        else if (mode == 4 && shift <= 32)
-            bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 4, lim, out, start, keys);
-        else bn_error_round32_range(g, x, tt, rt, k, i0, i1, C, shift, 5, lim, out, start, keys);
-    }
+    bn_entries32 e = {tt, rt, k, NULL, NULL, 0};
+    bn_round32_run(g, x, 0, &e, rows, C, shift, mode, limit, out, start, keys, nt);
     free(tt);
+    free(rt);
+    return 0;
+}
+
+/* niti_bn_error_round32 for batch norm's backward table given as its three sign rows t3 (3, C: the entries of
+ * sign -1, 0, +1) and per-channel thresholds p, q (int32: an element's sign is +1 where x > p, -1 where x < q, else
+ * 0): the same bits as niti_bn_error_round32 on the (256, C) table those describe, without a gather (measured in
+ * cpu_bn.error_round_signs).  Returns 1 where that would decline. */
+int niti_bn_error_round32_signs(const int8_t *g, const int8_t *x, const int64_t *t3, const int32_t *p,
+                                const int32_t *q, const int64_t *m, long rows, long C, int shift, int mode,
+                                int64_t limit, int8_t *out, long start, const uint32_t *keys, int nt) {
+    if (bn_round32_declines(t3, 3 * C, m, C, shift, limit)) return 1;
+    long L = C > NITI_BN_BLOCK ? C : NITI_BN_BLOCK; /* C a power of two: C divides L */
+    int32_t *buf = (int32_t *)malloc(sizeof(int32_t) * 6 * L);
+    uint32_t *rt = (uint32_t *)malloc(sizeof(uint32_t) * 3 * L);
+    if (!buf || !rt) {
+        free(buf);
+        free(rt);
+        return 1;
+    }
+    int32_t *tt = buf, *k = buf + 3 * L, *pe = buf + 4 * L, *qe = buf + 5 * L;
+    for (long j = 0; j < L; j++) {
+        long c = j & (C - 1);
+        for (int s = 0; s < 3; s++) {
+            tt[s * L + j] = (int32_t)(t3[s * C + c] >> 24);
+            rt[s * L + j] = (uint32_t)(t3[s * C + c] & ((1 << 24) - 1));
+        }
+        k[j] = (int32_t)(m[c] >> 24);
+        pe[j] = p[c];
+        qe[j] = q[c];
+    }
+    bn_entries32 e = {tt, rt, k, pe, qe, L};
+    bn_round32_run(g, x, 1, &e, rows, C, shift, mode, limit, out, start, keys, nt);
+    free(buf);
     free(rt);
     return 0;
 }
