@@ -626,14 +626,15 @@ def test_c_table_loops_equal_the_pytorch_path(mode: str, channels: int, monkeypa
 
 
 @settings(max_examples=30, deadline=None)
-@given(rows=st.integers(1, 700), ch=st.sampled_from([1, 2, 16, 32, 64, 512]), shift=st.integers(24, 49),
+@given(rows=st.integers(1, 300), ch=st.sampled_from([1, 2, 16, 32, 64, 512]), shift=st.integers(24, 49),
        mode=st.sampled_from(["nearest", "pseudo_stochastic", "truncate", "stochastic"]),
        cuts=st.tuples(st.integers(-129, 127), st.integers(-129, 127)), seed=st.integers(0, 2**16))
 def test_error_rounding_by_sign_equals_the_table_loop(rows: int, ch: int, shift: int, mode: str,
                                                       cuts: tuple[int, int], seed: int) -> None:
     """``error_round_signs`` (three rows and two thresholds per channel, no gather) gives the bits of
     ``error_round`` on the (256, C) table they describe: every mode, blocks of 256 elements against rows of 1-512
-    channels, thresholds anywhere in and just outside the int8 range (all one sign, no zeros)."""
+    channels, thresholds anywhere in and just outside the int8 range (all one sign, no zeros); ``value_ranges`` per
+    sign class gives the same sums and the same bound on the values as per input value."""
     from niti import counter_bits
     from niti.kernels import cpu_bn
     from niti.nn.norm import _sign_thresholds
@@ -658,6 +659,18 @@ def test_error_rounding_by_sign_equals_the_table_loop(rows: int, ch: int, shift:
     fast = cpu_bn.error_round_signs(err, x, rows3, got_above, got_below, mult, shift, mode, keys=keys)
     assert fast is not None
     assert torch.equal(fast, cpu_bn.error_round(err, x, table, mult, shift, mode, keys=keys))
+    # The ranges per sign class: the same sums, each class's smallest and largest error, the same bound.
+    sums, lo, hi = cpu_bn.value_ranges(x, err)
+    sums3, lo3, hi3 = cpu_bn.value_ranges(x, err, got_above, got_below)
+    assert torch.equal(sums3, sums) and lo3.shape == hi3.shape == (3, ch)
+    cls = ((x > got_above).to(torch.int64) - (x < got_below).to(torch.int64) + 1)
+    for s in range(3):
+        for c in range(ch):
+            members = err[:, c][cls[:, c] == s]
+            want = (int(members.min()), int(members.max())) if members.numel() else (127, -128)
+            assert (int(lo3[s, c]), int(hi3[s, c])) == want
+    wide = table.gather(0, x.to(torch.int64) + 128) + mult * err.to(torch.int64)
+    assert cpu_bn.error_max(rows3, mult, lo3, hi3) == cpu_bn.error_max(table, mult, lo, hi) == int(wide.abs().max())
 
 
 def test_error_rounding_by_sign_declines_what_the_32_bit_loop_declines() -> None:
@@ -679,3 +692,9 @@ def test_error_rounding_by_sign_declines_what_the_32_bit_loop_declines() -> None
     assert run(rows3=rows3[:, :6], mult=mult[:6], e=odd, above=above[:6], below=below[:6]) is None
     with pytest.raises(ValueError, match="rows3"):
         run(rows3=rows3[:2])
+    with pytest.raises(ValueError, match="together"):
+        cpu_bn.value_ranges(err, err, above)
+    with pytest.raises(ValueError, match=r"\(8,\)"):
+        cpu_bn.value_ranges(err, err, above[:4], below[:4])
+    with pytest.raises(ValueError, match="shape"):
+        cpu_bn.error_max(rows3, mult, torch.zeros((256, 8), dtype=torch.int8), torch.zeros((256, 8), dtype=torch.int8))

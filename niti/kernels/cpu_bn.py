@@ -34,14 +34,14 @@ MODES = {"nearest": 0, "pseudo_stochastic": 1, "truncate": 2, "stochastic": 4}
 @functools.lru_cache(maxsize=1)
 def _lib() -> ctypes.CDLL | None:
     return bind_library(SOURCE, {
-        "niti_bn_range_max": (ctypes.c_int64, [PTR, PTR, PTR, PTR, LONG]),
+        "niti_bn_range_max": (ctypes.c_int64, [PTR, PTR, PTR, PTR, LONG, LONG]),
         "niti_bn_error_round": (None, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR, LONG, PTR,
                                         INT]),
         "niti_bn_error_round32": (ctypes.c_int, [PTR, PTR, PTR, PTR, LONG, LONG, INT, INT, ctypes.c_int64, PTR,
                                                   LONG, PTR, INT]),
         "niti_bn_error_round32_signs": (ctypes.c_int, [PTR, PTR, PTR, PTR, PTR, PTR, LONG, LONG, INT, INT,
                                                         ctypes.c_int64, PTR, LONG, PTR, INT]),
-        "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, PTR, PTR, INT]),
+        "niti_bn_value_sums": (ctypes.c_int, [PTR, PTR, LONG, LONG, PTR, PTR, PTR, PTR, PTR, INT]),
         "niti_bn_gather_int8": (None, [PTR, PTR, LONG, LONG, PTR, INT]),
     })
 
@@ -66,13 +66,17 @@ def _library() -> ctypes.CDLL:
 
 def error_max(table: Tensor, mult: Tensor, lo: Tensor, hi: Tensor) -> int:
     """``max |table[x's entry] + mult[c] · g|`` over the elements, from ``value_ranges``' smallest and largest ``g``
-    per (input value, channel): for one entry ``|t + m·g|`` is convex in ``g``, so its largest value over the
-    entry's elements is at one of the two, and entries no element has (``lo > hi``) count 0.  The max over every
-    element without a pass over them (a Python int)."""
+    per entry: for one entry ``|t + m·g|`` is convex in ``g``, so its largest value over the entry's elements is at
+    one of the two, and entries no element has (``lo > hi``) count 0.  The max over every element without a pass
+    over them (a Python int).  ``table``, ``lo`` and ``hi`` are (256, C) (an entry per input value) or (3, C) (per
+    sign class, with ``value_ranges``' thresholds)."""
     table, mult = _plain(table, torch.int64), _plain(mult, torch.int64)
     lo, hi = _plain(lo, torch.int8), _plain(hi, torch.int8)
+    if lo.shape != table.shape or hi.shape != table.shape or mult.shape != table.shape[1:]:
+        raise ValueError(f"lo and hi must have the table's shape {tuple(table.shape)} and mult its channels; got "
+                         f"{tuple(lo.shape)}, {tuple(hi.shape)}, {tuple(mult.shape)}")
     return int(_library().niti_bn_range_max(table.data_ptr(), mult.data_ptr(), lo.data_ptr(), hi.data_ptr(),
-                                            table.shape[1]))
+                                            table.shape[0], table.shape[1]))
 
 
 def _draw(mode: str, shift: int, keys: DrawKeys | None, count: int) -> tuple[int, ctypes.Array | None]:
@@ -138,22 +142,36 @@ def value_sums(x: Tensor, g: Tensor | None) -> Tensor | None:
     return None if out is None else out[0]
 
 
-def value_ranges(x: Tensor, g: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
-    """``value_sums(x, g)`` and, from the same pass, int8 (256, C) ``lo`` and ``hi``: the smallest and largest ``g``
-    per (input value, channel) (``lo > hi`` where no element has that value); None when scratch memory ran out."""
-    return _value_pass(x, g, ranges=True)
+def value_ranges(x: Tensor, g: Tensor, above: Tensor | None = None,
+                 below: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``value_sums(x, g)`` and, from the same pass, int8 ``lo`` and ``hi``: the smallest and largest ``g`` per
+    (input value, channel), (256, C), or given int32 (C,) thresholds ``above`` and ``below`` per (sign class,
+    channel), (3, C): rows for ``x < below``, neither, ``x > above`` (batch norm's backward, whose error term depends
+    on the value only through that sign; the pass then keeps one sum per element instead of a sum, a minimum and a
+    maximum).  ``lo > hi`` where no element has the entry; None when scratch memory ran out."""
+    if (above is None) != (below is None):
+        raise ValueError("above and below must be given together")
+    return _value_pass(x, g, ranges=True, above=above, below=below)
 
 
-def _value_pass(x: Tensor, g: Tensor | None, ranges: bool) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
+def _value_pass(x: Tensor, g: Tensor | None, ranges: bool, above: Tensor | None = None,
+                below: Tensor | None = None) -> tuple[Tensor, Tensor | None, Tensor | None] | None:
     x = _plain(x, torch.int8)
     if g is not None:
         g = _plain(g, torch.int8)
     rows, ch = x.shape
+    if above is not None and below is not None:
+        above, below = _plain(above, torch.int32), _plain(below, torch.int32)
+        if above.shape != (ch,) or below.shape != (ch,):
+            raise ValueError(f"above and below must be ({ch},), got {tuple(above.shape)}, {tuple(below.shape)}")
     out = torch.empty((256, ch), dtype=torch.int64)
-    lo, hi = (torch.empty((256, ch), dtype=torch.int8) for _ in range(2)) if ranges else (None, None)
+    range_rows = 256 if above is None else 3
+    lo, hi = (torch.empty((range_rows, ch), dtype=torch.int8) for _ in range(2)) if ranges else (None, None)
     failed = _library().niti_bn_value_sums(None if g is None else g.data_ptr(), x.data_ptr(), rows, ch,
                                            out.data_ptr(), None if lo is None else lo.data_ptr(),
-                                           None if hi is None else hi.data_ptr(), torch.get_num_threads())
+                                           None if hi is None else hi.data_ptr(),
+                                           None if above is None else above.data_ptr(),
+                                           None if below is None else below.data_ptr(), torch.get_num_threads())
     return None if failed else (out, lo, hi)
 
 

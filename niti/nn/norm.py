@@ -269,10 +269,13 @@ class BatchNorm2d(Module):
         rows, xhat, sign, n = ctx["rows"], ctx["xhat"], ctx["sign"], ctx["n"]
         mode = rt.mode("error")
         # The C loops round with counter-based bits only (generator draws take the PyTorch path); their first pass
-        # also keeps each (input value, channel)'s smallest and largest error, which bound the rescale's bit width.
+        # also keeps each (sign class, channel)'s smallest and largest error, which bound the rescale's bit width.
         c_loops = (self.propagate_error and rt.recorder is None and mode in cpu_bn.MODES and cpu_bn.available(g)
                    and (mode != "stochastic" or rt.random_bits == "counter"))
-        ranges = cpu_bn.value_ranges(rows, g) if c_loops else None
+        ranges = None
+        if c_loops:
+            above, below = _sign_thresholds(sign)  # the sign classes' bounds (the error term depends on x via them)
+            ranges = cpu_bn.value_ranges(rows, g, above, below)
         # Σ g and Σ g·x̂ per channel from the sums of g per (input value, channel): Σ over values of those sums,
         # and of x̂(value) times them.
         g_sums = _value_sums(rows, g) if ranges is None else ranges[0]
@@ -306,9 +309,8 @@ class BatchNorm2d(Module):
             # The same rescale without an int64 tensor: the bit width from the ranges, the rounding in one pass
             # (a stochastic one hashes the draw rt.rescale would make inside the loop), each element's entry
             # selected by its sign where the 32-bit loop applies, else gathered from the table.
-            shift = rt.shift_for_width(cpu_bn.error_max(table, mult, ranges[1], ranges[2]).bit_length(), 7)
+            shift = rt.shift_for_width(cpu_bn.error_max(rows3, mult, ranges[1], ranges[2]).bit_length(), 7)
             keys = rt.counter_keys("rounding", ctx["shape"], batched=True) if mode == "stochastic" and shift else None
-            above, below = _sign_thresholds(sign)
             out = cpu_bn.error_round_signs(g, rows, rows3, above, below, mult, shift, mode, keys=keys)
             if out is None:
                 out = cpu_bn.error_round(g, rows, table, mult, shift, mode, keys=keys)

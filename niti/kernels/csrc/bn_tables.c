@@ -12,13 +12,14 @@
 
 #include "counter_hash.h"
 
-/* The largest |t1[x's entry] + m[c] * g| over the elements, from the smallest and largest g per (value, channel)
- * entry (lo and hi of niti_bn_value_sums; lo > hi: no element): |t + m g| is convex in g, so an entry's largest
- * value is at one of its two ends.  The caller guarantees |t1| + |m| * 128 < 2**62. */
+/* The largest |t1[e] + m[c] * g| over the elements, from the smallest and largest g per entry e of the (R, C) table
+ * t1 (lo and hi of niti_bn_value_sums: R = 256, an entry per (value, channel), or R = 3, one per (sign class,
+ * channel); lo > hi: no element): |t + m g| is convex in g, so an entry's largest value is at one of its two ends.
+ * The caller guarantees |t1| + |m| * 128 < 2**62. */
 int64_t niti_bn_range_max(const int64_t *restrict t1, const int64_t *restrict m, const int8_t *restrict lo,
-                          const int8_t *restrict hi, long C) {
+                          const int8_t *restrict hi, long R, long C) {
     int64_t best = 0;
-    for (long b = 0; b < 256 * C; b++) {
+    for (long b = 0; b < R * C; b++) {
         if (lo[b] > hi[b]) continue;
         int64_t c = b % C, u = t1[b] + m[c] * lo[b], v = t1[b] + m[c] * hi[b];
         u = u < 0 ? -u : u;
@@ -333,37 +334,67 @@ int niti_bn_error_round32_signs(const int8_t *g, const int8_t *x, const int64_t 
     return 0;
 }
 
+/* One row's smallest and largest g per sign class (lo0/hi0: x < below, lo2/hi2: x > above, lo1/hi1: the rest) into
+ * running minima and maxima: masks, no scatter (vectorised; one pointer per class, as parameters, so that GCC knows
+ * they do not alias). */
+static inline void bn_class_ranges(const int8_t *restrict xr, const int8_t *restrict gr, const int32_t *restrict above,
+                                   const int32_t *restrict below, long C, int8_t *restrict lo0, int8_t *restrict lo1,
+                                   int8_t *restrict lo2, int8_t *restrict hi0, int8_t *restrict hi1,
+                                   int8_t *restrict hi2) {
+    for (long c = 0; c < C; c++) {
+        int32_t xi = xr[c];
+        int8_t v = gr[c], neg = xi < below[c], pos = xi > above[c], mid = !(neg | pos);
+        int8_t vn = neg ? v : 127, vm = mid ? v : 127, vp = pos ? v : 127;
+        lo0[c] = vn < lo0[c] ? vn : lo0[c];
+        lo1[c] = vm < lo1[c] ? vm : lo1[c];
+        lo2[c] = vp < lo2[c] ? vp : lo2[c];
+        vn = neg ? v : -128, vm = mid ? v : -128, vp = pos ? v : -128;
+        hi0[c] = vn > hi0[c] ? vn : hi0[c];
+        hi1[c] = vm > hi1[c] ? vm : hi1[c];
+        hi2[c] = vp > hi2[c] ? vp : hi2[c];
+    }
+}
+
 /* out[(x + 128) * C + c] = sum of g (or the count, g NULL) over the elements of channel c with input value x: exact
- * int64 sums, one private (256, C) histogram per thread.  With lo and hi (int8 (256, C), g given) also the smallest
- * and largest g of each entry (lo 127 > hi -128 where no element has it).  Returns 1 when a scratch allocation
- * failed. */
+ * int64 sums, one private (256, C) histogram per thread.  With lo and hi (int8, g given) also the smallest and
+ * largest g of each entry (lo 127 > hi -128 where no element has it): per (value, channel), (256, C), or with the
+ * thresholds above and below (int32 (C,)) per (sign class, channel), (3, C): class 0 where x < below, 2 where
+ * x > above, else 1 (batch norm's backward, whose error term depends on x only through that sign).  The classes' lo
+ * and hi are kept in a loop of its own over the row (vectorised: masks, no scatter), leaving one read-modify-write
+ * per element where the per-value ranges take three.  Returns 1 when a scratch allocation failed. */
 int niti_bn_value_sums(const int8_t *restrict g, const int8_t *restrict x, long rows, long C, int64_t *restrict out,
-                       int8_t *restrict lo, int8_t *restrict hi, int nt) {
+                       int8_t *restrict lo, int8_t *restrict hi, const int32_t *restrict above,
+                       const int32_t *restrict below, int nt) {
     int failed = 0;
     long bins = 256 * C;
-    int ranges = g && lo && hi;
+    int ranges = g && lo && hi, classes = ranges && above && below;
+    long rbins = classes ? 3 * C : bins;
     memset(out, 0, sizeof(int64_t) * bins);
     if (ranges) {
-        memset(lo, 127, bins);
-        memset(hi, -128, bins);
+        memset(lo, 127, rbins);
+        memset(hi, -128, rbins);
     }
 #pragma omp parallel num_threads(nt)
     {
         int64_t *restrict hist = (int64_t *)calloc(bins, sizeof(int64_t));
-        int8_t *restrict tlo = ranges ? (int8_t *)malloc(bins) : NULL, *restrict thi = ranges ? (int8_t *)malloc(bins) : NULL;
+        int8_t *restrict tlo = ranges ? (int8_t *)malloc(rbins) : NULL, *restrict thi = ranges ? (int8_t *)malloc(rbins) : NULL;
         int ok = hist && (!ranges || (tlo && thi));
         if (!ok) {
 #pragma omp atomic write
             failed = 1;
         } else if (ranges) {
-            memset(tlo, 127, bins);
-            memset(thi, -128, bins);
+            memset(tlo, 127, rbins);
+            memset(thi, -128, rbins);
         }
 #pragma omp for schedule(static)
         for (long r = 0; r < rows; r++) {
             const int8_t *restrict xr = x + r * C;
             if (!ok) continue;
-            if (ranges) {
+            if (classes) {
+                const int8_t *restrict gr = g + r * C;
+                for (long c = 0; c < C; c++) hist[(xr[c] + 128) * C + c] += gr[c];
+                bn_class_ranges(xr, gr, above, below, C, tlo, tlo + C, tlo + 2 * C, thi, thi + C, thi + 2 * C);
+            } else if (ranges) {
                 const int8_t *restrict gr = g + r * C;
                 for (long c = 0; c < C; c++) {
                     long b = (xr[c] + 128) * C + c;
@@ -384,7 +415,7 @@ int niti_bn_value_sums(const int8_t *restrict g, const int8_t *restrict x, long 
             {
                 for (long b = 0; b < bins; b++) out[b] += hist[b];
                 if (ranges)
-                    for (long b = 0; b < bins; b++) {
+                    for (long b = 0; b < rbins; b++) {
                         lo[b] = tlo[b] < lo[b] ? tlo[b] : lo[b];
                         hi[b] = thi[b] > hi[b] ? thi[b] : hi[b];
                     }
