@@ -117,9 +117,9 @@ def error_round_signs(g: Tensor, x: Tensor, rows3: Tensor, above: Tensor, below:
     through a sign (docs/numerics.md §13), given as ``rows3`` (int64 (3, C): the entries of sign −1, 0, +1) and
     per channel ``above`` and ``below`` (int32 (C,): the sign is +1 where ``x > above``, −1 where ``x < below``).
     The 32-bit loop then selects each element's entry from its channel's three instead of gathering it (ResNet-20's
-    16-channel layers' real operands, 2**21 elements, stochastic with shift 38-39, one thread: 5.6 -> 4.3 ms; 21
-    layers 71 -> 55 ms a step, 36 -> 28 ms on 2 threads; nearest 2.8 -> 2.1 ms); None where that loop declines (the
-    caller takes ``error_round`` with the full table)."""
+    16-channel layers' real operands, 2**21 elements, stochastic with shift 38-39, one thread: 4.2 -> 3.2 ms, nearest
+    2.8 -> 2.1 ms; ResNet-20's 21 layers 55 -> 42 ms a step, 28 -> 21 ms on 2 threads); None where that loop
+    declines (the caller takes ``error_round`` with the full table)."""
     g, x = _plain(g, torch.int8), _plain(x, torch.int8)
     rows3, mult = _plain(rows3, torch.int64), _plain(mult, torch.int64)
     above, below = _plain(above, torch.int32), _plain(below, torch.int32)

@@ -5,6 +5,7 @@
  * independent of the order and of the thread count.  Pointers are `restrict` (the caller passes distinct tensors):
  * without it every int8 store may alias the tables, and the loops reload instead of vectorising (3x slower).
  */
+#include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -212,20 +213,29 @@ static inline __attribute__((always_inline)) void bn_error_round32_range(
             out[b0 + j] = v;
         }
         if (mode == 5) /* the few ties (-128, never a result: limit <= 127): the part-0 word decides */
-            for (int j = 0; j < n; j++) {
-                if (out[b0 + j] != -128) continue;
-                /* A compiler barrier: this loop stays scalar (vectorised, masked, every lane would hash). */
-                __asm__ volatile("" ::: "memory");
-                int32_t hv;
-                uint32_t rv;
-                NITI_BN_ENTRY32(hv, rv, j);
-                uint32_t neg = hv < 0;
-                uint32_t A = neg ? (uint32_t)(-(int64_t)hv) - (rv != 0) : (uint32_t)hv;
-                uint32_t L = neg && rv ? ((uint32_t)1 << 24) - rv : rv;
-                uint32_t q = (A >> d) + (niti_counter_word(base + (uint32_t)j, keys[0], keys[1]) <
-                                         (((A & d_mask & 0xFF) << 24) | L));
-                uint32_t sv = q > limit ? limit : q;
-                out[b0 + j] = (int8_t)(neg ? -(int32_t)sv : (int32_t)sv);
+            for (int j0 = 0; j0 < n; j0 += 32) {
+                /* Found 32 bytes at a time (a byte compare and its mask), then one tie after another: a scalar scan
+                 * of every byte cost a quarter of the loop (ResNet-20's 16 channels, shift 39, one thread: 4.3 -> 3.2
+                 * ms for 2**21 elements). */
+                uint32_t ties = 0;
+                if (j0 + 32 <= n)
+                    ties = (uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(
+                        _mm256_loadu_si256((const __m256i *)(out + b0 + j0)), _mm256_set1_epi8(-128)));
+                else
+                    for (int j = j0; j < n; j++) ties |= (uint32_t)(out[b0 + j] == -128) << (j - j0);
+                for (; ties; ties &= ties - 1) {
+                    int j = j0 + __builtin_ctz(ties);
+                    int32_t hv;
+                    uint32_t rv;
+                    NITI_BN_ENTRY32(hv, rv, j);
+                    uint32_t neg = hv < 0;
+                    uint32_t A = neg ? (uint32_t)(-(int64_t)hv) - (rv != 0) : (uint32_t)hv;
+                    uint32_t L = neg && rv ? ((uint32_t)1 << 24) - rv : rv;
+                    uint32_t q = (A >> d) + (niti_counter_word(base + (uint32_t)j, keys[0], keys[1]) <
+                                             (((A & d_mask & 0xFF) << 24) | L));
+                    uint32_t sv = q > limit ? limit : q;
+                    out[b0 + j] = (int8_t)(neg ? -(int32_t)sv : (int32_t)sv);
+                }
             }
     }
 }
